@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Orchard needs to build, run and test.
+# Called by `make` when pkg-config cannot find a dependency, and by .ci/run.
+set -euo pipefail
+
+BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libgnutls28-dev libplist-dev libssl-dev
+ libsqlite3-dev libpq-dev libcurl4-openssl-dev libjansson-dev librhonabwy-dev libsodium-dev
+ libcmocka-dev clang-format python3 python3-yaml openssl"
+TEST_PKGS="postgresql scep nghttp2-server nginx wrk chromium nodejs npm curl"
+
+want="$BUILD_PKGS"
+[ "${1:-}" = "--test" ] && want="$BUILD_PKGS $TEST_PKGS"
+
+missing=""
+for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# node/npm may come from outside Debian on developer machines; accept any working install.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    missing=$(echo "$missing" | tr ' ' '\n' | grep -vx -e nodejs -e npm | tr '\n' ' ')
+fi
+missing=$(echo $missing)
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "orchard: missing Debian packages: $missing" >&2
+    echo "orchard: run 'sudo $0 ${1:-}' or install them as root." >&2
+    exit 1
+fi
+echo "orchard: installing Debian packages: $missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >&2

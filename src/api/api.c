@@ -1,0 +1,370 @@
+/* Admin API handlers. */
+#include "api/api.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "app.h"
+#include "auth/audit.h"
+#include "auth/secret.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "enroll/enroll.h"
+#include "mdm/command.h"
+#include "plist/pl.h"
+
+#define LIST_LIMIT 500
+
+static void send_json(http_response *res, int status, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    http_response_send(res, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(j);
+}
+
+/* Checks the API key; on failure answers 401. Writes "api:<name>" into actor. */
+static int authorize(struct app *app, http_request *req, http_response *res, char *actor,
+                     size_t actor_len)
+{
+    const char *h = http_request_header(req, "Authorization");
+    const char *key = h && strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : NULL;
+    char hash[SECRET_HASH_LEN + 1];
+    int64_t id = 0;
+    char *name = NULL;
+    if (key && secret_token_well_formed(key)) {
+        secret_hash(key, hash);
+        if (storage_apikey_find(app->st, hash, &id, &name) == 0) {
+            snprintf(actor, actor_len, "api:%s", name);
+            free(name);
+            return 0;
+        }
+    }
+    log_warn("event=api_unauthorized rid=%s remote=%s", req->request_id, req->remote_addr);
+    http_response_set_header(res, "WWW-Authenticate", "Bearer realm=\"orchard-api\"");
+    http_response_error(res, 401, "a valid API key is required");
+    return -1;
+}
+
+#define AUTHORIZE()                                                                                \
+    char actor[128];                                                                               \
+    if (authorize(app, req, res, actor, sizeof(actor)) != 0)                                       \
+        return;
+
+void api_handle_healthz(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    (void)req;
+    if (storage_ping(app->st) == 0)
+        http_response_send(res, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    else
+        http_response_send(res, 503, "application/json", "{\"status\":\"storage down\"}", 25);
+}
+
+void api_handle_metrics(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    const char *token = config_get(app->cfg, "metrics_token");
+    if (token[0]) {
+        const char *h = http_request_header(req, "Authorization");
+        if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0 || !secret_equal(h + 7, token)) {
+            http_response_error(res, 401, "metrics token required");
+            return;
+        }
+    }
+    buf_reset(&res->body);
+    http_server_metrics(app->http, &res->body);
+    buf_printf(&res->body,
+               "# HELP orchard_schema_version Database schema version.\n"
+               "# TYPE orchard_schema_version gauge\norchard_schema_version %d\n",
+               storage_schema_version(app->st));
+    res->status = 200;
+    res->content_type = "text/plain; version=0.0.4";
+}
+
+static const char *type_name(int type)
+{
+    static const char *const names[] = {"unknown", "user", "user_channel", "device",
+                                        "device_user"};
+    return type >= 1 && type <= 4 ? names[type] : names[0];
+}
+
+static json_t *str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+static json_t *enrollment_json(struct app *app, const st_enrollment *e)
+{
+    st_user u = {0};
+    int64_t pending = 0;
+    storage_user_get(app->st, e->user_id, &u);
+    storage_queue_count(app->st, e->id, &pending);
+    const char *state = e->unenrolled_at ? "unenrolled" : e->auth_state;
+    json_t *j = json_pack(
+        "{s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:I, s:I, s:I, "
+        "s:I, s:b, s:I}",
+        "id", e->id, "type", type_name(e->type), "user", str_or_null(u.email),
+        "managed_apple_id", str_or_null(u.managed_apple_id), "product_name",
+        str_or_null(e->product_name), "model", str_or_null(e->model), "os_version",
+        str_or_null(e->os_version), "build_version", str_or_null(e->build_version),
+        "device_name", str_or_null(e->device_name), "platform",
+        json_string(ue_os_name(mdm_os_of_product(e->product_name, e->model))), "auth_state",
+        str_or_null(state), "auth_state_since", (json_int_t)e->auth_state_since,
+        "last_auth_method", str_or_null(e->last_auth_method), "parent_id",
+        str_or_null(e->parent_id), "last_auth_at", (json_int_t)e->last_auth_at, "enrolled_at",
+        (json_int_t)e->enrolled_at, "last_seen_at", (json_int_t)e->last_seen_at,
+        "unenrolled_at", (json_int_t)e->unenrolled_at, "push_token", e->push_token != NULL,
+        "pending_commands", (json_int_t)pending);
+    st_user_cleanup(&u);
+    return j;
+}
+
+struct list_ctx {
+    struct app *app;
+    json_t *arr;
+};
+
+static int add_enrollment(const st_enrollment *e, void *ctx)
+{
+    struct list_ctx *l = ctx;
+    json_array_append_new(l->arr, enrollment_json(l->app, e));
+    return 0;
+}
+
+void api_handle_enrollments(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    const char *lim = http_request_query(req, "limit");
+    const char *all = http_request_query(req, "all");
+    st_enrollment_filter f = {.after_id = http_request_query(req, "after"),
+                              .limit = lim ? atoi(lim) : LIST_LIMIT,
+                              .include_unenrolled = all && strcmp(all, "true") == 0};
+    if (f.limit <= 0 || f.limit > LIST_LIMIT)
+        f.limit = LIST_LIMIT;
+    struct list_ctx l = {app, json_array()};
+    if (storage_enrollment_list(app->st, &f, add_enrollment, &l) != 0) {
+        json_decref(l.arr);
+        http_response_error(res, 503, "storage unavailable");
+        return;
+    }
+    send_json(res, 200, json_pack("{s:o}", "enrollments", l.arr));
+}
+
+/* Loads the enrollment named by the first path parameter; answers 404 if unknown. */
+static int load_enrollment(struct app *app, http_request *req, http_response *res,
+                           st_enrollment *e)
+{
+    int rc = storage_enrollment_get(app->st, req->params[0], e);
+    if (rc == ST_ENOTFOUND)
+        http_response_error(res, 404, "no such enrollment");
+    else if (rc != 0)
+        http_response_error(res, 503, "storage unavailable");
+    return rc;
+}
+
+void api_handle_enrollment(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    st_enrollment e = {0};
+    if (load_enrollment(app, req, res, &e) == 0)
+        send_json(res, 200, enrollment_json(app, &e));
+    st_enrollment_cleanup(&e);
+}
+
+static const char *status_name(int status)
+{
+    static const char *const names[] = {"queued", "notnow", "acknowledged", "error",
+                                        "format_error"};
+    return status >= 0 && status <= 4 ? names[status] : "unknown";
+}
+
+static json_t *command_json(const st_command *c)
+{
+    json_t *result = json_null();
+    if (c->result && c->result_len) {
+        char err[64];
+        plist_t p = pl_parse(c->result, c->result_len, err, sizeof(err));
+        if (p) {
+            char *s = pl_to_json(p);
+            result = json_loads(s, JSON_DECODE_ANY, NULL);
+            free(s);
+            plist_free(p);
+        }
+    }
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:b, s:I, s:I, s:I, s:o}", "command_uuid",
+                     c->uuid, "enrollment_id", c->enrollment_id, "request_type",
+                     c->request_type, "status", status_name(c->status), "priority", c->priority,
+                     "sensitive", c->sensitive, "created_at", (json_int_t)c->created_at,
+                     "sent_at", (json_int_t)c->sent_at, "completed_at",
+                     (json_int_t)c->completed_at, "result", result ? result : json_null());
+}
+
+static int add_command(const st_command *c, void *ctx)
+{
+    json_array_append_new(ctx, command_json(c));
+    return 0;
+}
+
+static void enqueue(struct app *app, http_request *req, http_response *res, const char *actor)
+{
+    st_enrollment e = {0};
+    struct mdm_command cmd = {0};
+    char err[256];
+    if (load_enrollment(app, req, res, &e) != 0)
+        goto out;
+    if (e.unenrolled_at) {
+        http_response_error(res, 409, "the enrollment has been unenrolled");
+        goto out;
+    }
+    int ue = e.type == ST_ENR_USER || e.type == ST_ENR_USER_CHANNEL;
+    if (mdm_command_from_body(req->body, req->body_len, mdm_os_of_product(e.product_name, e.model),
+                              ue, &cmd, err, sizeof(err)) != 0) {
+        log_info("event=command_refused rid=%s enrollment=%s reason=\"%s\"", req->request_id,
+                 e.id, err);
+        http_response_error(res, 422, err);
+        goto out;
+    }
+    st_command c = {.uuid = cmd.uuid, .enrollment_id = e.id, .request_type = cmd.request_type,
+                    .body = cmd.xml, .body_len = cmd.xml_len, .priority = cmd.priority,
+                    .sensitive = cmd.sensitive, .created_at = app_now(app)};
+    if (storage_queue_enqueue(app->st, &c) != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    log_info("event=command_enqueued rid=%s actor=%s enrollment=%s command=%s type=%s",
+             req->request_id, actor, e.id, cmd.uuid, cmd.request_type);
+    send_json(res, 201, json_pack("{s:s}", "command_uuid", cmd.uuid));
+out:
+    mdm_command_cleanup(&cmd);
+    st_enrollment_cleanup(&e);
+}
+
+void api_handle_enrollment_commands(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    if (strcmp(req->method, "POST") == 0) {
+        enqueue(app, req, res, actor);
+        return;
+    }
+    json_t *arr = json_array();
+    if (storage_command_list(app->st, req->params[0], LIST_LIMIT, add_command, arr) != 0) {
+        json_decref(arr);
+        http_response_error(res, 503, "storage unavailable");
+        return;
+    }
+    send_json(res, 200, json_pack("{s:o}", "commands", arr));
+}
+
+void api_handle_command(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    st_command c = {0};
+    int rc = storage_command_get(app->st, req->params[0], &c);
+    if (rc == 0)
+        send_json(res, 200, command_json(&c));
+    else
+        http_response_error(res, rc == ST_ENOTFOUND ? 404 : 503,
+                            rc == ST_ENOTFOUND ? "no such command" : "storage unavailable");
+    st_command_cleanup(&c);
+}
+
+void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    st_enrollment e = {0};
+    if (load_enrollment(app, req, res, &e) != 0)
+        goto out;
+    if (e.type != ST_ENR_USER && e.type != ST_ENR_USER_CHANNEL) {
+        http_response_error(res, 409, "only user enrollments can re-authenticate");
+        goto out;
+    }
+    int64_t now = app_now(app);
+    if (storage_session_revoke_enrollment(app->st, e.id, now) != 0 ||
+        storage_enrollment_set_auth_state(app->st, e.id, "reauth_required", now) != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    audit_record(app, actor, "reauth.require", e.id, "session token invalidated by admin");
+    send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "auth_state", "reauth_required"));
+out:
+    st_enrollment_cleanup(&e);
+}
+
+void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    st_enrollment e = {0};
+    struct mdm_command cmd = {0};
+    char err[256];
+    static const char body[] = "{\"request_type\":\"RemoveProfile\",\"Identifier\":\"" ENROLL_PROFILE_ID "\"}";
+    if (load_enrollment(app, req, res, &e) != 0)
+        goto out;
+    if (mdm_command_from_body(body, sizeof(body) - 1, mdm_os_of_product(e.product_name, e.model),
+                              0, &cmd, err, sizeof(err)) != 0) {
+        http_response_error(res, 500, err);
+        goto out;
+    }
+    st_command c = {.uuid = cmd.uuid, .enrollment_id = e.id, .request_type = cmd.request_type,
+                    .body = cmd.xml, .body_len = cmd.xml_len, .priority = 100,
+                    .created_at = app_now(app)};
+    if (storage_queue_enqueue(app->st, &c) != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    audit_record(app, actor, "enrollment.unenroll", e.id, "RemoveProfile enqueued");
+    send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "command_uuid", cmd.uuid));
+out:
+    mdm_command_cleanup(&cmd);
+    st_enrollment_cleanup(&e);
+}
+
+static int add_audit(const st_audit *a, void *ctx)
+{
+    json_array_append_new(ctx, json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "id",
+                                         (json_int_t)a->id, "at", (json_int_t)a->at, "actor",
+                                         a->actor, "action", a->action, "target", a->target,
+                                         "detail", a->detail));
+    return 0;
+}
+
+void api_handle_audit(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    const char *before = http_request_query(req, "before");
+    json_t *arr = json_array();
+    if (storage_audit_list(app->st, before ? atoll(before) : 0, LIST_LIMIT, add_audit, arr)) {
+        json_decref(arr);
+        http_response_error(res, 503, "storage unavailable");
+        return;
+    }
+    send_json(res, 200, json_pack("{s:o}", "events", arr));
+}
+
+void api_handle_debug_clock(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    if (!app->debug_clock) {
+        http_response_error(res, 404, "not found");
+        return;
+    }
+    AUTHORIZE();
+    json_t *j = json_loadb(req->body, req->body_len, 0, NULL);
+    json_int_t adv = json_integer_value(json_object_get(j, "advance"));
+    json_decref(j);
+    if (adv < 0) {
+        http_response_error(res, 400, "advance must be >= 0");
+        return;
+    }
+    atomic_fetch_add(&app->clock_skew, (int64_t)adv);
+    send_json(res, 200, json_pack("{s:I}", "now", (json_int_t)app_now(app)));
+}

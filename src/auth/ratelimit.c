@@ -1,0 +1,81 @@
+/* Fixed-window failure counters in a fixed-size table. */
+#include "auth/ratelimit.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/mem.h"
+
+#define SLOTS 4096
+
+struct slot {
+    uint64_t key_hash;
+    int64_t window_start;
+    int failures;
+};
+
+struct ratelimit {
+    pthread_mutex_t lock;
+    int max_failures;
+    int64_t window;
+    struct slot slots[SLOTS];
+};
+
+static uint64_t hash_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h ? h : 1;
+}
+
+ratelimit *ratelimit_new(int max_failures, int64_t window_seconds)
+{
+    ratelimit *rl = xcalloc(1, sizeof(*rl));
+    pthread_mutex_init(&rl->lock, NULL);
+    rl->max_failures = max_failures;
+    rl->window = window_seconds;
+    return rl;
+}
+
+void ratelimit_free(ratelimit *rl)
+{
+    if (rl == NULL)
+        return;
+    pthread_mutex_destroy(&rl->lock);
+    free(rl);
+}
+
+/* The slot for the key, reset if its window has passed. Call with the lock held. */
+static struct slot *slot_for(ratelimit *rl, const char *key, int64_t now)
+{
+    uint64_t h = hash_key(key);
+    struct slot *s = &rl->slots[h % SLOTS];
+    int expired = now - s->window_start >= rl->window;
+    if (s->key_hash == h && !expired)
+        return s;
+    if (s->key_hash != h && s->failures > 0 && !expired)
+        return s; /* shared with another live key: errs on the side of limiting */
+    s->key_hash = h;
+    s->window_start = now;
+    s->failures = 0;
+    return s;
+}
+
+int ratelimit_blocked(ratelimit *rl, const char *key, int64_t now)
+{
+    pthread_mutex_lock(&rl->lock);
+    int blocked = slot_for(rl, key, now)->failures >= rl->max_failures;
+    pthread_mutex_unlock(&rl->lock);
+    return blocked;
+}
+
+void ratelimit_fail(ratelimit *rl, const char *key, int64_t now)
+{
+    pthread_mutex_lock(&rl->lock);
+    slot_for(rl, key, now)->failures++;
+    pthread_mutex_unlock(&rl->lock);
+}

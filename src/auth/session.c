@@ -1,0 +1,80 @@
+/* Bearer token checks and the 401 challenge. */
+#include "auth/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/log.h"
+#include "core/mem.h"
+#include "routes.h"
+
+static const char *const status_names[] = {"ok",      "missing", "malformed", "unknown",
+                                           "expired", "revoked", "error"};
+
+const char *session_status_name(enum session_status s)
+{
+    return status_names[s];
+}
+
+static enum session_status check_age(struct app *app, const st_session *s)
+{
+    int64_t now = app_now(app);
+    if (s->revoked_at)
+        return SESSION_REVOKED;
+    if (s->expires_at && now >= s->expires_at)
+        return SESSION_EXPIRED;
+    if (s->enrollment_id == NULL &&
+        now - s->issued_at >= config_get_int(app->cfg, "enroll_token_ttl"))
+        return SESSION_EXPIRED;
+    int64_t interval = config_get_int(app->cfg, "reauth_interval");
+    if (interval > 0 && now - s->issued_at >= interval)
+        return SESSION_EXPIRED;
+    return SESSION_OK;
+}
+
+enum session_status session_from_request(struct app *app, const http_request *req,
+                                         st_session *out)
+{
+    memset(out, 0, sizeof(*out));
+    const char *h = http_request_header(req, "Authorization");
+    if (h == NULL)
+        return SESSION_MISSING;
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return SESSION_MALFORMED;
+    const char *token = h + 7;
+    while (*token == ' ')
+        token++;
+    if (!secret_token_well_formed(token))
+        return SESSION_MALFORMED;
+    char hash[SECRET_HASH_LEN + 1];
+    secret_hash(token, hash);
+    int rc = storage_session_get(app->st, hash, out);
+    if (rc == ST_ENOTFOUND)
+        return SESSION_UNKNOWN;
+    if (rc != 0)
+        return SESSION_ERROR;
+    return check_age(app, out);
+}
+
+int session_issue(struct app *app, int64_t user_id, const char *method, char *token)
+{
+    char hash[SECRET_HASH_LEN + 1];
+    secret_new_token(token);
+    secret_hash(token, hash);
+    st_session s = {.token_hash = hash, .user_id = user_id, .method = (char *)method,
+                    .issued_at = app_now(app)};
+    return storage_session_add(app->st, &s);
+}
+
+void session_challenge(struct app *app, http_response *res)
+{
+    char *value =
+        xasprintf("Bearer method=\"apple-as-web\", url=\"%s%s\"", app->public_url, PATH_SIGNIN);
+    http_response_set_header(res, "WWW-Authenticate", value);
+    free(value);
+    res->status = 401;
+    res->content_type = NULL;
+    buf_reset(&res->body);
+}

@@ -1,0 +1,28 @@
+/*
+ * The `apple-as-web` sign-in pages (PROTOCOL.md 5.1): the device opens the challenge url with
+ * `?user-identifier=U` in a web view; the person proves who they are; Orchard ends the flow with
+ * `308 Location: apple-remotemanagement-user-login://authentication-results?access-token=T`.
+ *
+ * Who the person is comes from an identity provider behind `struct auth_provider`: the local
+ * directory (argon2id passwords) now, OIDC federation later; the rest of the flow (CSRF, rate
+ * limits, token issue, audit) is shared.
+ */
+#ifndef ORCHARD_AUTH_SIGNIN_H
+#define ORCHARD_AUTH_SIGNIN_H
+
+#include "app.h"
+#include "http/http.h"
+
+struct auth_provider {
+    const char *name; /* recorded as the session's method */
+    /* Fills *user for valid credentials; returns 0, -1 for bad credentials. */
+    int (*verify_password)(struct app *app, const char *identifier, const char *password,
+                           st_user *user);
+};
+
+extern const struct auth_provider auth_provider_local;
+
+void signin_handle_get(void *ctx, http_request *req, http_response *res);
+void signin_handle_post(void *ctx, http_request *req, http_response *res);
+
+#endif

@@ -1,0 +1,187 @@
+/*
+ * `orchard serve`: the wiring (config -> storage -> identities -> services -> routes) and the
+ * process lifecycle. SIGINT/SIGTERM stop accepting, let in-flight requests finish, then close
+ * the database cleanly.
+ */
+#include <ctype.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "auth/ratelimit.h"
+#include "auth/secret.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "core/fs.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "crypto/pki.h"
+#include "http/http.h"
+#include "routes.h"
+
+#define SIGNIN_WINDOW (15 * 60)
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f, "usage: orchard serve --data DIR [--listen HOST:PORT]\n\n"
+               "Serves HTTPS: service discovery, enrollment, sign-in, SCEP, check-in, the\n"
+               "command channel and the admin API. Stops gracefully on SIGINT/SIGTERM.\n");
+}
+
+static void parse_domains(struct app *app)
+{
+    const char *list = config_get(app->cfg, "domains");
+    app->domains = xcalloc(strlen(list) / 2 + 2, sizeof(char *));
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", ");
+        size_t n = strcspn(p, ", ");
+        if (n == 0)
+            break;
+        char *d = xstrndup(p, n);
+        for (char *c = d; *c; c++)
+            *c = (char)tolower((unsigned char)*c);
+        app->domains[app->ndomains++] = d;
+        p += n;
+    }
+}
+
+static int app_setup(struct app *app, const char *data, const char *listen)
+{
+    char err[512];
+    app->cfg = config_load(data, err, sizeof(err));
+    if (app->cfg && listen && config_set(app->cfg, "listen", listen, err, sizeof(err)) != 0) {
+        config_free(app->cfg);
+        app->cfg = NULL;
+    }
+    if (app->cfg == NULL) {
+        fprintf(stderr, "orchard: %s\n", err);
+        return -1;
+    }
+    enum log_level level = LOG_INFO;
+    log_parse_level(config_get(app->cfg, "log_level"), &level);
+    log_set_level(level);
+    const char *url = config_get(app->cfg, "public_url");
+    if (strncmp(url, "https://", 8) != 0) {
+        fprintf(stderr, "orchard: public_url: \"%s\" must be an https:// URL\n", url);
+        return -1;
+    }
+    app->public_url = xstrdup(url);
+    size_t n = strlen(app->public_url);
+    while (n > 8 && app->public_url[n - 1] == '/')
+        app->public_url[--n] = '\0';
+    parse_domains(app);
+    app->debug_clock = (int)config_get_int(app->cfg, "debug_clock");
+    if (secret_init() != 0 || crypto_init() != 0) {
+        fprintf(stderr, "orchard: cannot initialise the crypto libraries\n");
+        return -1;
+    }
+    char *dsn = cli_storage_dsn(app->cfg);
+    app->st = storage_open(dsn, err, sizeof(err));
+    free(dsn);
+    if (app->st == NULL) {
+        fprintf(stderr, "orchard: storage: %s\n", err);
+        return -1;
+    }
+    if (app_load_identities(app, err, sizeof(err)) != 0) {
+        fprintf(stderr, "orchard: %s\n", err);
+        return -1;
+    }
+    app->signin_limit =
+        ratelimit_new((int)config_get_int(app->cfg, "signin_rate_limit"), SIGNIN_WINDOW);
+    return 0;
+}
+
+static int start_http(struct app *app)
+{
+    char err[512];
+    char *cert_path = config_get_path(app->cfg, "tls_cert");
+    char *key_path = config_get_path(app->cfg, "tls_key");
+    char *cert = fs_read_file(cert_path, NULL), *key = fs_read_file(key_path, NULL);
+    int rc = -1;
+    if (cert == NULL || key == NULL) {
+        fprintf(stderr, "orchard: cannot read %s\n", cert ? key_path : cert_path);
+        goto out;
+    }
+    struct http_server_options o = {
+        .listen = config_get(app->cfg, "listen"), .cert_pem = cert, .key_pem = key,
+        .client_ca_pem = app->scep_ca_pem, .threads = (int)config_get_int(app->cfg, "threads"),
+        .max_body = (size_t)config_get_int(app->cfg, "max_body"),
+        .access_log = (int)config_get_int(app->cfg, "access_log"), .routes = orchard_routes,
+        .ctx = app};
+    app->http = http_server_start(&o, err, sizeof(err));
+    if (app->http == NULL) {
+        fprintf(stderr, "orchard: %s\n", err);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (key)
+        memset(key, 0, strlen(key));
+    free(cert);
+    free(key);
+    free(cert_path);
+    free(key_path);
+    return rc;
+}
+
+static int wait_for_signal(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int sig = 0;
+    sigwait(&set, &sig);
+    return sig;
+}
+
+int cli_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
+                                             {"listen", required_argument, NULL, 'l'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    const char *data = NULL, *listen = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd': data = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'h': serve_usage(stdout); return 0;
+        default: serve_usage(stderr); return 2;
+        }
+    }
+    if (data == NULL) {
+        serve_usage(stderr);
+        return 2;
+    }
+    /* Block the stop signals before any thread starts so only sigwait sees them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct app app = {0};
+    int rc = 1;
+    if (app_setup(&app, data, listen) != 0 || start_http(&app) != 0)
+        goto out;
+    log_info("event=serving listen=%s public_url=%s port=%d topic=%s", config_get(app.cfg, "listen"),
+             app.public_url, http_server_port(app.http), app.topic);
+    int sig = wait_for_signal();
+    log_info("event=stopping signal=%d", sig);
+    http_server_stop(app.http, 10000);
+    rc = 0;
+out:
+    ratelimit_free(app.signin_limit);
+    app_cleanup(&app);
+    storage_close(app.st);
+    config_free(app.cfg);
+    if (rc == 0)
+        log_info("event=stopped");
+    return rc;
+}

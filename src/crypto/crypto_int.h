@@ -1,0 +1,59 @@
+/*
+ * Private to src/crypto/: the definitions behind the opaque types of pki.h and the helpers
+ * pki.c, cms.c and scep.c share. Nothing outside src/crypto/ may include this file (it pulls
+ * in OpenSSL headers).
+ */
+#ifndef ORCHARD_CRYPTO_INT_H
+#define ORCHARD_CRYPTO_INT_H
+
+#include <openssl/cms.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "crypto/pki.h"
+
+struct crypto_cert {
+    X509 *x509;
+};
+
+struct crypto_key {
+    EVP_PKEY *pkey;
+};
+
+/* One X.509v3 extension in OpenSSL's config syntax, e.g. {NID_key_usage, "critical,..."}. */
+struct crypto_ext {
+    int nid;
+    const char *value;
+};
+
+/* Wraps an X509 (takes ownership of the reference). */
+crypto_cert *crypto_cert_wrap(X509 *x509);
+
+/*
+ * Logs the pending OpenSSL errors at debug level as `op`, clears the (thread-local) error
+ * queue so it cannot leak into an unrelated later call, and returns `code`.
+ */
+int crypto_fail(const char *op, int code);
+
+/* An ASN.1 string type as a new UTF-8 C string; NULL if it does not convert or holds a NUL. */
+char *crypto_asn1_string_utf8(const ASN1_STRING *s);
+
+/* X509_NAME as one RFC 2253 line, UTF-8 unescaped; new string. */
+char *crypto_name_string(const X509_NAME *name);
+
+/*
+ * Builds and signs (SHA-256) a v3 certificate: random positive 128-bit serial, notBefore five
+ * minutes in the past (client clock skew), notAfter `days` from now, subjectKeyIdentifier and
+ * (when issuer is not NULL) authorityKeyIdentifier plus `exts` (terminated by {0, NULL}).
+ * issuer == NULL makes it self-signed (sign_key must then match pubkey).
+ */
+int crypto_x509_issue(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
+                      EVP_PKEY *sign_key, int days, const struct crypto_ext *exts, X509 **out);
+
+/* DER of a CMS ContentInfo into a new xmalloc() buffer. */
+int crypto_cms_to_der(CMS_ContentInfo *cms, uint8_t **der, size_t *len);
+
+/* Parses a (BER or DER) CMS ContentInfo from memory; NULL on malformed input. */
+CMS_ContentInfo *crypto_cms_parse(const uint8_t *der, size_t len);
+
+#endif

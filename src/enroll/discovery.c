@@ -1,0 +1,82 @@
+/*
+ * Service discovery (PROTOCOL.md 3): the organisation's domain tells the device where to
+ * enroll. Exactly one server entry; refusals are 403 with `com.apple.well-known.failed` so that
+ * newer clients do not fall back to Apple's discovery for a domain we explicitly refuse.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/mem.h"
+#include "enroll/enroll.h"
+#include "routes.h"
+
+int enroll_domain_served(const struct app *app, const char *domain)
+{
+    for (int i = 0; i < app->ndomains; i++) {
+        if (strcmp(app->domains[i], domain) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Lowercase host of the Host header without the port; NULL if absent or unreasonable. */
+static char *host_domain(const http_request *req)
+{
+    const char *h = http_request_header(req, "Host");
+    if (h == NULL || strlen(h) > 255)
+        return NULL;
+    size_t n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":");
+    char *d = xstrndup(h, n);
+    for (char *p = d; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return d;
+}
+
+/* The device splits the identifier at the last '@' (PROTOCOL.md 3.1); so do we. */
+static int identifier_domain_served(const struct app *app, const char *user)
+{
+    const char *at = strrchr(user, '@');
+    if (at == NULL || at == user || strlen(at + 1) > 255)
+        return 0;
+    char *d = xstrdup(at + 1);
+    for (char *p = d; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    int ok = enroll_domain_served(app, d);
+    free(d);
+    return ok;
+}
+
+static void refuse(http_response *res, const char *why)
+{
+    buf_reset(&res->body);
+    buf_printf(&res->body,
+               "{\"code\":\"com.apple.well-known.failed\",\"description\":\"%s\","
+               "\"message\":\"This account cannot be enrolled with this organisation.\"}",
+               why);
+    res->status = 403;
+    res->content_type = "application/json";
+}
+
+void enroll_handle_discovery(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    char *domain = host_domain(req);
+    const char *user = http_request_query(req, "user-identifier");
+    if (domain == NULL || !enroll_domain_served(app, domain)) {
+        log_info("event=discovery_refused rid=%s reason=unknown_domain", req->request_id);
+        refuse(res, "unknown domain");
+    } else if (user && !identifier_domain_served(app, user)) {
+        log_info("event=discovery_refused rid=%s reason=identifier_domain", req->request_id);
+        refuse(res, "identifier not in this domain");
+    } else {
+        buf_reset(&res->body);
+        buf_printf(&res->body,
+                   "{\"Servers\":[{\"Version\":\"mdm-byod\",\"BaseURL\":\"%s%s%s\"}]}",
+                   app->public_url, PATH_ENROLL, domain);
+        res->status = 200;
+        res->content_type = "application/json";
+    }
+    free(domain);
+}

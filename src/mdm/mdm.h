@@ -1,0 +1,49 @@
+/*
+ * The MDM check-in protocol (PUT CheckInURL, PROTOCOL.md 8) and command channel (PUT ServerURL,
+ * section 9). Each request is: parse the plist (bounded), resolve which enrollment channel it
+ * is (EnrollmentID/EnrollmentUserID for user enrollments, UDID/UserID otherwise), verify the
+ * device identity and, for user enrollments, the session token; then act.
+ *
+ * 401 (with the apple-as-web challenge) is only ever sent to user enrollments: to any other
+ * enrollment a 401 means "unenroll" (section 7.3).
+ */
+#ifndef ORCHARD_MDM_H
+#define ORCHARD_MDM_H
+
+#include "app.h"
+#include "http/http.h"
+#include "plist/pl.h"
+
+/* PUT /mdm/checkin */
+void mdm_handle_checkin(void *ctx, http_request *req, http_response *res);
+/* PUT /mdm/connect */
+void mdm_handle_connect(void *ctx, http_request *req, http_response *res);
+
+/* The parsed, identified request shared by check-in and connect. */
+struct mdm_request {
+    plist_t msg;
+    char id[160]; /* enrollment id (see storage.h) */
+    char parent_id[80];
+    int type;     /* enum st_enrollment_type */
+    char fp[65];  /* verified device certificate fingerprint */
+    st_session session;
+    int session_status; /* enum session_status */
+};
+
+/*
+ * Parses and identifies the request; on failure fills res (400/403) and returns -1. The caller
+ * must call mdm_request_cleanup either way.
+ */
+int mdm_request_begin(struct app *app, http_request *req, http_response *res,
+                      struct mdm_request *m);
+void mdm_request_cleanup(struct mdm_request *m);
+/*
+ * For user enrollments: checks the session token against the enrollment (bound to it, or
+ * unbound and of the same user: a re-authentication, which is then bound and audited).
+ * Returns 0 if the request may proceed; otherwise fills res with 401 + challenge.
+ * `allow_expired` is for CheckOut (the device cannot sign in while removing its profile).
+ */
+int mdm_check_session(struct app *app, http_request *req, http_response *res,
+                      struct mdm_request *m, const st_enrollment *e, int allow_expired);
+
+#endif

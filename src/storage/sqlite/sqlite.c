@@ -1,0 +1,1758 @@
+/*
+ * The SQLite storage backend: storage_ops over one database file. This is the only file in
+ * Orchard that includes sqlite3.h. It is not a general SQL layer: every statement is a constant
+ * in the table below, prepared once per connection and reused.
+ *
+ * Threads. libmicrohttpd calls in from a thread pool, and a sqlite3 connection must not be used
+ * by two threads at once. Each thread therefore gets its own connection, opened lazily on its
+ * first call and found again through a pthread key; the storage object keeps every connection
+ * in a mutex-protected list so storage_close can close them all, and a thread that exits closes
+ * its own (the key's destructor). Connections are opened with SQLITE_OPEN_NOMUTEX: a connection
+ * is never shared, so SQLite's per-connection mutex would be pure overhead.
+ *
+ * Concurrency between connections is SQLite's: WAL mode, so readers never block the writer,
+ * and a 5 s busy timeout, so a writer waits for the write lock instead of failing with
+ * SQLITE_BUSY. Multi-statement writes run in BEGIN IMMEDIATE transactions, which take the write
+ * lock up front (through the busy handler) instead of upgrading a read transaction later, which
+ * in WAL mode can fail at once with SQLITE_BUSY_SNAPSHOT. Single-statement writes need no
+ * explicit transaction.
+ *
+ * Durability. synchronous=NORMAL in WAL mode: a commit is written to the WAL file (the OS
+ * page cache) before it returns, and fsync happens at checkpoints. A process crash, including
+ * kill -9, loses no acknowledged transaction, because the data is in the kernel's hands; a power
+ * failure or OS crash may roll back the last few commits, but never corrupts the database.
+ * That is the right trade for an MDM server (a lost command result is re-sent by the device,
+ * PROTOCOL.md section 9.3); FULL would add an fsync to every device request.
+ *
+ * Schema. Versioned migrations (sq_migrations below) are applied in order at open, each in its
+ * own BEGIN IMMEDIATE transaction, and recorded in schema_migrations; a database newer than
+ * this build is refused. The command queue is split in two tables: `commands` holds only
+ * pending rows (queued, sent-but-unanswered, NotNow), so the device's hot query scans a tiny
+ * index range; `command_history` holds terminal rows with their results.
+ */
+#include "storage/sqlite/sqlite.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/mem.h"
+
+#define SQ_BUSY_TIMEOUT_MS 5000
+/* Lists are read this many rows at a time; no statement is open while the callback runs. */
+#define SQ_LIST_CHUNK 256
+
+/* ---- schema ---- */
+
+/*
+ * Migration 1, the initial schema. Notes:
+ *  - emails are stored lowercase (lower() on insert and lookup);
+ *  - user_id columns are NULL when the record has "0 = none";
+ *  - commands.seq is AUTOINCREMENT so a seq is never reused after its row moves to history
+ *    (command_history keeps the same seq as its primary key, giving a stable creation order);
+ *  - commands_next serves queue_next (equality on enrollment and status, then the send order)
+ *    and queue_count, and is the child index of the enrollments foreign key.
+ */
+static const char sq_schema_v1[] =
+    "CREATE TABLE users ("
+    " id INTEGER PRIMARY KEY,"
+    " email TEXT NOT NULL UNIQUE,"
+    " managed_apple_id TEXT,"
+    " password_hash TEXT,"
+    " idp_subject TEXT,"
+    " created_at INTEGER NOT NULL,"
+    " disabled INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE api_keys ("
+    " id INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " key_hash TEXT NOT NULL UNIQUE,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE sessions ("
+    " token_hash TEXT PRIMARY KEY,"
+    " user_id INTEGER NOT NULL REFERENCES users (id),"
+    " method TEXT NOT NULL,"
+    " issued_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL DEFAULT 0,"
+    " enrollment_id TEXT,"
+    " revoked_at INTEGER NOT NULL DEFAULT 0,"
+    " machine_info TEXT);"
+    "CREATE INDEX sessions_enrollment ON sessions (enrollment_id) WHERE enrollment_id IS NOT NULL;"
+    "CREATE TABLE scep_challenges ("
+    " challenge_hash TEXT PRIMARY KEY,"
+    " user_id INTEGER REFERENCES users (id),"
+    " session_hash TEXT,"
+    " expires_at INTEGER NOT NULL,"
+    " used INTEGER NOT NULL DEFAULT 0,"
+    " used_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE certs ("
+    " fingerprint TEXT PRIMARY KEY,"
+    " serial TEXT NOT NULL UNIQUE,"
+    " subject TEXT,"
+    " user_id INTEGER REFERENCES users (id),"
+    " session_hash TEXT,"
+    " enrollment_id TEXT,"
+    " not_after INTEGER NOT NULL,"
+    " issued_at INTEGER NOT NULL,"
+    " revoked_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX certs_enrollment ON certs (enrollment_id) WHERE enrollment_id IS NOT NULL;"
+    "CREATE TABLE enrollments ("
+    " id TEXT PRIMARY KEY,"
+    " type INTEGER NOT NULL,"
+    " parent_id TEXT,"
+    " user_id INTEGER REFERENCES users (id),"
+    " topic TEXT,"
+    " cert_fingerprint TEXT,"
+    " push_token TEXT,"
+    " push_magic TEXT,"
+    " push_token_dead INTEGER NOT NULL DEFAULT 0,"
+    " os_version TEXT,"
+    " build_version TEXT,"
+    " product_name TEXT,"
+    " device_name TEXT,"
+    " model TEXT,"
+    " auth_state TEXT NOT NULL DEFAULT 'active',"
+    " auth_state_since INTEGER NOT NULL DEFAULT 0,"
+    " last_auth_at INTEGER NOT NULL DEFAULT 0,"
+    " last_auth_method TEXT,"
+    " enrolled_at INTEGER NOT NULL DEFAULT 0,"
+    " token_updated_at INTEGER NOT NULL DEFAULT 0,"
+    " last_seen_at INTEGER NOT NULL DEFAULT 0,"
+    " unenrolled_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX enrollments_user ON enrollments (user_id, id);"
+    "CREATE INDEX enrollments_parent ON enrollments (parent_id) WHERE parent_id IS NOT NULL;"
+    "CREATE TABLE commands ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " uuid TEXT NOT NULL UNIQUE,"
+    " enrollment_id TEXT NOT NULL REFERENCES enrollments (id),"
+    " request_type TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " priority INTEGER NOT NULL DEFAULT 0,"
+    " status INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1)),"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX commands_next ON commands (enrollment_id, status, priority DESC, created_at, "
+    "seq);"
+    "CREATE TABLE command_history ("
+    " seq INTEGER PRIMARY KEY,"
+    " uuid TEXT NOT NULL UNIQUE,"
+    " enrollment_id TEXT NOT NULL,"
+    " request_type TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " priority INTEGER NOT NULL,"
+    " status INTEGER NOT NULL CHECK (status IN (2, 3, 4)),"
+    " sensitive INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL,"
+    " completed_at INTEGER NOT NULL,"
+    " result BLOB);"
+    "CREATE INDEX command_history_completed ON command_history (completed_at);"
+    "CREATE INDEX command_history_enrollment ON command_history (enrollment_id, seq);"
+    "CREATE TABLE audit ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " at INTEGER NOT NULL,"
+    " actor TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " target TEXT,"
+    " detail TEXT);";
+
+/* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
+static const char *const sq_migrations[] = {
+    sq_schema_v1,
+};
+#define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
+
+/* ---- statements ---- */
+
+enum sq_stmt_id {
+    SQ_BEGIN,
+    SQ_COMMIT,
+    SQ_ROLLBACK,
+    SQ_PING,
+    SQ_SCHEMA_VERSION,
+    SQ_USER_ADD,
+    SQ_USER_GET_BY_EMAIL,
+    SQ_USER_GET,
+    SQ_USER_SET_PASSWORD,
+    SQ_USER_LIST,
+    SQ_APIKEY_ADD,
+    SQ_APIKEY_FIND,
+    SQ_SESSION_ADD,
+    SQ_SESSION_GET,
+    SQ_SESSION_BIND,
+    SQ_SESSION_BOUND_TO,
+    SQ_SESSION_SET_MACHINE_INFO,
+    SQ_SESSION_REVOKE_ENROLLMENT,
+    SQ_SESSION_REVOKE,
+    SQ_CHALLENGE_ADD,
+    SQ_CHALLENGE_GET,
+    SQ_CHALLENGE_USE,
+    SQ_CERT_ADD,
+    SQ_CERT_GET,
+    SQ_CERT_SET_ENROLLMENT,
+    SQ_CERT_REVOKE_ENROLLMENT,
+    SQ_ENR_UPSERT,
+    SQ_ENR_GET,
+    SQ_ENR_TOKEN_UPDATE,
+    SQ_ENR_SET_CERT,
+    SQ_ENR_SET_AUTH_STATE,
+    SQ_ENR_SET_LAST_AUTH,
+    SQ_ENR_SET_PUSH_DEAD,
+    SQ_ENR_UNENROLL,
+    SQ_ENR_TOUCH,
+    SQ_ENR_LIST,
+    SQ_ENR_LIST_USER,
+    SQ_CMD_ENQUEUE,
+    SQ_CMD_NEXT,
+    SQ_CMD_NEXT_NOTNOW,
+    SQ_CMD_MARK_SENT,
+    SQ_CMD_MARK_NOTNOW,
+    SQ_CMD_TO_HISTORY,
+    SQ_CMD_DELETE,
+    SQ_CMD_GET,
+    SQ_CMD_LIST,
+    SQ_QUEUE_CLEAR,
+    SQ_QUEUE_COUNT,
+    SQ_HISTORY_PRUNE,
+    SQ_AUDIT_ADD,
+    SQ_AUDIT_LIST,
+    SQ_NSTMT
+};
+
+#define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
+#define SESSION_COLS                                                                               \
+    "token_hash, user_id, method, issued_at, expires_at, enrollment_id, revoked_at, machine_info"
+#define CERT_COLS                                                                                  \
+    "serial, fingerprint, subject, user_id, session_hash, enrollment_id, not_after, issued_at, "   \
+    "revoked_at"
+#define ENR_COLS                                                                                   \
+    "id, type, parent_id, user_id, topic, cert_fingerprint, push_token, push_magic, "              \
+    "push_token_dead, os_version, build_version, product_name, device_name, model, auth_state, "   \
+    "auth_state_since, last_auth_at, last_auth_method, enrolled_at, token_updated_at, "            \
+    "last_seen_at, unenrolled_at"
+/* Pending and history rows read through the same row reader (read_command). */
+#define CMD_Q_COLS                                                                                 \
+    "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
+    "0 AS completed_at, NULL AS result, seq"
+#define CMD_H_COLS                                                                                 \
+    "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
+    "completed_at, result, seq"
+#define CMD_NEXT_ORDER " ORDER BY priority DESC, created_at, seq LIMIT 1"
+
+static const char *const sq_sql[SQ_NSTMT] = {
+    [SQ_BEGIN] = "BEGIN IMMEDIATE",
+    [SQ_COMMIT] = "COMMIT",
+    [SQ_ROLLBACK] = "ROLLBACK",
+    [SQ_PING] = "SELECT 1",
+    [SQ_SCHEMA_VERSION] = "SELECT coalesce(max(version), 0) FROM schema_migrations",
+
+    [SQ_USER_ADD] = "INSERT INTO users (email, managed_apple_id, password_hash, idp_subject, "
+                    "created_at, disabled) VALUES (lower(?1), ?2, ?3, ?4, ?5, ?6)",
+    [SQ_USER_GET_BY_EMAIL] = "SELECT " USER_COLS " FROM users WHERE email = lower(?1)",
+    [SQ_USER_GET] = "SELECT " USER_COLS " FROM users WHERE id = ?1",
+    [SQ_USER_SET_PASSWORD] = "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+    [SQ_USER_LIST] = "SELECT " USER_COLS " FROM users WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [SQ_APIKEY_ADD] = "INSERT INTO api_keys (name, key_hash, created_at) VALUES (?1, ?2, ?3)",
+    [SQ_APIKEY_FIND] = "SELECT id, name FROM api_keys WHERE key_hash = ?1",
+
+    [SQ_SESSION_ADD] =
+        "INSERT INTO sessions (" SESSION_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [SQ_SESSION_GET] = "SELECT " SESSION_COLS " FROM sessions WHERE token_hash = ?1",
+    [SQ_SESSION_BIND] = "UPDATE sessions SET enrollment_id = ?2 WHERE token_hash = ?1"
+                        " AND (enrollment_id IS NULL OR enrollment_id = ?2)",
+    [SQ_SESSION_BOUND_TO] = "SELECT enrollment_id FROM sessions WHERE token_hash = ?1",
+    [SQ_SESSION_SET_MACHINE_INFO] = "UPDATE sessions SET machine_info = ?2 WHERE token_hash = ?1",
+    [SQ_SESSION_REVOKE_ENROLLMENT] =
+        "UPDATE sessions SET revoked_at = ?2 WHERE enrollment_id = ?1 AND revoked_at = 0",
+    [SQ_SESSION_REVOKE] = "UPDATE sessions SET revoked_at = ?2 WHERE token_hash = ?1"
+                          " AND revoked_at = 0",
+
+    [SQ_CHALLENGE_ADD] = "INSERT INTO scep_challenges (challenge_hash, user_id, session_hash, "
+                         "expires_at) VALUES (?1, ?2, ?3, ?4)",
+    [SQ_CHALLENGE_GET] = "SELECT user_id, session_hash, expires_at, used FROM scep_challenges"
+                         " WHERE challenge_hash = ?1",
+    [SQ_CHALLENGE_USE] =
+        "UPDATE scep_challenges SET used = 1, used_at = ?2 WHERE challenge_hash = ?1",
+    [SQ_CERT_ADD] = "INSERT INTO certs (" CERT_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [SQ_CERT_GET] = "SELECT " CERT_COLS " FROM certs WHERE fingerprint = ?1",
+    [SQ_CERT_SET_ENROLLMENT] = "UPDATE certs SET enrollment_id = ?2 WHERE fingerprint = ?1",
+    [SQ_CERT_REVOKE_ENROLLMENT] =
+        "UPDATE certs SET revoked_at = ?2 WHERE enrollment_id = ?1 AND revoked_at = 0",
+
+    /* Authenticate: insert, or replace the fields of a known enrollment and reset its push
+     * token, completion and unenrollment (the queue is cleared in the same transaction). */
+    [SQ_ENR_UPSERT] =
+        "INSERT INTO enrollments (id, type, parent_id, user_id, topic, cert_fingerprint, "
+        "os_version, build_version, product_name, device_name, model, auth_state, "
+        "auth_state_since, last_auth_at, last_auth_method, enrolled_at, last_seen_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?12, 'active'), ?13, "
+        "?14, ?15, ?16, ?17) "
+        "ON CONFLICT (id) DO UPDATE SET type = excluded.type, parent_id = excluded.parent_id, "
+        "user_id = excluded.user_id, topic = excluded.topic, "
+        "cert_fingerprint = excluded.cert_fingerprint, os_version = excluded.os_version, "
+        "build_version = excluded.build_version, product_name = excluded.product_name, "
+        "device_name = excluded.device_name, model = excluded.model, "
+        "auth_state = excluded.auth_state, auth_state_since = excluded.auth_state_since, "
+        "last_auth_at = excluded.last_auth_at, last_auth_method = excluded.last_auth_method, "
+        "enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at, "
+        "push_token = NULL, push_magic = NULL, push_token_dead = 0, token_updated_at = 0, "
+        "unenrolled_at = 0",
+    [SQ_ENR_GET] = "SELECT " ENR_COLS " FROM enrollments WHERE id = ?1",
+    [SQ_ENR_TOKEN_UPDATE] = "UPDATE enrollments SET push_token = ?2, push_magic = ?3, "
+                            "push_token_dead = 0, token_updated_at = ?4 WHERE id = ?1",
+    [SQ_ENR_SET_CERT] = "UPDATE enrollments SET cert_fingerprint = ?2 WHERE id = ?1",
+    [SQ_ENR_SET_AUTH_STATE] =
+        "UPDATE enrollments SET auth_state = ?2, auth_state_since = ?3 WHERE id = ?1",
+    [SQ_ENR_SET_LAST_AUTH] =
+        "UPDATE enrollments SET last_auth_at = ?2, last_auth_method = ?3 WHERE id = ?1",
+    [SQ_ENR_SET_PUSH_DEAD] = "UPDATE enrollments SET push_token_dead = ?2 WHERE id = ?1",
+    /* Idempotent: a repeated CheckOut keeps the first unenrollment time. The push token is
+     * retired with the enrollment (PROTOCOL.md section 14). */
+    [SQ_ENR_UNENROLL] =
+        "UPDATE enrollments SET "
+        "auth_state_since = CASE WHEN unenrolled_at = 0 THEN ?2 ELSE auth_state_since END, "
+        "unenrolled_at = CASE WHEN unenrolled_at = 0 THEN ?2 ELSE unenrolled_at END, "
+        "auth_state = 'unenrolled', push_token = NULL, push_magic = NULL WHERE id = ?1",
+    [SQ_ENR_TOUCH] = "UPDATE enrollments SET last_seen_at = ?2 WHERE id = ?1",
+    [SQ_ENR_LIST] = "SELECT " ENR_COLS " FROM enrollments WHERE id > ?1"
+                    " AND (?2 OR unenrolled_at = 0) ORDER BY id LIMIT ?3",
+    [SQ_ENR_LIST_USER] = "SELECT " ENR_COLS " FROM enrollments WHERE user_id = ?4 AND id > ?1"
+                         " AND (?2 OR unenrolled_at = 0) ORDER BY id LIMIT ?3",
+
+    /* A uuid may not repeat one in history either; the NOT EXISTS keeps that one statement. */
+    [SQ_CMD_ENQUEUE] = "INSERT INTO commands (uuid, enrollment_id, request_type, body, priority, "
+                       "sensitive, created_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+                       " WHERE NOT EXISTS (SELECT 1 FROM command_history WHERE uuid = ?1)",
+    [SQ_CMD_NEXT] = "SELECT " CMD_Q_COLS " FROM commands WHERE enrollment_id = ?1"
+                    " AND status = 0" CMD_NEXT_ORDER,
+    [SQ_CMD_NEXT_NOTNOW] = "SELECT " CMD_Q_COLS " FROM commands WHERE enrollment_id = ?1"
+                           " AND status IN (0, 1)" CMD_NEXT_ORDER,
+    [SQ_CMD_MARK_SENT] = "UPDATE commands SET status = 0, sent_at = ?2 WHERE seq = ?1",
+    [SQ_CMD_MARK_NOTNOW] = "UPDATE commands SET status = 1 WHERE uuid = ?1 AND enrollment_id = ?2",
+    [SQ_CMD_TO_HISTORY] =
+        "INSERT INTO command_history (seq, uuid, enrollment_id, request_type, body, priority, "
+        "status, sensitive, created_at, sent_at, completed_at, result) "
+        "SELECT seq, uuid, enrollment_id, request_type, body, priority, ?3, sensitive, "
+        "created_at, sent_at, ?4, ?5 FROM commands WHERE uuid = ?1 AND enrollment_id = ?2",
+    [SQ_CMD_DELETE] = "DELETE FROM commands WHERE uuid = ?1 AND enrollment_id = ?2",
+    /* One statement, so a command moving to history in between cannot be missed. */
+    [SQ_CMD_GET] = "SELECT " CMD_Q_COLS " FROM commands WHERE uuid = ?1 UNION ALL "
+                   "SELECT " CMD_H_COLS " FROM command_history WHERE uuid = ?1 LIMIT 1",
+    /* Keyset pagination over (part, seq): ?2 is the part and ?3 the seq of the last row read. */
+    [SQ_CMD_LIST] = "SELECT " CMD_Q_COLS ", 0 AS part FROM commands"
+                    " WHERE enrollment_id = ?1 AND ?2 = 0 AND seq < ?3 UNION ALL "
+                    "SELECT " CMD_H_COLS ", 1 AS part FROM command_history"
+                    " WHERE enrollment_id = ?1 AND (?2 = 0 OR seq < ?3)"
+                    " ORDER BY part, seq DESC LIMIT ?4",
+    [SQ_QUEUE_CLEAR] = "DELETE FROM commands WHERE enrollment_id = ?1",
+    [SQ_QUEUE_COUNT] = "SELECT count(*) FROM commands WHERE enrollment_id = ?1",
+    [SQ_HISTORY_PRUNE] = "DELETE FROM command_history WHERE completed_at < ?1",
+
+    [SQ_AUDIT_ADD] =
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
+                      " ORDER BY id DESC LIMIT ?2",
+};
+
+/* ---- connections ---- */
+
+struct sqlite_storage;
+
+/* One thread's connection and its prepared-statement cache. */
+struct sq_conn {
+    sqlite3 *db;
+    struct sqlite_storage *owner;
+    struct sq_conn *prev, *next; /* owner->conns, under owner->lock */
+    int bind_rc;                 /* first failed bind since the last reset, reported by step */
+    sqlite3_stmt *stmt[SQ_NSTMT];
+};
+
+struct sqlite_storage {
+    struct storage base; /* first: storage * <-> struct sqlite_storage * */
+    char *path;
+    pthread_key_t key; /* this thread's struct sq_conn */
+    int key_ok;
+    pthread_mutex_t lock; /* guards conns */
+    struct sq_conn *conns;
+    atomic_int step_fail_after; /* test hook, see storage_impl.h */
+};
+
+static const struct storage_ops sqlite_ops;
+
+static void conn_free(struct sq_conn *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < SQ_NSTMT; i++)
+        sqlite3_finalize(c->stmt[i]);
+    sqlite3_close_v2(c->db);
+    free(c);
+}
+
+/* The pthread key's destructor: a pool thread is exiting, close its connection. */
+static void conn_thread_exit(void *p)
+{
+    struct sq_conn *c = p;
+    struct sqlite_storage *ss = c->owner;
+    pthread_mutex_lock(&ss->lock);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        ss->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&ss->lock);
+    conn_free(c);
+}
+
+static struct sq_conn *conn_open(struct sqlite_storage *ss, char *err, size_t err_len)
+{
+    struct sq_conn *c = xcalloc(1, sizeof(*c));
+    c->owner = ss;
+    /* No SQLITE_OPEN_CREATE: sqlite_storage_open created the file (mode 0600); a file that
+     * has vanished since must be an error, not a new empty database. */
+    int rc = sqlite3_open_v2(ss->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, SQ_BUSY_TIMEOUT_MS);
+    rc = sqlite3_exec(c->db, "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;", NULL, NULL,
+                      NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    return c;
+fail:
+    snprintf(err, err_len, "sqlite: cannot open %s: %s", ss->path,
+             c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+    conn_free(c);
+    return NULL;
+}
+
+static int conn_attach(struct sqlite_storage *ss, struct sq_conn *c)
+{
+    if (pthread_setspecific(ss->key, c) != 0)
+        return -1;
+    pthread_mutex_lock(&ss->lock);
+    c->next = ss->conns;
+    if (ss->conns != NULL)
+        ss->conns->prev = c;
+    ss->conns = c;
+    pthread_mutex_unlock(&ss->lock);
+    return 0;
+}
+
+/* This thread's connection, opened on first use. NULL (logged) if it cannot be opened. */
+static struct sq_conn *conn_get(storage *st)
+{
+    struct sqlite_storage *ss = (struct sqlite_storage *)st;
+    struct sq_conn *c = pthread_getspecific(ss->key);
+    if (c != NULL)
+        return c;
+    char err[512];
+    c = conn_open(ss, err, sizeof(err));
+    if (c == NULL) {
+        log_error("event=storage_error backend=sqlite op=connect err=\"%s\"", err);
+        return NULL;
+    }
+    if (conn_attach(ss, c) != 0) {
+        log_error("event=storage_error backend=sqlite op=connect err=pthread_setspecific");
+        conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- statement helpers ---- */
+
+/* Logs a failure and maps it to an ST_E* code; constraint violations are not logged. */
+static int sq_error(struct sq_conn *c, const char *op, int rc)
+{
+    switch (rc) {
+    case SQLITE_CONSTRAINT_UNIQUE:
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+        return ST_EEXISTS;
+    case SQLITE_CONSTRAINT_FOREIGNKEY:
+        return ST_ENOTFOUND; /* a referenced user or enrollment does not exist */
+    default:
+        break;
+    }
+    /* The connection's message describes rc unless rc was made up here (bind, fault hook). */
+    const char *msg = c != NULL && sqlite3_extended_errcode(c->db) == rc ? sqlite3_errmsg(c->db)
+                                                                         : sqlite3_errstr(rc);
+    log_error("event=storage_error backend=sqlite op=%s code=%d err=\"%s\"", op, rc, msg);
+    return ST_ERROR;
+}
+
+/* The cached statement, prepared on first use. NULL (logged) if it cannot be prepared. */
+static sqlite3_stmt *sq_stmt(struct sq_conn *c, enum sq_stmt_id id)
+{
+    if (c == NULL)
+        return NULL;
+    if (c->stmt[id] == NULL) {
+        int rc = sqlite3_prepare_v3(c->db, sq_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[id],
+                                    NULL);
+        if (rc != SQLITE_OK) {
+            log_error("event=storage_error backend=sqlite op=prepare stmt=%d code=%d err=\"%s\"",
+                      (int)id, rc, sqlite3_errmsg(c->db));
+            c->stmt[id] = NULL;
+            return NULL;
+        }
+    }
+    return c->stmt[id];
+}
+
+/* This thread's connection and its cached statement id; NULL on failure (logged). */
+static sqlite3_stmt *sq_prepare(storage *st, enum sq_stmt_id id, struct sq_conn **cp)
+{
+    *cp = conn_get(st);
+    return sq_stmt(*cp, id);
+}
+
+/*
+ * Bind helpers. They accept a NULL statement (a failed prepare, already logged: sq_run and
+ * sq_row then fail), and record the first bind failure for sq_step to report.
+ */
+static void sq_bind_rc(struct sq_conn *c, int rc)
+{
+    if (rc != SQLITE_OK && c->bind_rc == SQLITE_OK)
+        c->bind_rc = rc;
+}
+
+static void bind_text(struct sq_conn *c, sqlite3_stmt *s, int i, const char *v)
+{
+    if (s != NULL)
+        sq_bind_rc(c, v ? sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i));
+}
+
+static void bind_blob(struct sq_conn *c, sqlite3_stmt *s, int i, const void *v, size_t n)
+{
+    if (s != NULL)
+        sq_bind_rc(c, v ? sqlite3_bind_blob64(s, i, v, n, SQLITE_STATIC) : sqlite3_bind_null(s, i));
+}
+
+static void bind_int(struct sq_conn *c, sqlite3_stmt *s, int i, int64_t v)
+{
+    if (s != NULL)
+        sq_bind_rc(c, sqlite3_bind_int64(s, i, v));
+}
+
+/* A reference to a users row: 0 means none and is stored as NULL. */
+static void bind_ref(struct sq_conn *c, sqlite3_stmt *s, int i, int64_t id)
+{
+    if (s != NULL)
+        sq_bind_rc(c, id ? sqlite3_bind_int64(s, i, id) : sqlite3_bind_null(s, i));
+}
+
+static void sq_reset(struct sq_conn *c, sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    c->bind_rc = SQLITE_OK;
+}
+
+/* Counts one database round trip against the test hook; true when it must fail. */
+static int sq_fault(struct sqlite_storage *ss)
+{
+    int n = atomic_load_explicit(&ss->step_fail_after, memory_order_relaxed);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(&ss->step_fail_after, &n, n - 1))
+            return n == 1;
+    }
+    return 0;
+}
+
+static int sq_step(struct sq_conn *c, sqlite3_stmt *s)
+{
+    if (c->bind_rc != SQLITE_OK)
+        return c->bind_rc;
+    if (sq_fault(c->owner))
+        return SQLITE_IOERR;
+    return sqlite3_step(s);
+}
+
+/*
+ * Runs a statement that returns no rows, then resets it. With must_change, a statement that
+ * changed no row gives ST_ENOTFOUND.
+ */
+static int sq_run(struct sq_conn *c, sqlite3_stmt *s, const char *op, int must_change)
+{
+    if (s == NULL)
+        return ST_ERROR;
+    int rc = sq_step(c, s);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        rc = must_change && sqlite3_changes(c->db) == 0 ? ST_ENOTFOUND : ST_OK;
+    else
+        rc = sq_error(c, op, rc);
+    sq_reset(c, s);
+    return rc;
+}
+
+/*
+ * Steps a lookup. Returns 1 on a row (the caller reads it and calls sq_reset), otherwise
+ * ST_ENOTFOUND or ST_ERROR with the statement already reset.
+ */
+static int sq_row(struct sq_conn *c, sqlite3_stmt *s, const char *op)
+{
+    if (s == NULL)
+        return ST_ERROR;
+    int rc = sq_step(c, s);
+    if (rc == SQLITE_ROW)
+        return 1;
+    rc = rc == SQLITE_DONE ? ST_ENOTFOUND : sq_error(c, op, rc);
+    sq_reset(c, s);
+    return rc;
+}
+
+static int sq_begin(struct sq_conn *c, const char *op)
+{
+    return sq_run(c, sq_stmt(c, SQ_BEGIN), op, 0);
+}
+
+static int sq_commit(struct sq_conn *c, const char *op)
+{
+    return sq_run(c, sq_stmt(c, SQ_COMMIT), op, 0);
+}
+
+/* Rolls back the open transaction, if any. Never fault-injected: it is the recovery path. */
+static void sq_rollback(struct sq_conn *c)
+{
+    if (sqlite3_get_autocommit(c->db))
+        return;
+    sqlite3_stmt *s = sq_stmt(c, SQ_ROLLBACK);
+    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    if (s != NULL)
+        sqlite3_reset(s);
+    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+        log_error("event=storage_error backend=sqlite op=rollback code=%d err=\"%s\"", rc,
+                  sqlite3_errmsg(c->db));
+}
+
+/* ---- row readers ---- */
+
+static char *col_text(sqlite3_stmt *s, int i)
+{
+    if (sqlite3_column_type(s, i) == SQLITE_NULL)
+        return NULL;
+    const unsigned char *t = sqlite3_column_text(s, i);
+    size_t n = (size_t)sqlite3_column_bytes(s, i);
+    char *out = xmalloc(n + 1);
+    memcpy(out, t, n);
+    out[n] = '\0';
+    return out;
+}
+
+/* A blob as a NUL-terminated copy (plists are text), with its length. */
+static char *col_blob(sqlite3_stmt *s, int i, size_t *len)
+{
+    *len = 0;
+    if (sqlite3_column_type(s, i) == SQLITE_NULL)
+        return NULL;
+    const void *p = sqlite3_column_blob(s, i);
+    size_t n = (size_t)sqlite3_column_bytes(s, i);
+    char *out = xmalloc(n + 1);
+    if (n > 0)
+        memcpy(out, p, n);
+    out[n] = '\0';
+    *len = n;
+    return out;
+}
+
+static void read_user(sqlite3_stmt *s, st_user *u)
+{
+    u->id = sqlite3_column_int64(s, 0);
+    u->email = col_text(s, 1);
+    u->managed_apple_id = col_text(s, 2);
+    u->password_hash = col_text(s, 3);
+    u->idp_subject = col_text(s, 4);
+    u->created_at = sqlite3_column_int64(s, 5);
+    u->disabled = sqlite3_column_int(s, 6);
+}
+
+static void read_session(sqlite3_stmt *s, st_session *x)
+{
+    x->token_hash = col_text(s, 0);
+    x->user_id = sqlite3_column_int64(s, 1);
+    x->method = col_text(s, 2);
+    x->issued_at = sqlite3_column_int64(s, 3);
+    x->expires_at = sqlite3_column_int64(s, 4);
+    x->enrollment_id = col_text(s, 5);
+    x->revoked_at = sqlite3_column_int64(s, 6);
+    x->machine_info = col_text(s, 7);
+}
+
+static void read_cert(sqlite3_stmt *s, st_cert *c)
+{
+    c->serial = col_text(s, 0);
+    c->fingerprint = col_text(s, 1);
+    c->subject = col_text(s, 2);
+    c->user_id = sqlite3_column_int64(s, 3);
+    c->session_hash = col_text(s, 4);
+    c->enrollment_id = col_text(s, 5);
+    c->not_after = sqlite3_column_int64(s, 6);
+    c->issued_at = sqlite3_column_int64(s, 7);
+    c->revoked_at = sqlite3_column_int64(s, 8);
+}
+
+static void read_enrollment(sqlite3_stmt *s, st_enrollment *e)
+{
+    e->id = col_text(s, 0);
+    e->type = sqlite3_column_int(s, 1);
+    e->parent_id = col_text(s, 2);
+    e->user_id = sqlite3_column_int64(s, 3);
+    e->topic = col_text(s, 4);
+    e->cert_fingerprint = col_text(s, 5);
+    e->push_token = col_text(s, 6);
+    e->push_magic = col_text(s, 7);
+    e->push_token_dead = sqlite3_column_int(s, 8);
+    e->os_version = col_text(s, 9);
+    e->build_version = col_text(s, 10);
+    e->product_name = col_text(s, 11);
+    e->device_name = col_text(s, 12);
+    e->model = col_text(s, 13);
+    e->auth_state = col_text(s, 14);
+    e->auth_state_since = sqlite3_column_int64(s, 15);
+    e->last_auth_at = sqlite3_column_int64(s, 16);
+    e->last_auth_method = col_text(s, 17);
+    e->enrolled_at = sqlite3_column_int64(s, 18);
+    e->token_updated_at = sqlite3_column_int64(s, 19);
+    e->last_seen_at = sqlite3_column_int64(s, 20);
+    e->unenrolled_at = sqlite3_column_int64(s, 21);
+}
+
+/* Reads CMD_Q_COLS / CMD_H_COLS; returns the row's seq. */
+static int64_t read_command(sqlite3_stmt *s, st_command *c)
+{
+    c->uuid = col_text(s, 0);
+    c->enrollment_id = col_text(s, 1);
+    c->request_type = col_text(s, 2);
+    c->body = col_blob(s, 3, &c->body_len);
+    c->priority = sqlite3_column_int(s, 4);
+    c->status = sqlite3_column_int(s, 5);
+    c->sensitive = sqlite3_column_int(s, 6);
+    c->created_at = sqlite3_column_int64(s, 7);
+    c->sent_at = sqlite3_column_int64(s, 8);
+    c->completed_at = sqlite3_column_int64(s, 9);
+    c->result = col_blob(s, 10, &c->result_len);
+    return sqlite3_column_int64(s, 11);
+}
+
+static void read_audit(sqlite3_stmt *s, st_audit *a)
+{
+    a->id = sqlite3_column_int64(s, 0);
+    a->at = sqlite3_column_int64(s, 1);
+    a->actor = col_text(s, 2);
+    a->action = col_text(s, 3);
+    a->target = col_text(s, 4);
+    a->detail = col_text(s, 5);
+}
+
+/* ---- lifecycle ---- */
+
+static void sq_close(storage *st)
+{
+    struct sqlite_storage *ss = (struct sqlite_storage *)st;
+    /* Deleting the key first means no thread-exit destructor runs for it any more. */
+    if (ss->key_ok)
+        pthread_key_delete(ss->key);
+    while (ss->conns != NULL) {
+        struct sq_conn *c = ss->conns;
+        ss->conns = c->next;
+        conn_free(c);
+    }
+    pthread_mutex_destroy(&ss->lock);
+    free(ss->path);
+    free(ss);
+}
+
+static int sq_ping(storage *st)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_PING, &c);
+    int rc = sq_row(c, s, "ping");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_schema_version(storage *st)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SCHEMA_VERSION, &c);
+    int rc = sq_row(c, s, "schema_version");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    rc = sqlite3_column_int(s, 0);
+    sq_reset(c, s);
+    return rc;
+}
+
+/* Runs a one-off query returning one integer (used at open only). */
+static int exec_int(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            *out = sqlite3_column_int64(s, 0);
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static int sq_migrate(sqlite3 *db, char *err, size_t err_len)
+{
+    int64_t cur = 0;
+    int rc = sqlite3_exec(db,
+                          "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                          " version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+                          NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    for (int v = 1; v <= SQ_NMIGRATIONS; v++) {
+        /* Re-read the version under the write lock: another process may be migrating too. */
+        rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            goto fail;
+        rc = exec_int(db, "SELECT coalesce(max(version), 0) FROM schema_migrations", &cur);
+        if (rc != SQLITE_OK)
+            goto fail;
+        if (cur > SQ_NMIGRATIONS) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            snprintf(err, err_len,
+                     "sqlite: database schema version %lld is newer than this build (%d)",
+                     (long long)cur, SQ_NMIGRATIONS);
+            return -1;
+        }
+        if (cur < v) {
+            rc = sqlite3_exec(db, sq_migrations[v - 1], NULL, NULL, NULL);
+            if (rc != SQLITE_OK)
+                goto fail;
+            char sql[128];
+            snprintf(sql, sizeof(sql),
+                     "INSERT INTO schema_migrations (version, applied_at) VALUES (%d, %lld)", v,
+                     (long long)time(NULL));
+            rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+            if (rc != SQLITE_OK)
+                goto fail;
+            log_info("event=storage_migrated backend=sqlite version=%d", v);
+        }
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            goto fail;
+    }
+    return 0;
+fail:
+    snprintf(err, err_len, "sqlite: migration to version %lld failed: %s", (long long)cur + 1,
+             sqlite3_errmsg(db));
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+static int journal_mode_cb(void *ctx, int ncols, char **vals, char **names)
+{
+    (void)names;
+    if (ncols > 0 && vals[0] != NULL)
+        snprintf(ctx, 16, "%s", vals[0]);
+    return 0;
+}
+
+storage *sqlite_storage_open(const char *dsn, const char *location, char *err, size_t err_len)
+{
+    (void)dsn;
+    struct sqlite_storage *ss = NULL;
+    struct sq_conn *c = NULL;
+
+    if (location[0] == '\0') {
+        snprintf(err, err_len, "sqlite: empty database path");
+        return NULL;
+    }
+    if (strcmp(location, ":memory:") == 0) {
+        snprintf(err, err_len,
+                 "sqlite: in-memory databases are not supported (one connection "
+                 "per thread needs a shared file)");
+        return NULL;
+    }
+    if (!sqlite3_threadsafe()) {
+        snprintf(err, err_len, "sqlite: the SQLite library was built without thread support");
+        return NULL;
+    }
+    /* Create the file ourselves so it is private: SQLite would use 0644, and the -wal and -shm
+     * files it creates later copy the database file's permissions. */
+    int fd = open(location, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, err_len, "sqlite: cannot open %s: %s", location, strerror(errno));
+        return NULL;
+    }
+    close(fd);
+
+    ss = xcalloc(1, sizeof(*ss));
+    ss->base.ops = &sqlite_ops;
+    ss->path = xstrdup(location);
+    atomic_init(&ss->step_fail_after, 0);
+    pthread_mutex_init(&ss->lock, NULL);
+    if (pthread_key_create(&ss->key, conn_thread_exit) != 0) {
+        snprintf(err, err_len, "sqlite: pthread_key_create failed");
+        goto fail;
+    }
+    ss->key_ok = 1;
+
+    c = conn_open(ss, err, err_len);
+    if (c == NULL)
+        goto fail;
+    if (conn_attach(ss, c) != 0) {
+        conn_free(c);
+        snprintf(err, err_len, "sqlite: pthread_setspecific failed");
+        goto fail;
+    }
+    /* WAL is a property of the file (it persists), so setting it once here is enough. */
+    char mode[16] = "";
+    int rc = sqlite3_exec(c->db, "PRAGMA journal_mode = WAL", journal_mode_cb, mode, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, err_len, "sqlite: cannot use %s: %s", location, sqlite3_errmsg(c->db));
+        goto fail;
+    }
+    if (strcmp(mode, "wal") != 0) {
+        snprintf(err, err_len, "sqlite: %s does not support WAL mode (journal_mode=%s)", location,
+                 mode);
+        goto fail;
+    }
+    if (sq_migrate(c->db, err, err_len) != 0)
+        goto fail;
+    return &ss->base;
+fail:
+    sq_close(&ss->base);
+    return NULL;
+}
+
+static void sq_fail_step_after(storage *st, int n)
+{
+    struct sqlite_storage *ss = (struct sqlite_storage *)st;
+    atomic_store(&ss->step_fail_after, n);
+}
+
+/* ---- users and API keys ---- */
+
+static int sq_user_add(storage *st, st_user *u)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_USER_ADD, &c);
+    bind_text(c, s, 1, u->email);
+    bind_text(c, s, 2, u->managed_apple_id);
+    bind_text(c, s, 3, u->password_hash);
+    bind_text(c, s, 4, u->idp_subject);
+    bind_int(c, s, 5, u->created_at);
+    bind_int(c, s, 6, u->disabled ? 1 : 0);
+    int rc = sq_run(c, s, "user_add", 0);
+    if (rc == ST_OK)
+        u->id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+static int sq_user_get_one(storage *st, enum sq_stmt_id id, const char *email, int64_t uid,
+                           st_user *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, id, &c);
+    if (email != NULL)
+        bind_text(c, s, 1, email);
+    else
+        bind_int(c, s, 1, uid);
+    int rc = sq_row(c, s, "user_get");
+    if (rc != 1)
+        return rc;
+    read_user(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_user_get_by_email(storage *st, const char *email, st_user *out)
+{
+    return sq_user_get_one(st, SQ_USER_GET_BY_EMAIL, email, 0, out);
+}
+
+static int sq_user_get(storage *st, int64_t id, st_user *out)
+{
+    return sq_user_get_one(st, SQ_USER_GET, NULL, id, out);
+}
+
+static int sq_user_set_password(storage *st, int64_t id, const char *password_hash)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_USER_SET_PASSWORD, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, password_hash);
+    return sq_run(c, s, "user_set_password", 1);
+}
+
+/*
+ * The list functions read SQ_LIST_CHUNK rows, reset the statement, then call fn on each: fn
+ * may call back into storage, and a slow fn holds no read snapshot. Each chunk is its own
+ * snapshot (keyset pagination), so a listing racing with writes sees each row at most once
+ * but not one consistent instant.
+ */
+static int sq_user_list(storage *st, int (*fn)(const st_user *u, void *ctx), void *ctx)
+{
+    st_user *rows = xcalloc(SQ_LIST_CHUNK, sizeof(*rows));
+    int64_t cursor = 0;
+    int ret = ST_OK;
+    for (;;) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, SQ_USER_LIST, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        bind_int(c, s, 1, cursor);
+        bind_int(c, s, 2, SQ_LIST_CHUNK);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < SQ_LIST_CHUNK && (rc = sq_step(c, s)) == SQLITE_ROW)
+            read_user(s, &rows[n++]);
+        if (n < SQ_LIST_CHUNK && rc != SQLITE_DONE)
+            ret = sq_error(c, "user_list", rc);
+        sq_reset(c, s);
+        if (n > 0)
+            cursor = rows[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = fn(&rows[i], ctx);
+            st_user_cleanup(&rows[i]);
+        }
+        if (ret != ST_OK || n < SQ_LIST_CHUNK)
+            break;
+    }
+    free(rows);
+    return ret;
+}
+
+static int sq_apikey_add(storage *st, const char *name, const char *key_hash, int64_t now,
+                         int64_t *id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_APIKEY_ADD, &c);
+    bind_text(c, s, 1, name);
+    bind_text(c, s, 2, key_hash);
+    bind_int(c, s, 3, now);
+    int rc = sq_run(c, s, "apikey_add", 0);
+    if (rc == ST_OK)
+        *id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+static int sq_apikey_find(storage *st, const char *key_hash, int64_t *id, char **name)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_APIKEY_FIND, &c);
+    bind_text(c, s, 1, key_hash);
+    int rc = sq_row(c, s, "apikey_find");
+    if (rc != 1)
+        return rc;
+    *id = sqlite3_column_int64(s, 0);
+    if (name != NULL)
+        *name = col_text(s, 1);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* ---- sessions ---- */
+
+static int sq_session_add(storage *st, const st_session *x)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_ADD, &c);
+    bind_text(c, s, 1, x->token_hash);
+    bind_int(c, s, 2, x->user_id);
+    bind_text(c, s, 3, x->method);
+    bind_int(c, s, 4, x->issued_at);
+    bind_int(c, s, 5, x->expires_at);
+    bind_text(c, s, 6, x->enrollment_id);
+    bind_int(c, s, 7, x->revoked_at);
+    bind_text(c, s, 8, x->machine_info);
+    return sq_run(c, s, "session_add", 0);
+}
+
+static int sq_session_get(storage *st, const char *token_hash, st_session *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_GET, &c);
+    bind_text(c, s, 1, token_hash);
+    int rc = sq_row(c, s, "session_get");
+    if (rc != 1)
+        return rc;
+    read_session(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_session_bind(storage *st, const char *token_hash, const char *enrollment_id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_BIND, &c);
+    bind_text(c, s, 1, token_hash);
+    bind_text(c, s, 2, enrollment_id);
+    int rc = sq_run(c, s, "session_bind", 1);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Nothing changed: either no such session, or it is bound to another enrollment. A
+     * binding is never undone, so this second look cannot race into a wrong answer. */
+    s = sq_stmt(c, SQ_SESSION_BOUND_TO);
+    bind_text(c, s, 1, token_hash);
+    rc = sq_row(c, s, "session_bind");
+    if (rc != 1)
+        return rc;
+    const char *bound = (const char *)sqlite3_column_text(s, 0);
+    rc = bound != NULL && strcmp(bound, enrollment_id) == 0 ? ST_OK : ST_ECONFLICT;
+    sq_reset(c, s);
+    return rc;
+}
+
+static int sq_session_set_machine_info(storage *st, const char *token_hash, const char *plist)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_SET_MACHINE_INFO, &c);
+    bind_text(c, s, 1, token_hash);
+    bind_text(c, s, 2, plist);
+    return sq_run(c, s, "session_set_machine_info", 1);
+}
+
+static int sq_session_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_REVOKE_ENROLLMENT, &c);
+    bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, now);
+    return sq_run(c, s, "session_revoke_enrollment", 0);
+}
+
+static int sq_session_revoke(storage *st, const char *token_hash, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SESSION_REVOKE, &c);
+    bind_text(c, s, 1, token_hash);
+    bind_int(c, s, 2, now);
+    int rc = sq_run(c, s, "session_revoke", 1);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Already revoked is success (the first revocation time is kept); unknown is not. */
+    s = sq_stmt(c, SQ_SESSION_BOUND_TO);
+    bind_text(c, s, 1, token_hash);
+    rc = sq_row(c, s, "session_revoke");
+    if (rc != 1)
+        return rc;
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* ---- SCEP challenges and certificates ---- */
+
+static int sq_challenge_add(storage *st, const char *challenge_hash, int64_t user_id,
+                            const char *session_hash, int64_t expires_at)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CHALLENGE_ADD, &c);
+    bind_text(c, s, 1, challenge_hash);
+    bind_ref(c, s, 2, user_id);
+    bind_text(c, s, 3, session_hash);
+    bind_int(c, s, 4, expires_at);
+    return sq_run(c, s, "challenge_add", 0);
+}
+
+static int sq_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
+                                int64_t *user_id, char **session_hash)
+{
+    static const char op[] = "challenge_consume";
+    int64_t uid = 0, expires_at = 0;
+    int used = 0;
+    char *sess = NULL;
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_CHALLENGE_GET);
+    bind_text(c, s, 1, challenge_hash);
+    rc = sq_row(c, s, op);
+    if (rc != 1)
+        goto out;
+    uid = sqlite3_column_int64(s, 0);
+    sess = col_text(s, 1);
+    expires_at = sqlite3_column_int64(s, 2);
+    used = sqlite3_column_int(s, 3);
+    sq_reset(c, s);
+    /* A replay is a conflict even after expiry: it is the more telling answer. */
+    if (used) {
+        rc = ST_ECONFLICT;
+        goto out;
+    }
+    if (expires_at <= now) {
+        rc = ST_ENOTFOUND;
+        goto out;
+    }
+    s = sq_stmt(c, SQ_CHALLENGE_USE);
+    bind_text(c, s, 1, challenge_hash);
+    bind_int(c, s, 2, now);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        free(sess);
+        return rc;
+    }
+    *user_id = uid;
+    *session_hash = sess;
+    return ST_OK;
+}
+
+static int sq_cert_add(storage *st, const st_cert *x)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CERT_ADD, &c);
+    bind_text(c, s, 1, x->serial);
+    bind_text(c, s, 2, x->fingerprint);
+    bind_text(c, s, 3, x->subject);
+    bind_ref(c, s, 4, x->user_id);
+    bind_text(c, s, 5, x->session_hash);
+    bind_text(c, s, 6, x->enrollment_id);
+    bind_int(c, s, 7, x->not_after);
+    bind_int(c, s, 8, x->issued_at);
+    bind_int(c, s, 9, x->revoked_at);
+    return sq_run(c, s, "cert_add", 0);
+}
+
+static int sq_cert_get_by_fingerprint(storage *st, const char *fingerprint, st_cert *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CERT_GET, &c);
+    bind_text(c, s, 1, fingerprint);
+    int rc = sq_row(c, s, "cert_get");
+    if (rc != 1)
+        return rc;
+    read_cert(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_cert_set_enrollment(storage *st, const char *fingerprint, const char *enrollment_id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CERT_SET_ENROLLMENT, &c);
+    bind_text(c, s, 1, fingerprint);
+    bind_text(c, s, 2, enrollment_id);
+    return sq_run(c, s, "cert_set_enrollment", 1);
+}
+
+static int sq_cert_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CERT_REVOKE_ENROLLMENT, &c);
+    bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, now);
+    return sq_run(c, s, "cert_revoke_enrollment", 0);
+}
+
+/* ---- enrollments ---- */
+
+static int sq_enrollment_authenticate(storage *st, const st_enrollment *e)
+{
+    static const char op[] = "enrollment_authenticate";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_ENR_UPSERT);
+    bind_text(c, s, 1, e->id);
+    bind_int(c, s, 2, e->type);
+    bind_text(c, s, 3, e->parent_id);
+    bind_ref(c, s, 4, e->user_id);
+    bind_text(c, s, 5, e->topic);
+    bind_text(c, s, 6, e->cert_fingerprint);
+    bind_text(c, s, 7, e->os_version);
+    bind_text(c, s, 8, e->build_version);
+    bind_text(c, s, 9, e->product_name);
+    bind_text(c, s, 10, e->device_name);
+    bind_text(c, s, 11, e->model);
+    bind_text(c, s, 12, e->auth_state);
+    bind_int(c, s, 13, e->auth_state_since);
+    bind_int(c, s, 14, e->last_auth_at);
+    bind_text(c, s, 15, e->last_auth_method);
+    bind_int(c, s, 16, e->enrolled_at);
+    bind_int(c, s, 17, e->last_seen_at);
+    rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        goto out;
+    /* A (re-)Authenticate starts a new enrollment: nothing queued for the old one applies. */
+    s = sq_stmt(c, SQ_QUEUE_CLEAR);
+    bind_text(c, s, 1, e->id);
+    rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_enrollment_get(storage *st, const char *id, st_enrollment *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_GET, &c);
+    bind_text(c, s, 1, id);
+    int rc = sq_row(c, s, "enrollment_get");
+    if (rc != 1)
+        return rc;
+    read_enrollment(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_enrollment_token_update(storage *st, const char *id, const char *push_token,
+                                      const char *push_magic, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_TOKEN_UPDATE, &c);
+    bind_text(c, s, 1, id);
+    bind_text(c, s, 2, push_token);
+    bind_text(c, s, 3, push_magic);
+    bind_int(c, s, 4, now);
+    return sq_run(c, s, "enrollment_token_update", 1);
+}
+
+static int sq_enrollment_set_cert(storage *st, const char *id, const char *fingerprint)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_SET_CERT, &c);
+    bind_text(c, s, 1, id);
+    bind_text(c, s, 2, fingerprint);
+    return sq_run(c, s, "enrollment_set_cert", 1);
+}
+
+static int sq_enrollment_set_auth_state(storage *st, const char *id, const char *state,
+                                        int64_t since)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_SET_AUTH_STATE, &c);
+    bind_text(c, s, 1, id);
+    bind_text(c, s, 2, state);
+    bind_int(c, s, 3, since);
+    return sq_run(c, s, "enrollment_set_auth_state", 1);
+}
+
+static int sq_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_SET_LAST_AUTH, &c);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, at);
+    bind_text(c, s, 3, method);
+    return sq_run(c, s, "enrollment_set_last_auth", 1);
+}
+
+static int sq_enrollment_set_push_dead(storage *st, const char *id, int dead)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_SET_PUSH_DEAD, &c);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, dead);
+    return sq_run(c, s, "enrollment_set_push_dead", 1);
+}
+
+static int sq_enrollment_unenroll(storage *st, const char *id, int64_t now)
+{
+    static const char op[] = "enrollment_unenroll";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_ENR_UNENROLL);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, now);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    s = sq_stmt(c, SQ_QUEUE_CLEAR);
+    bind_text(c, s, 1, id);
+    rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_enrollment_touch(storage *st, const char *id, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_TOUCH, &c);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, now);
+    return sq_run(c, s, "enrollment_touch", 1);
+}
+
+static int sq_enrollment_list(storage *st, const st_enrollment_filter *f,
+                              int (*fn)(const st_enrollment *e, void *ctx), void *ctx)
+{
+    st_enrollment *rows = xcalloc(SQ_LIST_CHUNK, sizeof(*rows));
+    /* Ids are non-empty, so "" sorts before all of them. */
+    char *cursor = xstrdup(f->after_id != NULL ? f->after_id : "");
+    int64_t left = f->limit > 0 ? f->limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, f->user_id ? SQ_ENR_LIST_USER : SQ_ENR_LIST, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        int want = left < SQ_LIST_CHUNK ? (int)left : SQ_LIST_CHUNK;
+        bind_text(c, s, 1, cursor);
+        bind_int(c, s, 2, f->include_unenrolled ? 1 : 0);
+        bind_int(c, s, 3, want);
+        if (f->user_id)
+            bind_int(c, s, 4, f->user_id);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < want && (rc = sq_step(c, s)) == SQLITE_ROW)
+            read_enrollment(s, &rows[n++]);
+        if (n < want && rc != SQLITE_DONE)
+            ret = sq_error(c, "enrollment_list", rc);
+        sq_reset(c, s);
+        if (n > 0) {
+            free(cursor);
+            cursor = xstrdup(rows[n - 1].id);
+        }
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = fn(&rows[i], ctx);
+            st_enrollment_cleanup(&rows[i]);
+        }
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(cursor);
+    free(rows);
+    return ret;
+}
+
+/* ---- command queue ---- */
+
+static int sq_queue_enqueue(storage *st, const st_command *x)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CMD_ENQUEUE, &c);
+    bind_text(c, s, 1, x->uuid);
+    bind_text(c, s, 2, x->enrollment_id);
+    bind_text(c, s, 3, x->request_type);
+    bind_blob(c, s, 4, x->body, x->body_len);
+    bind_int(c, s, 5, x->priority);
+    bind_int(c, s, 6, x->sensitive ? 1 : 0);
+    bind_int(c, s, 7, x->created_at);
+    int rc = sq_run(c, s, "queue_enqueue", 1);
+    /* No row inserted without an error: the NOT EXISTS found the uuid in history. */
+    return rc == ST_ENOTFOUND ? ST_EEXISTS : rc;
+}
+
+/* Reads the next pending command into out (1), or ST_ENOTFOUND / ST_ERROR. */
+static int sq_queue_peek(struct sq_conn *c, const char *enrollment_id, int include_notnow,
+                         st_command *out, int64_t *seq)
+{
+    sqlite3_stmt *s = sq_stmt(c, include_notnow ? SQ_CMD_NEXT_NOTNOW : SQ_CMD_NEXT);
+    bind_text(c, s, 1, enrollment_id);
+    int rc = sq_row(c, s, "queue_next");
+    if (rc != 1)
+        return rc;
+    *seq = read_command(s, out);
+    sq_reset(c, s);
+    return 1;
+}
+
+static int sq_queue_next(storage *st, const char *enrollment_id, int include_notnow, int64_t now,
+                         st_command *out)
+{
+    static const char op[] = "queue_next";
+    int64_t seq = 0;
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    /*
+     * The hot path is an empty queue (most check-ins answer Idle with nothing to send): look
+     * first without the write lock, so idle devices never serialise on it. A command enqueued
+     * right after this look is sent on the next check-in, which its push triggers anyway.
+     */
+    sqlite3_stmt *s = sq_stmt(c, include_notnow ? SQ_CMD_NEXT_NOTNOW : SQ_CMD_NEXT);
+    bind_text(c, s, 1, enrollment_id);
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    sq_reset(c, s);
+
+    rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    rc = sq_queue_peek(c, enrollment_id, include_notnow, out, &seq);
+    if (rc != 1)
+        goto out;
+    s = sq_stmt(c, SQ_CMD_MARK_SENT);
+    bind_int(c, s, 1, seq);
+    bind_int(c, s, 2, now);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+    if (rc == ST_OK) {
+        out->status = ST_CMD_QUEUED;
+        out->sent_at = now;
+    }
+out:
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        st_command_cleanup(out);
+    }
+    return rc;
+}
+
+static int sq_queue_report(storage *st, const char *enrollment_id, const char *uuid, int status,
+                           const char *result, size_t result_len, int64_t now)
+{
+    static const char op[] = "queue_report";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    sqlite3_stmt *s;
+    if (status == ST_CMD_NOTNOW) {
+        /* NotNow keeps the command pending; the device does not keep it (section 9.3). */
+        s = sq_stmt(c, SQ_CMD_MARK_NOTNOW);
+        bind_text(c, s, 1, uuid);
+        bind_text(c, s, 2, enrollment_id);
+        return sq_run(c, s, op, 1);
+    }
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    /* Only a pending row moves, so a repeated result finds nothing and changes nothing. */
+    s = sq_stmt(c, SQ_CMD_TO_HISTORY);
+    bind_text(c, s, 1, uuid);
+    bind_text(c, s, 2, enrollment_id);
+    bind_int(c, s, 3, status);
+    bind_int(c, s, 4, now);
+    bind_blob(c, s, 5, result, result_len);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    s = sq_stmt(c, SQ_CMD_DELETE);
+    bind_text(c, s, 1, uuid);
+    bind_text(c, s, 2, enrollment_id);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_command_get(storage *st, const char *uuid, st_command *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CMD_GET, &c);
+    bind_text(c, s, 1, uuid);
+    int rc = sq_row(c, s, "command_get");
+    if (rc != 1)
+        return rc;
+    read_command(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_command_list(storage *st, const char *enrollment_id, int limit,
+                           int (*fn)(const st_command *c, void *ctx), void *ctx)
+{
+    st_command *rows = xcalloc(SQ_LIST_CHUNK, sizeof(*rows));
+    int64_t part = 0, seq = INT64_MAX;
+    int64_t left = limit > 0 ? limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, SQ_CMD_LIST, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        int want = left < SQ_LIST_CHUNK ? (int)left : SQ_LIST_CHUNK;
+        bind_text(c, s, 1, enrollment_id);
+        bind_int(c, s, 2, part);
+        bind_int(c, s, 3, seq);
+        bind_int(c, s, 4, want);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < want && (rc = sq_step(c, s)) == SQLITE_ROW) {
+            seq = read_command(s, &rows[n++]);
+            part = sqlite3_column_int64(s, 12);
+        }
+        if (n < want && rc != SQLITE_DONE)
+            ret = sq_error(c, "command_list", rc);
+        sq_reset(c, s);
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = fn(&rows[i], ctx);
+            st_command_cleanup(&rows[i]);
+        }
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(rows);
+    return ret;
+}
+
+static int sq_queue_clear(storage *st, const char *enrollment_id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_QUEUE_CLEAR, &c);
+    bind_text(c, s, 1, enrollment_id);
+    return sq_run(c, s, "queue_clear", 0);
+}
+
+static int sq_queue_count(storage *st, const char *enrollment_id, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_QUEUE_COUNT, &c);
+    bind_text(c, s, 1, enrollment_id);
+    int rc = sq_row(c, s, "queue_count");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_history_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_HISTORY_PRUNE, &c);
+    bind_int(c, s, 1, before);
+    int rc = sq_run(c, s, "history_prune", 0);
+    if (rc == ST_OK)
+        *deleted = sqlite3_changes(c->db);
+    return rc;
+}
+
+/* ---- audit ---- */
+
+static int sq_audit_add(storage *st, const st_audit *a)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_AUDIT_ADD, &c);
+    bind_int(c, s, 1, a->at);
+    bind_text(c, s, 2, a->actor);
+    bind_text(c, s, 3, a->action);
+    bind_text(c, s, 4, a->target);
+    bind_text(c, s, 5, a->detail);
+    return sq_run(c, s, "audit_add", 0);
+}
+
+static int sq_audit_list(storage *st, int64_t before_id, int limit,
+                         int (*fn)(const st_audit *a, void *ctx), void *ctx)
+{
+    st_audit *rows = xcalloc(SQ_LIST_CHUNK, sizeof(*rows));
+    int64_t cursor = before_id > 0 ? before_id : INT64_MAX;
+    int64_t left = limit > 0 ? limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, SQ_AUDIT_LIST, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        int want = left < SQ_LIST_CHUNK ? (int)left : SQ_LIST_CHUNK;
+        bind_int(c, s, 1, cursor);
+        bind_int(c, s, 2, want);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < want && (rc = sq_step(c, s)) == SQLITE_ROW)
+            read_audit(s, &rows[n++]);
+        if (n < want && rc != SQLITE_DONE)
+            ret = sq_error(c, "audit_list", rc);
+        sq_reset(c, s);
+        if (n > 0)
+            cursor = rows[n - 1].id;
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = fn(&rows[i], ctx);
+            st_audit_cleanup(&rows[i]);
+        }
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(rows);
+    return ret;
+}
+
+static const struct storage_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .ping = sq_ping,
+    .schema_version = sq_schema_version,
+    .user_add = sq_user_add,
+    .user_get_by_email = sq_user_get_by_email,
+    .user_get = sq_user_get,
+    .user_set_password = sq_user_set_password,
+    .user_list = sq_user_list,
+    .apikey_add = sq_apikey_add,
+    .apikey_find = sq_apikey_find,
+    .session_add = sq_session_add,
+    .session_get = sq_session_get,
+    .session_bind = sq_session_bind,
+    .session_set_machine_info = sq_session_set_machine_info,
+    .session_revoke_enrollment = sq_session_revoke_enrollment,
+    .session_revoke = sq_session_revoke,
+    .challenge_add = sq_challenge_add,
+    .challenge_consume = sq_challenge_consume,
+    .cert_add = sq_cert_add,
+    .cert_get_by_fingerprint = sq_cert_get_by_fingerprint,
+    .cert_set_enrollment = sq_cert_set_enrollment,
+    .cert_revoke_enrollment = sq_cert_revoke_enrollment,
+    .enrollment_authenticate = sq_enrollment_authenticate,
+    .enrollment_get = sq_enrollment_get,
+    .enrollment_token_update = sq_enrollment_token_update,
+    .enrollment_set_cert = sq_enrollment_set_cert,
+    .enrollment_set_auth_state = sq_enrollment_set_auth_state,
+    .enrollment_set_last_auth = sq_enrollment_set_last_auth,
+    .enrollment_set_push_dead = sq_enrollment_set_push_dead,
+    .enrollment_unenroll = sq_enrollment_unenroll,
+    .enrollment_touch = sq_enrollment_touch,
+    .enrollment_list = sq_enrollment_list,
+    .queue_enqueue = sq_queue_enqueue,
+    .queue_next = sq_queue_next,
+    .queue_report = sq_queue_report,
+    .command_get = sq_command_get,
+    .command_list = sq_command_list,
+    .queue_clear = sq_queue_clear,
+    .queue_count = sq_queue_count,
+    .history_prune = sq_history_prune,
+    .audit_add = sq_audit_add,
+    .audit_list = sq_audit_list,
+    .fail_step_after = sq_fail_step_after,
+};

@@ -1,0 +1,525 @@
+/*
+ * The storage front end: picks a backend by the DSN's scheme, and implements the named
+ * wrappers of storage.h over the backend's ops table (storage_impl.h). The wrappers are the
+ * one place for argument asserts, out-parameter zeroing, debug tracing and test fault
+ * injection, so backends stay free of them. Record *_cleanup functions live here too since
+ * records are backend-independent.
+ *
+ * This file holds no database code and no state besides the backend table.
+ */
+#include "storage/storage.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/log.h"
+#include "storage/sqlite/sqlite.h"
+#include "storage/storage_impl.h"
+
+/* ---- backend table ---- */
+
+struct storage_backend {
+    const char *scheme;
+    storage_open_fn *open;
+};
+
+static const struct storage_backend storage_backends[] = {
+    {"sqlite", sqlite_storage_open},
+    /*
+     * postgres: the PostgreSQL backend (src/storage/pgsql/, a later issue) goes here as
+     *     {"postgres", pgsql_storage_open}, {"postgresql", pgsql_storage_open},
+     * It receives the whole DSN ("postgres://..."), which libpq parses itself.
+     */
+};
+
+#define STORAGE_NBACKENDS (sizeof(storage_backends) / sizeof(storage_backends[0]))
+
+/*
+ * Splits "scheme:rest" (RFC 3986 scheme characters). Returns the scheme length, or 0 when the
+ * string does not start with a scheme, which makes it a bare SQLite path: "orchard.db",
+ * "/var/lib/orchard/orchard.db", "./x:y.db". A relative path that looks like "name:..." must be
+ * written "sqlite:name:..." or "./name:...".
+ */
+static size_t dsn_scheme_len(const char *dsn)
+{
+    size_t i = 0;
+    if (!((dsn[0] >= 'a' && dsn[0] <= 'z') || (dsn[0] >= 'A' && dsn[0] <= 'Z')))
+        return 0;
+    while (dsn[i] != '\0' && dsn[i] != ':') {
+        char ch = dsn[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '+' || ch == '-' || ch == '.';
+        if (!ok)
+            return 0;
+        i++;
+    }
+    return dsn[i] == ':' ? i : 0;
+}
+
+storage *storage_open(const char *dsn, char *err, size_t err_len)
+{
+    assert(dsn != NULL);
+    assert(err != NULL || err_len == 0);
+    if (err_len > 0)
+        err[0] = '\0';
+
+    size_t slen = dsn_scheme_len(dsn);
+    const char *scheme = slen ? dsn : "sqlite";
+    const char *location = slen ? dsn + slen + 1 : dsn;
+    if (slen == 0)
+        slen = strlen("sqlite");
+    /* "sqlite:///abs/path" and "sqlite://rel" are accepted as "sqlite:/abs/path", "sqlite:rel". */
+    if (strncmp(location, "//", 2) == 0)
+        location += 2;
+
+    for (size_t i = 0; i < STORAGE_NBACKENDS; i++) {
+        const struct storage_backend *b = &storage_backends[i];
+        if (strlen(b->scheme) == slen && strncasecmp(b->scheme, scheme, slen) == 0) {
+            storage *st = b->open(dsn, location, err, err_len);
+            if (st != NULL) {
+                assert(st->ops != NULL);
+                atomic_store(&st->fail_after, 0);
+            }
+            return st;
+        }
+    }
+
+    char valid[128] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < STORAGE_NBACKENDS && used < sizeof(valid); i++) {
+        int n = snprintf(valid + used, sizeof(valid) - used, "%s%s:", i ? ", " : "",
+                         storage_backends[i].scheme);
+        if (n > 0)
+            used += (size_t)n;
+    }
+    snprintf(err, err_len, "unknown storage scheme \"%.*s\" (valid: %s or a plain file path)",
+             (int)(slen > 32 ? 32 : slen), scheme, valid);
+    log_error("event=storage_open_failed err=unknown_scheme");
+    return NULL;
+}
+
+void storage_close(storage *st)
+{
+    if (st != NULL)
+        st->ops->close(st);
+}
+
+/* ---- fault injection ---- */
+
+void storage_fail_after(storage *st, int n)
+{
+    assert(st != NULL && n >= 0);
+    atomic_store(&st->fail_after, n);
+}
+
+int storage_fail_step_after(storage *st, int n)
+{
+    assert(st != NULL && n >= 0);
+    if (st->ops->fail_step_after == NULL)
+        return -1;
+    st->ops->fail_step_after(st, n);
+    return 0;
+}
+
+/* Counts one wrapper call against an armed fault; true when this call must fail. */
+static int fault_fire(storage *st, const char *op)
+{
+    int n = atomic_load_explicit(&st->fail_after, memory_order_relaxed);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(&st->fail_after, &n, n - 1)) {
+            if (n == 1) {
+                log_debug("event=storage_fault_injected op=%s", op);
+                return 1;
+            }
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/*
+ * The body of every wrapper: fault injection, the backend call, a debug trace (arguments are
+ * never traced: most are hashes of secrets or device data).
+ */
+#define STORAGE_CALL(st, op, ...)                                                                  \
+    do {                                                                                           \
+        if (fault_fire((st), #op))                                                                 \
+            return ST_ERROR;                                                                       \
+        int rc_ = (st)->ops->op((st), __VA_ARGS__);                                                \
+        log_debug("event=storage_call op=%s rc=%d", #op, rc_);                                     \
+        return rc_;                                                                                \
+    } while (0)
+
+int storage_ping(storage *st)
+{
+    assert(st != NULL);
+    if (fault_fire(st, "ping"))
+        return ST_ERROR;
+    return st->ops->ping(st);
+}
+
+int storage_schema_version(storage *st)
+{
+    assert(st != NULL);
+    if (fault_fire(st, "schema_version"))
+        return ST_ERROR;
+    return st->ops->schema_version(st);
+}
+
+/* ---- record cleanup ---- */
+
+void st_user_cleanup(st_user *u)
+{
+    if (u == NULL)
+        return;
+    free(u->email);
+    free(u->managed_apple_id);
+    free(u->password_hash);
+    free(u->idp_subject);
+    memset(u, 0, sizeof(*u));
+}
+
+void st_session_cleanup(st_session *s)
+{
+    if (s == NULL)
+        return;
+    free(s->token_hash);
+    free(s->method);
+    free(s->enrollment_id);
+    free(s->machine_info);
+    memset(s, 0, sizeof(*s));
+}
+
+void st_cert_cleanup(st_cert *c)
+{
+    if (c == NULL)
+        return;
+    free(c->serial);
+    free(c->fingerprint);
+    free(c->subject);
+    free(c->session_hash);
+    free(c->enrollment_id);
+    memset(c, 0, sizeof(*c));
+}
+
+void st_enrollment_cleanup(st_enrollment *e)
+{
+    if (e == NULL)
+        return;
+    free(e->id);
+    free(e->parent_id);
+    free(e->topic);
+    free(e->cert_fingerprint);
+    free(e->push_token);
+    free(e->push_magic);
+    free(e->os_version);
+    free(e->build_version);
+    free(e->product_name);
+    free(e->device_name);
+    free(e->model);
+    free(e->auth_state);
+    free(e->last_auth_method);
+    memset(e, 0, sizeof(*e));
+}
+
+void st_command_cleanup(st_command *c)
+{
+    if (c == NULL)
+        return;
+    free(c->uuid);
+    free(c->enrollment_id);
+    free(c->request_type);
+    free(c->body);
+    free(c->result);
+    memset(c, 0, sizeof(*c));
+}
+
+void st_audit_cleanup(st_audit *a)
+{
+    if (a == NULL)
+        return;
+    free(a->actor);
+    free(a->action);
+    free(a->target);
+    free(a->detail);
+    memset(a, 0, sizeof(*a));
+}
+
+/* ---- users and API keys ---- */
+
+int storage_user_add(storage *st, st_user *u)
+{
+    assert(st != NULL && u != NULL && u->email != NULL);
+    STORAGE_CALL(st, user_add, u);
+}
+
+int storage_user_get_by_email(storage *st, const char *email, st_user *out)
+{
+    assert(st != NULL && email != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, user_get_by_email, email, out);
+}
+
+int storage_user_get(storage *st, int64_t id, st_user *out)
+{
+    assert(st != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, user_get, id, out);
+}
+
+int storage_user_set_password(storage *st, int64_t id, const char *password_hash)
+{
+    assert(st != NULL);
+    STORAGE_CALL(st, user_set_password, id, password_hash);
+}
+
+int storage_user_list(storage *st, int (*fn)(const st_user *u, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, user_list, fn, ctx);
+}
+
+int storage_apikey_add(storage *st, const char *name, const char *key_hash, int64_t now,
+                       int64_t *id)
+{
+    assert(st != NULL && name != NULL && key_hash != NULL && id != NULL);
+    *id = 0;
+    STORAGE_CALL(st, apikey_add, name, key_hash, now, id);
+}
+
+int storage_apikey_find(storage *st, const char *key_hash, int64_t *id, char **name)
+{
+    assert(st != NULL && key_hash != NULL && id != NULL);
+    *id = 0;
+    if (name != NULL)
+        *name = NULL;
+    STORAGE_CALL(st, apikey_find, key_hash, id, name);
+}
+
+/* ---- sessions ---- */
+
+int storage_session_add(storage *st, const st_session *s)
+{
+    assert(st != NULL && s != NULL && s->token_hash != NULL && s->method != NULL);
+    STORAGE_CALL(st, session_add, s);
+}
+
+int storage_session_get(storage *st, const char *token_hash, st_session *out)
+{
+    assert(st != NULL && token_hash != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, session_get, token_hash, out);
+}
+
+int storage_session_bind(storage *st, const char *token_hash, const char *enrollment_id)
+{
+    assert(st != NULL && token_hash != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, session_bind, token_hash, enrollment_id);
+}
+
+int storage_session_set_machine_info(storage *st, const char *token_hash, const char *plist)
+{
+    assert(st != NULL && token_hash != NULL);
+    STORAGE_CALL(st, session_set_machine_info, token_hash, plist);
+}
+
+int storage_session_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, session_revoke_enrollment, enrollment_id, now);
+}
+
+int storage_session_revoke(storage *st, const char *token_hash, int64_t now)
+{
+    assert(st != NULL && token_hash != NULL);
+    STORAGE_CALL(st, session_revoke, token_hash, now);
+}
+
+/* ---- SCEP challenges and certificates ---- */
+
+int storage_challenge_add(storage *st, const char *challenge_hash, int64_t user_id,
+                          const char *session_hash, int64_t expires_at)
+{
+    assert(st != NULL && challenge_hash != NULL);
+    STORAGE_CALL(st, challenge_add, challenge_hash, user_id, session_hash, expires_at);
+}
+
+int storage_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
+                              int64_t *user_id, char **session_hash)
+{
+    assert(st != NULL && challenge_hash != NULL && user_id != NULL && session_hash != NULL);
+    *user_id = 0;
+    *session_hash = NULL;
+    STORAGE_CALL(st, challenge_consume, challenge_hash, now, user_id, session_hash);
+}
+
+int storage_cert_add(storage *st, const st_cert *c)
+{
+    assert(st != NULL && c != NULL && c->serial != NULL && c->fingerprint != NULL);
+    STORAGE_CALL(st, cert_add, c);
+}
+
+int storage_cert_get_by_fingerprint(storage *st, const char *fingerprint, st_cert *out)
+{
+    assert(st != NULL && fingerprint != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, cert_get_by_fingerprint, fingerprint, out);
+}
+
+int storage_cert_set_enrollment(storage *st, const char *fingerprint, const char *enrollment_id)
+{
+    assert(st != NULL && fingerprint != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, cert_set_enrollment, fingerprint, enrollment_id);
+}
+
+int storage_cert_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, cert_revoke_enrollment, enrollment_id, now);
+}
+
+/* ---- enrollments ---- */
+
+int storage_enrollment_authenticate(storage *st, const st_enrollment *e)
+{
+    assert(st != NULL && e != NULL && e->id != NULL);
+    assert(e->type >= ST_ENR_USER && e->type <= ST_ENR_DEVICE_USER);
+    STORAGE_CALL(st, enrollment_authenticate, e);
+}
+
+int storage_enrollment_get(storage *st, const char *id, st_enrollment *out)
+{
+    assert(st != NULL && id != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, enrollment_get, id, out);
+}
+
+int storage_enrollment_token_update(storage *st, const char *id, const char *push_token,
+                                    const char *push_magic, int64_t now)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_token_update, id, push_token, push_magic, now);
+}
+
+int storage_enrollment_set_cert(storage *st, const char *id, const char *fingerprint)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_set_cert, id, fingerprint);
+}
+
+int storage_enrollment_set_auth_state(storage *st, const char *id, const char *state, int64_t since)
+{
+    assert(st != NULL && id != NULL && state != NULL);
+    STORAGE_CALL(st, enrollment_set_auth_state, id, state, since);
+}
+
+int storage_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_set_last_auth, id, at, method);
+}
+
+int storage_enrollment_set_push_dead(storage *st, const char *id, int dead)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_set_push_dead, id, dead ? 1 : 0);
+}
+
+int storage_enrollment_unenroll(storage *st, const char *id, int64_t now)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_unenroll, id, now);
+}
+
+int storage_enrollment_touch(storage *st, const char *id, int64_t now)
+{
+    assert(st != NULL && id != NULL);
+    STORAGE_CALL(st, enrollment_touch, id, now);
+}
+
+int storage_enrollment_list(storage *st, const st_enrollment_filter *f,
+                            int (*fn)(const st_enrollment *e, void *ctx), void *ctx)
+{
+    static const st_enrollment_filter all = {0, 0, NULL, 0};
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, enrollment_list, f != NULL ? f : &all, fn, ctx);
+}
+
+/* ---- command queue ---- */
+
+int storage_queue_enqueue(storage *st, const st_command *c)
+{
+    assert(st != NULL && c != NULL && c->uuid != NULL && c->enrollment_id != NULL);
+    assert(c->request_type != NULL && c->body != NULL);
+    STORAGE_CALL(st, queue_enqueue, c);
+}
+
+int storage_queue_next(storage *st, const char *enrollment_id, int include_notnow, int64_t now,
+                       st_command *out)
+{
+    assert(st != NULL && enrollment_id != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, queue_next, enrollment_id, include_notnow ? 1 : 0, now, out);
+}
+
+int storage_queue_report(storage *st, const char *enrollment_id, const char *uuid, int status,
+                         const char *result, size_t result_len, int64_t now)
+{
+    assert(st != NULL && enrollment_id != NULL && uuid != NULL);
+    /* The caller maps the device's Status string; Idle and unknown strings never get here. */
+    assert(status >= ST_CMD_NOTNOW && status <= ST_CMD_FORMAT_ERROR);
+    assert(result != NULL || result_len == 0);
+    STORAGE_CALL(st, queue_report, enrollment_id, uuid, status, result, result_len, now);
+}
+
+int storage_command_get(storage *st, const char *uuid, st_command *out)
+{
+    assert(st != NULL && uuid != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, command_get, uuid, out);
+}
+
+int storage_command_list(storage *st, const char *enrollment_id, int limit,
+                         int (*fn)(const st_command *c, void *ctx), void *ctx)
+{
+    assert(st != NULL && enrollment_id != NULL && fn != NULL);
+    STORAGE_CALL(st, command_list, enrollment_id, limit, fn, ctx);
+}
+
+int storage_queue_clear(storage *st, const char *enrollment_id)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, queue_clear, enrollment_id);
+}
+
+int storage_queue_count(storage *st, const char *enrollment_id, int64_t *count)
+{
+    assert(st != NULL && enrollment_id != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, queue_count, enrollment_id, count);
+}
+
+int storage_history_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL);
+    *deleted = 0;
+    STORAGE_CALL(st, history_prune, before, deleted);
+}
+
+/* ---- audit ---- */
+
+int storage_audit_add(storage *st, const st_audit *a)
+{
+    assert(st != NULL && a != NULL && a->actor != NULL && a->action != NULL);
+    STORAGE_CALL(st, audit_add, a);
+}
+
+int storage_audit_list(storage *st, int64_t before_id, int limit,
+                       int (*fn)(const st_audit *a, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, audit_list, before_id, limit, fn, ctx);
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs every test suite and prints the closing line "N passed, N failed".
+# Each suite prints one line per test case: "ok NAME" or "FAIL NAME"; this script counts them.
+#   tests/run.sh              everything
+#   tests/run.sh unit|integration|browser|fuzz|gen   one group
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export ORCHARD_SPEC="${ORCHARD_SPEC:-$ROOT/../shared/spec}"
+export ORCHARD_BIN="${ORCHARD_BIN:-$ROOT/build/san/orchard}"
+export PYTHON=/usr/bin/python3
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+LOG_DIR="$ROOT/build/test-logs"
+mkdir -p "$LOG_DIR"
+group="${1:-all}"
+passed=0
+failed=0
+failures=()
+
+# Reads a suite's output on stdin, echoes it, and counts ok/FAIL lines.
+count() {
+    local suite="$1" line
+    while IFS= read -r line; do
+        case "$line" in
+        "ok "*) passed=$((passed + 1)); echo "  $line" ;;
+        "FAIL "*) failed=$((failed + 1)); failures+=("$suite: ${line#FAIL }"); echo "  $line" ;;
+        *) echo "  $line" ;;
+        esac
+    done
+}
+
+# Runs a command as one suite; a crash or non-zero exit without any FAIL line counts as a failure.
+suite() {
+    local name="$1"; shift
+    echo "== $name"
+    local before=$failed out="$LOG_DIR/$(echo "$name" | tr '/ ' '__').log"
+    "$@" >"$out.stdout" 2>"$out.stderr"
+    local rc=$?
+    count "$name" <"$out.stdout"
+    if [ $rc -ne 0 ] && [ $failed -eq $before ]; then
+        failed=$((failed + 1)); failures+=("$name: exited with status $rc")
+        echo "  FAIL (exit $rc) — stderr:"; tail -20 "$out.stderr" | sed 's/^/    /'
+    elif [ $failed -ne $before ]; then
+        tail -30 "$out.stderr" | sed 's/^/    /'
+    fi
+}
+
+if [ "$group" = all ] || [ "$group" = unit ]; then
+    for t in $(find build/san/tests -type f -name 'test_*' | sort); do
+        suite "unit/${t#build/san/tests/}" "$t"
+    done
+fi
+if [ "$group" = all ] || [ "$group" = gen ]; then
+    suite "gen/tables-current" bash -c 'python3 tools/gen_tables.py --check && echo "ok generated tables are current" || echo "FAIL generated tables are stale"'
+fi
+if [ "$group" = all ] || [ "$group" = integration ]; then
+    for t in $(find tests/integration -name 'test_*.py' | sort); do
+        suite "integration/$(basename "$t" .py)" "$PYTHON" "$t"
+    done
+fi
+if [ "$group" = all ] || [ "$group" = browser ]; then
+    for t in $(find tests/browser -maxdepth 1 -name '*.test.mjs' | sort); do
+        suite "browser/$(basename "$t" .test.mjs)" node "$t"
+    done
+fi
+if [ "$group" = all ] || [ "$group" = fuzz ]; then
+    for t in $(find build/san/fuzz -type f -name 'replay_*' 2>/dev/null | sort); do
+        suite "fuzz/$(basename "$t")" "$t" "fuzz/corpus/${t##*/replay_}"
+    done
+fi
+
+echo
+if [ $failed -ne 0 ]; then
+    echo "Failures:"
+    printf '  %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
