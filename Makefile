@@ -40,9 +40,11 @@ LIB_SRC  := $(filter-out src/main.c,$(shell find src -name '*.c' | sort))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/web_assets.o
 UNIT_SRC := $(shell find tests/unit -name 'test_*.c' | sort)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+REPLAY_BIN := $(FUZZ_SRC:fuzz/fuzz_%.c=$(BUILD)/fuzz/replay_%)
 WEB      := $(shell find web -type f | sort)
 
-.PHONY: all run test unit bench format format-check clean deps test-deps gen-check
+.PHONY: all run test unit bench fuzz format format-check clean gen-check
 all: $(BUILD)/orchard
 
 $(BUILD)/orchard: $(BUILD)/obj/src/main.o $(BUILD)/liborchard.a
@@ -50,7 +52,7 @@ $(BUILD)/orchard: $(BUILD)/obj/src/main.o $(BUILD)/liborchard.a
 
 $(BUILD)/liborchard.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -63,13 +65,25 @@ $(BUILD)/gen/web_assets.c: tools/embed.py $(WEB)
 	python3 tools/embed.py $@ $(WEB)
 $(BUILD)/obj/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/harness.h $(BUILD)/liborchard.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
+	@echo "  LINK $@"
+	@$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
 
-unit: $(UNIT_BIN)
+# Each fuzz target also links with a corpus-replay main, so `make test` replays the corpora
+# under the sanitizers without libFuzzer; `make fuzz` builds real libFuzzer binaries (clang).
+$(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay_main.c $(BUILD)/liborchard.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK $@"
+	@$(CC) $(CFLAGS) -o $@ $< fuzz/replay_main.c $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
+
+unit: $(UNIT_BIN) $(REPLAY_BIN)
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	./fuzz/run.sh $(FUZZ_SECONDS)
 
 run: $(BUILD)/orchard
 	./scripts/run-demo.sh $(BUILD)/orchard
@@ -81,7 +95,12 @@ test:
 	$(MAKE) all
 	./tests/run.sh
 
-bench: all
+$(BUILD)/bench/%: bench/%.c $(BUILD)/liborchard.a
+	@mkdir -p $(dir $@)
+	@echo "  LINK $@"
+	@$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
+
+bench: all $(BUILD)/bench/seed $(BUILD)/bench/baseline
 	./bench/run.sh
 
 gen-check:

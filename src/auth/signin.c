@@ -8,6 +8,7 @@
 #include "auth/signin.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,13 +36,19 @@ static char *lowercase_dup(const char *s)
     return out;
 }
 
+static char *dummy_hash;
+static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+
+static void make_dummy_hash(void)
+{
+    dummy_hash = secret_password_hash("orchard-timing-equaliser");
+}
+
 /* Local directory: argon2id. Unknown users cost the same as known ones (no enumeration). */
 static int local_verify(struct app *app, const char *identifier, const char *password,
                         st_user *user)
 {
-    static const char *dummy_hash = NULL;
-    if (dummy_hash == NULL)
-        dummy_hash = secret_password_hash("orchard-timing-equaliser");
+    pthread_once(&dummy_once, make_dummy_hash);
     int rc = storage_user_get_by_email(app->st, identifier, user);
     if (rc != 0 || user->password_hash == NULL || user->disabled) {
         secret_password_verify(dummy_hash, password);

@@ -6,6 +6,7 @@
 #include "crypto/pki.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -27,15 +28,30 @@
 #define CLOCK_SKEW_SECONDS 300
 #define PUSH_TOPIC_PREFIX "com.apple.mgmt.External."
 
+/* Set once under init_once: the only process-wide state of the module. */
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_result;
+static OSSL_PROVIDER *default_provider, *legacy_provider;
+
+/* OpenSSL's own exit-time cleanup cannot free a provider that is still referenced, and the
+ * legacy provider's child library context then shows up as a leak in sanitizer builds. This
+ * runs first (atexit is LIFO and OpenSSL registered its handler when it was initialised). */
+static void unload_providers(void)
+{
+    if (legacy_provider != NULL)
+        OSSL_PROVIDER_unload(legacy_provider);
+    if (default_provider != NULL)
+        OSSL_PROVIDER_unload(default_provider);
+}
 
 static void init_providers(void)
 {
-    /* Loading any provider by hand stops OpenSSL from loading "default" implicitly, so both are
-     * loaded. The handles live as long as the process. */
-    if (OSSL_PROVIDER_load(NULL, "default") == NULL || OSSL_PROVIDER_load(NULL, "legacy") == NULL)
+    /* Loading any provider by hand stops OpenSSL from loading "default" implicitly. */
+    default_provider = OSSL_PROVIDER_load(NULL, "default");
+    legacy_provider = OSSL_PROVIDER_load(NULL, "legacy");
+    if (default_provider == NULL || legacy_provider == NULL)
         init_result = crypto_fail("provider_load", CRYPTO_EINTERNAL);
+    atexit(unload_providers);
 }
 
 int crypto_init(void)
@@ -278,7 +294,10 @@ int crypto_push_identity_generate(const char *uuid, int days, char **cert_pem, c
     };
     char fresh[37];
     if (uuid == NULL) {
+        /* Apple's push topics carry the UUID in lowercase. */
         crypto_uuid(fresh);
+        for (char *p = fresh; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
         uuid = fresh;
     }
     char *topic = xasprintf(PUSH_TOPIC_PREFIX "%s", uuid);

@@ -60,7 +60,7 @@ int crypto_issue_signing(const crypto_cert *ca, const crypto_key *ca_key, const 
 /*
  * Creates a self-signed development push identity whose subject is UID=com.apple.mgmt.External.
  * <uuid>, CN=APSP:<uuid> (the shape of a real MDM push certificate), so the whole flow runs
- * without Apple. uuid may be NULL for a fresh random one.
+ * without Apple. uuid may be NULL for a fresh random one (lowercase, as in Apple's topics).
  */
 int crypto_push_identity_generate(const char *uuid, int days, char **cert_pem, char **key_pem);
 

@@ -207,6 +207,13 @@ static const struct ue_key *run_match(uint16_t first, uint16_t count, const char
     return k;
 }
 
+const struct ue_key *ue_entry_child(const struct ue_entry *e, const char *name)
+{
+    if (e == NULL || name == NULL)
+        return NULL;
+    return run_find(e->first, e->count, name);
+}
+
 const struct ue_key *ue_key_child(const struct ue_key *parent, const char *name)
 {
     if (parent == NULL || name == NULL)
@@ -610,7 +617,7 @@ out:
  * forbids is named in one error; unknown or unavailable values only warn. */
 static int check_enum_array(struct vctx *v, const struct ue_key *item, plist_t node)
 {
-    char bad[UE_MSG_MAX] = "";
+    char bad[UE_MSG_MAX / 2 + 64] = ""; /* leaves room for the rest of the message */
     size_t bad_len = 0;
     int n_bad = 0;
     const char *osn = ue_os_name(v->os);
@@ -639,9 +646,14 @@ static int check_enum_array(struct vctx *v, const struct ue_key *item, plist_t n
         } else if (use == UE_USE_IGNORED) {
             warnf(v, "%s: %s is ignored in User Enrollment on %s", v->path, s, osn);
         } else if (use != UE_USE_OK) {
-            int w = snprintf(bad + bad_len, sizeof(bad) - bad_len, "%s%s", n_bad ? ", " : "", s);
-            if (w > 0 && (size_t)w < sizeof(bad) - bad_len)
+            /* s is a schema name (short). Room is kept for ", ..." so a list too long for
+             * the buffer still ends readably. */
+            size_t room = sizeof(bad) - 8 - bad_len;
+            int w = snprintf(bad + bad_len, room, "%s%s", n_bad ? ", " : "", s);
+            if (w > 0 && (size_t)w < room)
                 bad_len += (size_t)w;
+            else
+                memcpy(bad + bad_len, ", ...", 6);
             n_bad++;
         }
     }

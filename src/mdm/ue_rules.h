@@ -68,11 +68,14 @@ const struct ue_entry *ue_checkin_find(const char *message_type);
 const struct ue_entry *ue_payload_find(const char *payload_type);
 const struct ue_os_info *ue_entry_os(const struct ue_entry *e, enum ue_os os);
 const struct ue_os_info *ue_key_os(const struct ue_key *k, enum ue_os os);
-/* The child key called name (exact match; the "ANY" wildcard is not applied). NULL if none. */
+/* The top-level key / the child key called name: exact match (dots are part of the name;
+ * the "ANY" wildcard is not applied). NULL if none. */
+const struct ue_key *ue_entry_child(const struct ue_entry *e, const char *name);
 const struct ue_key *ue_key_child(const struct ue_key *parent, const char *name);
 /* Follows a dotted path from an entry: "Options.PurchaseMethod". Array items are addressed
  * by their schema name ("Queries.QueriesItem"), enumerated values as children of the item
- * ("Queries.QueriesItem.UDID"). NULL if any step is missing or the path is too long. */
+ * ("Queries.QueriesItem.UDID"). NULL if any step is missing or the path is too long. Some
+ * profile keys contain dots (com.apple.MCX); walk those with ue_entry_child/ue_key_child. */
 const struct ue_key *ue_entry_key(const struct ue_entry *e, const char *dotted);
 
 /* The verdict for one OS's record; tvOS and watchOS records are judged like the others. */
@@ -114,8 +117,9 @@ int ue_command_validate(plist_t command, enum ue_os os, ue_warn_fn warn, void *w
 /* One payload dictionary of a configuration profile (an item of PayloadContent). Errors:
  * PayloadType missing, unknown, not on the OS, forbidden or supervised-only; a key with
  * the wrong type; a forbidden key ("com.apple.applicationaccess: allowCamera is not
- * allowed in User Enrollment on iOS"); a supervised-only key ("... allowAppInstallation
- * is supervised-only on iOS; User Enrollment ignores it"); a common Payload* key missing.
+ * allowed in User Enrollment on iOS"); a supervised-only key ("... allowCloudPrivateRelay
+ * is supervised-only on visionOS; User Enrollment ignores it"); a common Payload* key
+ * missing.
  * Warnings (Apple adds keys faster than the schema, so be lenient): unknown keys, keys the
  * OS does not have, ignored keys, removed keys, missing payload-specific required keys.
  * The standard Payload* keys are always allowed. */
@@ -123,7 +127,7 @@ int ue_payload_validate(plist_t payload, enum ue_os os, ue_warn_fn warn, void *w
                         size_t err_len);
 
 /* A whole configuration profile (the outer dictionary): the top-level keys (e.g.
- * PayloadRemovalDisallowed is supervised-only on iOS), then ue_payload_validate() on each
+ * PayloadRemovalDisallowed is forbidden in iOS User Enrollment), then ue_payload_validate() on each
  * PayloadContent item. Encrypted profiles (EncryptedPayloadContent) are checked only at the
  * top level. */
 int ue_profile_validate(plist_t profile, enum ue_os os, ue_warn_fn warn, void *warn_ctx, char *err,

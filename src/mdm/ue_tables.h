@@ -23,11 +23,11 @@
 
 /* The OS families of Apple's schema. iOS covers iPadOS. */
 enum ue_os {
-    UE_OS_IOS, /* iOS */
-    UE_OS_MACOS, /* macOS */
+    UE_OS_IOS,      /* iOS */
+    UE_OS_MACOS,    /* macOS */
     UE_OS_VISIONOS, /* visionOS */
-    UE_OS_TVOS, /* tvOS */
-    UE_OS_WATCHOS, /* watchOS */
+    UE_OS_TVOS,     /* tvOS */
+    UE_OS_WATCHOS,  /* watchOS */
     UE_OS_COUNT
 };
 
@@ -54,13 +54,13 @@ enum ue_type {
 };
 
 /* struct ue_os_info.flags */
-#define UE_F_SUPERVISED 0x01 /* supervision required */
+#define UE_F_SUPERVISED 0x01     /* supervision required */
 #define UE_F_DEVICE_CHANNEL 0x02 /* schema says devicechannel: true */
-#define UE_F_USER_CHANNEL 0x04 /* schema says userchannel: true */
-#define UE_F_REQUIRES_DEP 0x08 /* requiresdep: true (Automated Device Enrollment only) */
-#define UE_F_DEPRECATED 0x10 /* a deprecated version is given */
-#define UE_F_REMOVED 0x20 /* a removed version is given (see removed) */
-#define UE_F_BETA 0x40 /* beta on this OS */
+#define UE_F_USER_CHANNEL 0x04   /* schema says userchannel: true */
+#define UE_F_REQUIRES_DEP 0x08   /* requiresdep: true (Automated Device Enrollment only) */
+#define UE_F_DEPRECATED 0x10     /* a deprecated version is given */
+#define UE_F_REMOVED 0x20        /* a removed version is given (see removed) */
+#define UE_F_BETA 0x40           /* beta on this OS */
 
 /* struct ue_key.flags */
 #define UE_K_REQUIRED 0x01 /* presence: required */

@@ -504,7 +504,7 @@ class Device:
             if tok:
                 h["Authorization"] = "Bearer " + tok
             sig = self.sign(body, hash_name) if signature is DEFAULT else signature
-            if sig:
+            if sig is not None:
                 h["Mdm-Signature"] = sig
             h.update(extra_headers or {})
             cc = (self.cert_path, self.key_path) if client_cert is DEFAULT else client_cert

@@ -1,0 +1,577 @@
+#!/usr/bin/python3
+"""
+Issue 3 (account-driven User Enrollment) over real HTTPS against `orchard serve`: discovery,
+the Bearer challenge (with the real captured iOS request body and the x-www-form-urlencoded
+variant), the web sign-in form (CSRF, generic errors, rate limit), session tokens (expiry via
+the debug clock, unknown and malformed tokens), the CMS-signed BYOD profile (checked with
+`openssl cms -verify` and plistlib), and SCEP with Debian's scepclient (issue, wrong and reused
+challenge, renewal). Finally the simulator walks the whole flow, as a module and as a CLI.
+"""
+import base64
+import json
+import os
+import plistlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+import orchard  # noqa: E402
+import pki  # noqa: E402
+from orchard import Server, eq, not_5xx, ok, status, status_4xx, test  # noqa: E402
+
+ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
+BOB = ("bob@other.org", "bob@appleid.other.org", "bob-Pa55word!")
+DISCOVERY = "/.well-known/com.apple.remotemanagement"
+_srv = None
+
+
+def srv():
+    global _srv
+    if _srv is None:
+        _srv = Server(domains=("example.com", "other.org"), name="enroll")
+        _srv.add_user(*ALICE)
+        _srv.add_user(*BOB)
+        _srv.start()
+    return _srv
+
+
+def device(s=None, who=ALICE, **kw):
+    s = s or srv()
+    d = sim.Device(s.url, who[0], who[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                   workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), **kw)
+    return d
+
+
+def discovered(s=None, who=ALICE):
+    d = device(s, who)
+    d.discover()
+    return d
+
+
+def signed_in(s=None, who=ALICE):
+    d = discovered(s, who)
+    d.enroll_unauthenticated()
+    d.sign_in()
+    return d
+
+
+def disco(s, user="alice@example.com", host="example.com", method="GET", family="iPhone", raw_query=None):
+    q = raw_query if raw_query is not None else urllib.parse.urlencode(
+        dict([("user-identifier", user)] + ([("model-family", family)] if family else [])))
+    return s.request(method, DISCOVERY + "?" + q, headers={"Host": host}, body=b"" if method in ("POST", "PUT") else None)
+
+
+def assert_well_known_failed(r, what):
+    status(r, 403, what)
+    eq(r.content_type, "application/json", what + ": Content-Type")
+    eq(r.json().get("code"), "com.apple.well-known.failed", what + ": code")
+
+
+# --- 3. service discovery ------------------------------------------------------------------------
+
+@test
+def discovery_returns_exactly_one_mdm_byod_server():
+    s = srv()
+    r = disco(s)
+    status(r, 200)
+    eq(r.content_type, "application/json", "discovery Content-Type")
+    j = r.json()
+    ok(isinstance(j.get("Servers"), list), "Servers must be a list: %r" % j)
+    eq(len(j["Servers"]), 1, "number of Servers entries")
+    eq(j["Servers"][0].get("Version"), "mdm-byod", "Servers[0].Version")
+    base = j["Servers"][0].get("BaseURL") or ""
+    ok(base.startswith(s.url + "/"), "BaseURL %r must be under the public URL %s" % (base, s.url))
+
+
+@test
+def discovery_head_answers_like_get_without_body():
+    r = disco(srv(), method="HEAD")
+    status(r, 200)
+    eq(r.content_type, "application/json", "HEAD Content-Type")
+    eq(r.body, b"", "HEAD body")
+
+
+@test
+def discovery_serves_every_configured_domain():
+    s = srv()
+    r = disco(s, user="bob@other.org", host="other.org")
+    status(r, 200, "discovery for other.org")
+    eq(r.json()["Servers"][0]["Version"], "mdm-byod", "Version for other.org")
+
+
+@test
+def discovery_accepts_raw_at_and_missing_model_family():
+    s = srv()
+    status(disco(s, raw_query="user-identifier=alice@example.com&model-family=iPad"), 200, "unencoded @")
+    r = disco(s, family=None)
+    status(r, 200, "without model-family (iOS 15/16 clients)")
+    eq(r.json()["Servers"][0]["Version"], "mdm-byod", "Version without model-family")
+
+
+@test
+def discovery_refuses_unknown_domains_with_well_known_failed():
+    s = srv()
+    assert_well_known_failed(disco(s, user="alice@unknown.test", host="unknown.test"), "unknown Host")
+    assert_well_known_failed(disco(s, user="alice@unknown.test", host="example.com"),
+                             "identifier in a domain that is not served")
+
+
+@test
+def discovery_bad_identifiers_are_4xx():
+    s = srv()
+    # Without user-identifier the Host alone may decide (Apple always sends it): only no 5xx.
+    not_5xx(disco(s, raw_query="model-family=iPhone"), "discovery without user-identifier")
+    for q in ("user-identifier=&model-family=iPhone", "user-identifier=nodomain",
+              "user-identifier=%40example.com", "user-identifier=alice%40", "user-identifier=%00%ff%40example.com"):
+        status_4xx(disco(s, raw_query=q), "discovery ?%s" % q)
+
+
+@test
+def discovery_other_methods_are_405():
+    s = srv()
+    for m in ("POST", "PUT", "DELETE", "PATCH"):
+        status(disco(s, method=m), 405, "%s discovery" % m)
+
+
+# --- 4/5. enrollment request and challenge -------------------------------------------------------
+
+@test
+def enrollment_without_token_gets_the_exact_challenge():
+    s = srv()
+    d = discovered(s)
+    capture = sim.default_machine_info()
+    ok(capture[:2] == b"\x30\x80", "the fixture is the real BER capture")
+    for ctype, body, what in (("application/pkcs7-signature", capture, "real iOS capture"),
+                              ("application/x-www-form-urlencoded", capture, "iOS 15 form-urlencoded variant"),
+                              ("application/xml", sim.bare_machine_info(), "bare MachineInfo plist"),
+                              (None, capture, "no Content-Type")):
+        h = d.enroll_headers()
+        if ctype:
+            h["Content-Type"] = ctype
+        else:
+            del h["Content-Type"]
+        s.assert_challenge(s.request("POST", d.base_url, body=body, headers=h), what)
+
+
+@test
+def enrollment_with_bad_tokens_gets_the_challenge():
+    s = srv()
+    d = discovered(s)
+    good = signed_in(s).token
+    for auth in ("Bearer " + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),  # unknown
+                 "Bearer", "Bearer ", "Bearer  " + good + "x", "Basic " + base64.b64encode(b"alice:x").decode(),
+                 "Bearer " + good[:-1], "Bearer " + "A" * 3000, "Bearer a\tb", "Token " + good, "bearer" + good,
+                 "Bearer " + good + "," + good):
+        h = d.enroll_headers()
+        h["Authorization"] = auth
+        s.assert_challenge(s.request("POST", d.base_url, body=d.machine_info, headers=h), "Authorization: %.40r" % auth)
+
+
+@test
+def garbage_enrollment_bodies_are_400_and_do_not_burn_the_token():
+    s = srv()
+    d = signed_in(s)
+    capture = sim.default_machine_info()
+    for body, what in ((b"", "empty"), (os.urandom(512), "random bytes"), (b"\x30\x80" + os.urandom(64), "truncated BER"),
+                       (capture[:len(capture) // 2], "half the capture"), (b"<?xml version=\"1.0\"?><plist><dict><key>",
+                                                                           "broken plist"),
+                       (b"\x30\x82\xff\xff" + b"\x00" * 32, "DER length beyond the body"),
+                       (plistlib.dumps(["not", "a", "dict"]), "plist that is not a dict")):
+        r = d.post_enroll(token=d.token, body=body)
+        status(r, 400, "enrollment body: " + what)
+        r = d.post_enroll(token=None, body=body)
+        not_5xx(r, "enrollment body without token: " + what)
+        status_4xx(r, "enrollment body without token: " + what)
+    d.fetch_profile()  # the token still works
+
+
+@test
+def unknown_token_replay_is_401():
+    s = srv()
+    d = discovered(s)
+    s.assert_challenge(d.post_enroll(token=base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()),
+                       "random token")
+
+
+# --- 5.1 web sign-in -----------------------------------------------------------------------------
+
+@test
+def signin_page_has_one_prefilled_form():
+    s = srv()
+    d = discovered(s)
+    url = d.enroll_unauthenticated()
+    eq(url, s.url + "/auth/signin", "challenge url")
+    r, page, jar, page_url = d.open_signin()
+    status(r, 200, "sign-in page")
+    eq(r.content_type, "text/html", "sign-in page Content-Type")
+    eq(len(page.forms), 1, "number of forms")
+    form = page.forms[0]
+    eq(form["method"], "post", "form method")
+    pw = [i for i in form["inputs"] if sim.input_type(i) == "password"]
+    ids = [i for i in form["inputs"] if sim.input_type(i) in ("text", "email")]
+    hidden = [i for i in form["inputs"] if sim.input_type(i) == "hidden"]
+    eq(len(pw), 1, "password inputs")
+    eq(len(ids), 1, "text/email inputs")
+    eq(ids[0].get("value"), "alice@example.com", "identifier pre-filled from user-identifier")
+    ok(hidden, "the form must carry a hidden CSRF input: %r" % form["inputs"])
+    ok(any(m.get("name") == "viewport" for m in page.meta), "no <meta name=viewport> for the phone web view")
+
+
+@test
+def signin_page_escapes_the_identifier():
+    s = srv()
+    d = device(s)
+    evil = 'x"><script>alert(1)</script>@example.com'
+    r, page, _, _ = d.open_signin(url=s.url + "/auth/signin", user_identifier=evil)
+    not_5xx(r, "sign-in page with markup in user-identifier")
+    ok(b"<script>alert(1)" not in r.body, "user-identifier reflected unescaped:\n  " + r.describe(2000))
+
+
+@test
+def correct_password_redirects_308_with_a_token():
+    s = srv()
+    d = discovered(s)
+    d.enroll_unauthenticated()
+    r, page, jar, page_url = d.open_signin()
+    r = d.submit_form(page_url, page.login_form(), d.form_fields(page.login_form(), d.user, ALICE[2]), jar)
+    status(r, 308, "sign-in with the right password")
+    m = orchard.LOGIN_LOCATION_RE.match(r.header("Location") or "")
+    ok(m, "Location %r is not apple-remotemanagement-user-login://authentication-results?access-token=T"
+       % r.header("Location"), r)
+    token = m.group(1)
+    ok(len(token) >= 43, "token %r is shorter than 256 bits in base64url" % token)
+    d2 = signed_in(s)
+    ok(d2.token != token, "two sign-ins must yield different tokens")
+
+
+def _failed_signin(s, identifier, password):
+    d = device(s, (identifier, None, password))
+    d.challenge_url = s.url + "/auth/signin"
+    r, page, jar, page_url = d.open_signin()
+    status(r, 200, "sign-in page for %s" % identifier)
+    r = d.submit_form(page_url, page.login_form(), d.form_fields(page.login_form(), identifier, password), jar)
+    status_4xx(r, "sign-in %s with a wrong password" % identifier)
+    ok(not (r.header("Location") or "").startswith("apple-remotemanagement-user-login"), "a token after failure", r)
+    ok(b"access-token" not in r.body, "failure page mentions access-token", r)
+    eq(r.content_type, "text/html", "failure page Content-Type")
+    return r, sim.HtmlPage(r.text).text.replace(identifier, "<ID>")
+
+
+@test
+def wrong_password_and_unknown_user_fail_alike():
+    s = srv()
+    r1, t1 = _failed_signin(s, "alice@example.com", "not-the-password")
+    r2, t2 = _failed_signin(s, "nobody@example.com", "not-the-password")
+    eq(r2.status, r1.status, "status for an unknown user vs a wrong password")
+    eq(t2, t1, "page text for an unknown user vs a wrong password (user enumeration)")
+    ok(t1.strip(), "the failure page must show a message")
+
+
+@test
+def signin_without_or_with_bad_csrf_is_refused():
+    s = srv()
+    d = discovered(s)
+    d.enroll_unauthenticated()
+    for mutate, what in ((lambda i: None, "hidden inputs removed"),
+                         (lambda i: (i.get("name"), (i.get("value") or "") + "x"), "hidden values altered"),
+                         (lambda i: (i.get("name"), ""), "hidden values empty")):
+        r, page, jar, page_url = d.open_signin()
+        form = page.login_form()
+        fields = []
+        for i in form["inputs"]:
+            if not i.get("name"):
+                continue
+            t = sim.input_type(i)
+            if t == "hidden":
+                f = mutate(i)
+                if f:
+                    fields.append(f)
+            elif t == "password":
+                fields.append((i["name"], ALICE[2]))
+            elif t in ("text", "email"):
+                fields.append((i["name"], ALICE[0]))
+        r = d.submit_form(page_url, form, fields, jar)
+        status_4xx(r, "sign-in POST with " + what)
+        ok(sim.token_from_location(r) is None, "a token despite " + what, r)
+    r = s.request("POST", "/auth/signin", body=b"", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status_4xx(r, "empty sign-in POST")
+
+
+@test
+def signin_rate_limit_answers_429_even_with_the_right_password():
+    s = Server(domains=("example.com", "other.org"), name="ratelimit",
+               env={"ORCHARD_SIGNIN_RATE_LIMIT": "3", "ORCHARD_DEBUG_CLOCK": "true"})
+    try:
+        s.add_user(*ALICE)
+        s.add_user(*BOB)
+        s.start()
+        for i in range(3):
+            r, _ = _failed_signin(s, ALICE[0], "wrong-%d" % i)
+            ok(r.status != 429, "attempt %d is within the limit of 3 but got 429" % (i + 1), r)
+        d = device(s)
+        d.challenge_url = s.url + "/auth/signin"
+        r, page, jar, page_url = d.open_signin()
+        r = d.submit_form(page_url, page.login_form(), d.form_fields(page.login_form(), ALICE[0], ALICE[2]), jar)
+        status(r, 429, "4th attempt with the right password")
+        ok(sim.token_from_location(r) is None, "a token while rate limited", r)
+        b = device(s, BOB)
+        b.challenge_url = s.url + "/auth/signin"
+        r, page, jar, page_url = b.open_signin()
+        r = b.submit_form(page_url, page.login_form(), b.form_fields(page.login_form(), BOB[0], BOB[2]), jar)
+        status(r, 429, "another user from the same address (per-address limit)")
+        s.advance_clock(16 * 60)
+        d.sign_in(url=s.url + "/auth/signin")  # the 15-minute window has passed
+    finally:
+        s.stop()
+
+
+# --- 5/6. tokens and the profile -----------------------------------------------------------------
+
+@test
+def profile_is_a_signed_byod_enrollment_profile():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    eq(d.last.content_type, "application/x-apple-aspen-config", "profile Content-Type")
+    ok(d.profile_der[:1] == b"\x30", "profile body must be DER CMS")
+    p = d.verify_profile()  # openssl cms -verify -CAfile signing/ca.pem
+    eq(p.get("PayloadType"), "Configuration", "PayloadType")
+    eq(p.get("PayloadVersion"), 1, "PayloadVersion")
+    ok(p.get("PayloadIdentifier") and p.get("PayloadUUID"), "top-level PayloadIdentifier/PayloadUUID: %r" % p)
+    uuids = [p["PayloadUUID"]] + [x.get("PayloadUUID") for x in p["PayloadContent"]]
+    eq(len(set(uuids)), len(uuids), "PayloadUUIDs must be unique")
+    m = d.mdm_payload
+    eq(m.get("AssignedManagedAppleID"), ALICE[1], "AssignedManagedAppleID")
+    eq(m.get("EnrollmentMode"), "BYOD", "EnrollmentMode")
+    ok("AccessRights" not in m, "AccessRights must be absent in a BYOD profile: %r" % m.get("AccessRights"))
+    ok("ManagedAppleID" not in m, "legacy ManagedAppleID must not be sent")
+    for k in ("ServerURL", "CheckInURL"):
+        ok((m.get(k) or "").startswith(s.url + "/"), "%s %r must be https under %s" % (k, m.get(k), s.url))
+    eq(m.get("Topic"), pki.uid_of(pki.load_cert(s.path("push", "cert.pem"))), "Topic = push certificate UID")
+    ok(m["Topic"].startswith("com.apple.mgmt."), "Topic prefix")
+    eq(m.get("SignMessage"), True, "SignMessage")
+    eq(m.get("CheckOutWhenRemoved"), True, "CheckOutWhenRemoved")
+    ok(isinstance(m.get("ServerCapabilities"), list), "ServerCapabilities must be an array")
+    eq(m.get("PayloadVersion"), 1, "mdm PayloadVersion")
+    sc = d.scep_payload.get("PayloadContent") or {}
+    eq(sc.get("URL"), s.url + "/scep", "SCEP URL")
+    ok(isinstance(sc.get("Challenge"), str) and len(sc["Challenge"]) >= 16, "SCEP Challenge: %r" % sc.get("Challenge"))
+    eq(sc.get("Keysize"), 2048, "SCEP Keysize")
+    eq(sc.get("Key Type"), "RSA", "SCEP Key Type")
+    ok(isinstance(sc.get("Key Usage"), int), "SCEP Key Usage")
+
+
+@test
+def profile_signer_is_the_signing_identity():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    tmp = tempfile.mkdtemp(dir=s.tmp)
+    src, signer = os.path.join(tmp, "p.der"), os.path.join(tmp, "signer.pem")
+    open(src, "wb").write(d.profile_der)
+    p = subprocess.run(["openssl", "cms", "-verify", "-noverify", "-inform", "DER", "-in", src, "-signer", signer,
+                        "-out", os.devnull], capture_output=True, text=True)
+    eq(p.returncode, 0, "openssl cms -verify -noverify (%s)" % p.stderr.strip())
+    eq(pki.cert_der(pki.load_cert(signer)), pki.cert_der(pki.load_cert(s.path("signing", "cert.pem"))),
+       "profile signer = signing/cert.pem")
+    other, _ = pki.make_ca("not the signer")
+    pki.write_pem(os.path.join(tmp, "other.pem"), other)
+    p = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", src, "-CAfile",
+                        os.path.join(tmp, "other.pem"), "-purpose", "any", "-out", os.devnull],
+                       capture_output=True, text=True)
+    ok(p.returncode != 0, "the profile must not verify against an unrelated CA")
+
+
+@test
+def profiles_carry_each_users_managed_apple_id():
+    s = srv()
+    d = signed_in(s, BOB)
+    d.fetch_profile()
+    d.verify_profile()
+    eq(d.mdm_payload.get("AssignedManagedAppleID"), BOB[1], "bob's AssignedManagedAppleID")
+
+
+@test
+def retried_profile_request_with_the_same_token_succeeds():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    first = d.verify_profile()
+    d.fetch_profile()
+    second = d.verify_profile()
+    eq(second.get("PayloadIdentifier"), first.get("PayloadIdentifier"), "PayloadIdentifier is stable")
+    d.scep_enroll()  # the challenge of the latest profile works
+
+
+@test
+def expired_enrollment_token_gets_the_challenge():
+    s = Server(name="tokenttl", env={"ORCHARD_DEBUG_CLOCK": "true", "ORCHARD_ENROLL_TOKEN_TTL": "60"})
+    try:
+        s.add_user(*ALICE)
+        s.start()
+        status(s.api("POST", "/api/v1/debug/clock", {"advance": 1}, key=None), 401, "debug clock without a key")
+        d = signed_in(s)
+        d.fetch_profile()  # fresh token works
+        s.advance_clock(120)
+        s.assert_challenge(d.post_enroll(token=d.token), "token older than enroll_token_ttl")
+        d.sign_in()
+        d.fetch_profile()
+    finally:
+        s.stop()
+
+
+# --- 6.4 SCEP ------------------------------------------------------------------------------------
+
+@test
+def scep_getcacaps_advertises_aes_sha256_post_and_renewal():
+    s = srv()
+    r = s.get("/scep?operation=GetCACaps")
+    status(r, 200)
+    caps = {l.strip().lower() for l in r.text.splitlines() if l.strip()}
+    for c in ("AES", "SHA-256", "POSTPKIOperation", "Renewal"):
+        ok(c.lower() in caps, "GetCACaps must list %s: %r" % (c, r.text))
+
+
+@test
+def scep_getcacert_returns_the_scep_ca():
+    s = srv()
+    r = s.get("/scep?operation=GetCACert")
+    status(r, 200)
+    ca_der = pki.cert_der(pki.load_cert(s.path("scep", "ca.pem")))
+    if r.content_type == "application/x-x509-ca-cert":
+        eq(r.body, ca_der, "GetCACert body = scep/ca.pem (DER)")
+    else:
+        eq(r.content_type, "application/x-x509-ca-ra-cert", "GetCACert Content-Type")
+        tmp = tempfile.mkdtemp(dir=s.tmp)
+        open(os.path.join(tmp, "c.p7"), "wb").write(r.body)
+        p = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", os.path.join(tmp, "c.p7"), "-print_certs"],
+                           capture_output=True)
+        ok(ca_der in [pki.cert_der(c) for c in _certs_from_pem(p.stdout)], "GetCACert chain must contain scep/ca.pem")
+
+
+def _certs_from_pem(data):
+    from cryptography import x509
+    return [x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + blk.split(b"-----END CERTIFICATE-----")[0]
+                                           + b"-----END CERTIFICATE-----\n")
+            for blk in data.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+
+
+def openssl_verify(ca, cert):
+    return subprocess.run(["openssl", "verify", "-CAfile", ca, cert], capture_output=True, text=True)
+
+
+@test
+def scep_with_the_challenge_issues_a_verifiable_certificate():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    d.verify_profile()
+    cert_path, key_path = d.scep_enroll()
+    p = openssl_verify(s.path("scep", "ca.pem"), cert_path)
+    eq(p.returncode, 0, "openssl verify -CAfile scep/ca.pem (%s %s)" % (p.stdout.strip(), p.stderr.strip()))
+    eq(d.cert.public_key().public_numbers(), d.key.public_key().public_numbers(), "certificate carries our key")
+    eq(d.cert.issuer, pki.load_cert(s.path("scep", "ca.pem")).subject, "issuer")
+    # the challenge is spent
+    e = orchard.raises(sim.ScepError, d.scep_enroll, d.scep_challenge)
+    ok("certificate" in str(e), str(e))
+
+
+@test
+def scep_with_a_wrong_challenge_issues_nothing():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    d.verify_profile()
+    orchard.raises(sim.ScepError, d.scep_enroll, "wrong-" + uuid.uuid4().hex)
+    orchard.raises(sim.ScepError, d.scep_enroll, None)  # no challenge at all
+    d.scep_enroll()  # the right one still works afterwards
+
+
+@test
+def scep_renewal_issues_a_new_certificate():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    d.verify_profile()
+    d.scep_enroll()
+    old = d.cert
+    d.scep_renew()
+    ok(d.cert.serial_number != old.serial_number, "renewal must issue a new certificate")
+    eq(d.cert.public_key().public_numbers(), old.public_key().public_numbers(), "renewed certificate key")
+    p = openssl_verify(s.path("scep", "ca.pem"), d.cert_path)
+    eq(p.returncode, 0, "renewed certificate verifies (%s)" % p.stdout.strip())
+
+
+@test
+def scep_renewal_with_a_foreign_certificate_is_refused():
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    d.verify_profile()
+    work = tempfile.mkdtemp(dir=s.tmp)
+    ca, ca_key = pki.make_ca("Someone else's CA")
+    key = pki.new_key()
+    pki.write_pem(os.path.join(work, "cert.pem"), pki.issue(ca, ca_key, key.public_key()))
+    pki.write_pem(os.path.join(work, "key.pem"), key=key)
+    before = open(os.path.join(work, "cert.pem"), "rb").read()
+    p = d.run_scepclient(work, challenge=None)
+    after = open(os.path.join(work, "cert.pem"), "rb").read()
+    ok(p.returncode != 0 and after == before, "RenewalReq signed by a foreign certificate got a certificate "
+       "(exit %d): %s" % (p.returncode, p.stderr[-300:]))
+
+
+@test
+def scep_garbage_is_4xx():
+    s = srv()
+    for method, path, body in (("POST", "/scep?operation=PKIOperation", os.urandom(300)),
+                               ("POST", "/scep?operation=PKIOperation", b""),
+                               ("POST", "/scep?operation=PKIOperation", b"\x30\x80" + os.urandom(40)),
+                               ("GET", "/scep?operation=PKIOperation&message=" + urllib.parse.quote(
+                                   base64.b64encode(os.urandom(200)).decode()), None),
+                               ("GET", "/scep?operation=PKIOperation&message=%%%", None),
+                               ("GET", "/scep?operation=Bogus", None), ("GET", "/scep", None)):
+        r = s.request(method, path, body=body)
+        not_5xx(r, "%s %s" % (method, path[:60]))
+        ok(r.status >= 400 or r.content_type == "application/x-pki-message",
+           "%s %s must be refused (4xx or a SCEP FAILURE CertRep)" % (method, path[:60]), r)
+
+
+# --- the simulator -------------------------------------------------------------------------------
+
+@test
+def simulator_walks_discovery_to_idle():
+    s = srv()
+    d = device(s)
+    d.run_enrollment()
+    eq([step for step, _ in d.log[:2]], ["discover", "enroll"], "first steps")
+    eq(d.idle(), None, "Idle with an empty queue")
+    eq(len(d.last.body), 0, "empty 200 has a zero-length body")
+
+
+@test
+def simulator_cli_enrolls_idles_and_checks_out():
+    s = srv()
+    state = os.path.join(tempfile.mkdtemp(dir=s.tmp), "dev.json")
+    base = [sys.executable, os.path.join(HERE, "..", "sim", "device.py"), "--url", s.url, "--user", ALICE[0],
+            "--ca", s.ca_file, "--signing-ca", s.path("signing", "ca.pem"), "--state", state]
+    env = dict(os.environ, ORCHARD_SIM_PASSWORD=ALICE[2])
+    for cmd in ("enroll", "idle", "checkin", "idle", "checkout"):
+        p = subprocess.run(base + [cmd], capture_output=True, text=True, timeout=180, env=env)
+        eq(p.returncode, 0, "device.py %s exit code (stderr: %s)" % (cmd, p.stderr.strip()[-500:]))
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        if cmd == "enroll":
+            eq(out.get("assigned_managed_apple_id"), ALICE[1], "CLI enroll AssignedManagedAppleID")
+        if cmd == "idle":
+            eq(out.get("commands"), [], "CLI idle with an empty queue")
+
+
+if __name__ == "__main__":
+    orchard.main()

@@ -1,0 +1,1526 @@
+/*
+ * The storage conformance suite: what every backend must do, written only against storage.h
+ * (plus the fault hooks of storage_impl.h), so the same cases run against SQLite now and
+ * PostgreSQL later (nanomdm test/e2e). A backend's test file supplies a factory and splices
+ * CONFORMANCE_TESTS into its test table:
+ *
+ *     static const struct conformance_backend be = {"sqlite", open_fresh, reopen};
+ *     conformance_init(&be);
+ *     static const struct harness_test tests[] = {CONFORMANCE_TESTS, ..., {NULL, NULL}};
+ *     return harness_run(tests, argc, argv);
+ *
+ * It is a header (like harness.h) because the Makefile builds each test binary from one .c
+ * file; include it from exactly one test file per binary.
+ *
+ * Times are small made-up integers: the storage layer never reads the clock.
+ */
+#ifndef ORCHARD_TEST_STORAGE_CONFORMANCE_H
+#define ORCHARD_TEST_STORAGE_CONFORMANCE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "storage/storage.h"
+#include "storage/storage_impl.h"
+
+struct conformance_backend {
+    const char *name;
+    /* A new, empty store (its own file or database). NULL on failure. */
+    storage *(*open_fresh)(void);
+    /* The store last returned by open_fresh, opened again after storage_close. */
+    storage *(*reopen)(void);
+};
+
+static const struct conformance_backend *conf_backend;
+
+static inline void conformance_init(const struct conformance_backend *be)
+{
+    conf_backend = be;
+}
+
+/* ---- fixtures ---- */
+
+static inline storage *conf_open(void)
+{
+    return conf_backend->open_fresh();
+}
+
+/* Adds a user; returns its id, or 0 on failure. */
+static inline int64_t conf_user(storage *st, const char *email)
+{
+    st_user u = {0};
+    u.email = (char *)email;
+    u.password_hash = (char *)"$argon2id$v=19$m=65536,t=2,p=1$c2FsdA$aGFzaA";
+    u.created_at = 10;
+    return storage_user_add(st, &u) == ST_OK ? u.id : 0;
+}
+
+static inline int conf_enroll(storage *st, const char *id, int64_t user_id)
+{
+    st_enrollment e = {0};
+    e.id = (char *)id;
+    e.type = ST_ENR_USER;
+    e.user_id = user_id;
+    e.topic = (char *)"com.apple.mgmt.External.test";
+    e.enrolled_at = 100;
+    e.last_seen_at = 100;
+    return storage_enrollment_authenticate(st, &e);
+}
+
+static inline int conf_enqueue(storage *st, const char *enrollment_id, const char *uuid,
+                               int priority, int64_t created_at)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "<plist version=\"1.0\"><dict><key>CommandUUID</key><string>%s</string></dict>"
+             "</plist>",
+             uuid);
+    st_command c = {0};
+    c.uuid = (char *)uuid;
+    c.enrollment_id = (char *)enrollment_id;
+    c.request_type = (char *)"ProfileList";
+    c.body = body;
+    c.body_len = strlen(body);
+    c.priority = priority;
+    c.created_at = created_at;
+    return storage_queue_enqueue(st, &c);
+}
+
+/* queue_next; returns the rc and copies the uuid ("" if none) into uuid_out. */
+static inline int conf_next(storage *st, const char *enrollment_id, int include_notnow, int64_t now,
+                            char *uuid_out, size_t uuid_len)
+{
+    st_command c;
+    int rc = storage_queue_next(st, enrollment_id, include_notnow, now, &c);
+    snprintf(uuid_out, uuid_len, "%s", rc == ST_OK && c.uuid ? c.uuid : "");
+    st_command_cleanup(&c);
+    return rc;
+}
+
+static inline int conf_ack(storage *st, const char *enrollment_id, const char *uuid, int64_t now)
+{
+    static const char result[] = "<plist version=\"1.0\"><dict><key>Status</key>"
+                                 "<string>Acknowledged</string></dict></plist>";
+    return storage_queue_report(st, enrollment_id, uuid, ST_CMD_ACKNOWLEDGED, result,
+                                sizeof(result) - 1, now);
+}
+
+static inline int conf_count(storage *st, const char *enrollment_id)
+{
+    int64_t n = -1;
+    int rc = storage_queue_count(st, enrollment_id, &n);
+    return rc == ST_OK ? (int)n : rc;
+}
+
+/* The status of a command as command_get sees it, or the error code. */
+static inline int conf_status(storage *st, const char *uuid)
+{
+    st_command c;
+    int rc = storage_command_get(st, uuid, &c);
+    int status = rc == ST_OK ? c.status : rc;
+    st_command_cleanup(&c);
+    return status;
+}
+
+/* ---- lifecycle ---- */
+
+TEST(conf_lifecycle)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(storage_ping(st), ST_OK);
+    ASSERT(storage_schema_version(st) >= 1);
+    storage_close(st);
+    storage_close(NULL);
+}
+
+TEST(conf_reopen_keeps_data_and_version)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int version = storage_schema_version(st);
+    int64_t uid = conf_user(st, "keep@example.com");
+    ASSERT(uid > 0);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", uid), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    storage_close(st);
+
+    for (int round = 0; round < 2; round++) {
+        st = conf_backend->reopen();
+        ASSERT_NOT_NULL(st);
+        ASSERT_INT_EQ(storage_schema_version(st), version);
+        st_user u;
+        ASSERT_INT_EQ(storage_user_get_by_email(st, "keep@example.com", &u), ST_OK);
+        ASSERT_INT_EQ(u.id, uid);
+        st_user_cleanup(&u);
+        ASSERT_INT_EQ(conf_count(st, "E1"), 1);
+        storage_close(st);
+    }
+}
+
+/* ---- users and API keys ---- */
+
+TEST(conf_users)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_user u = {0};
+    u.email = "Alice@Example.COM";
+    u.managed_apple_id = "alice@appleid.example.com";
+    u.password_hash = "$argon2id$hash1";
+    u.created_at = 1000;
+    ASSERT_INT_EQ(storage_user_add(st, &u), ST_OK);
+    ASSERT(u.id > 0);
+
+    st_user got;
+    ASSERT_INT_EQ(storage_user_get_by_email(st, "alice@example.com", &got), ST_OK);
+    ASSERT_INT_EQ(got.id, u.id);
+    ASSERT_STR_EQ(got.email, "alice@example.com"); /* stored lowercase */
+    ASSERT_STR_EQ(got.managed_apple_id, "alice@appleid.example.com");
+    ASSERT_STR_EQ(got.password_hash, "$argon2id$hash1");
+    ASSERT(got.idp_subject == NULL);
+    ASSERT_INT_EQ(got.created_at, 1000);
+    ASSERT_INT_EQ(got.disabled, 0);
+    st_user_cleanup(&got);
+    ASSERT_INT_EQ(storage_user_get_by_email(st, "ALICE@example.com", &got), ST_OK);
+    st_user_cleanup(&got);
+
+    ASSERT_INT_EQ(storage_user_get(st, u.id, &got), ST_OK);
+    ASSERT_STR_EQ(got.email, "alice@example.com");
+    st_user_cleanup(&got);
+
+    ASSERT_INT_EQ(storage_user_get(st, u.id + 1000, &got), ST_ENOTFOUND);
+    ASSERT(got.email == NULL && got.id == 0);
+    ASSERT_INT_EQ(storage_user_get_by_email(st, "bob@example.com", &got), ST_ENOTFOUND);
+    ASSERT(got.email == NULL);
+
+    /* Unique email, whatever the case. */
+    st_user dup = {0};
+    dup.email = "alice@EXAMPLE.com";
+    dup.created_at = 1001;
+    ASSERT_INT_EQ(storage_user_add(st, &dup), ST_EEXISTS);
+
+    /* Federated-only user: no password, a subject, disabled. */
+    st_user fed = {0};
+    fed.email = "fed@example.com";
+    fed.idp_subject = "sub-123";
+    fed.disabled = 1;
+    fed.created_at = 1002;
+    ASSERT_INT_EQ(storage_user_add(st, &fed), ST_OK);
+    ASSERT_INT_EQ(storage_user_get(st, fed.id, &got), ST_OK);
+    ASSERT(got.password_hash == NULL);
+    ASSERT_STR_EQ(got.idp_subject, "sub-123");
+    ASSERT_INT_EQ(got.disabled, 1);
+    st_user_cleanup(&got);
+
+    ASSERT_INT_EQ(storage_user_set_password(st, u.id, "$argon2id$hash2"), ST_OK);
+    ASSERT_INT_EQ(storage_user_get(st, u.id, &got), ST_OK);
+    ASSERT_STR_EQ(got.password_hash, "$argon2id$hash2");
+    st_user_cleanup(&got);
+    ASSERT_INT_EQ(storage_user_set_password(st, u.id, NULL), ST_OK);
+    ASSERT_INT_EQ(storage_user_get(st, u.id, &got), ST_OK);
+    ASSERT(got.password_hash == NULL);
+    st_user_cleanup(&got);
+    ASSERT_INT_EQ(storage_user_set_password(st, u.id + 1000, "x"), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+struct conf_list_state {
+    int n;
+    int stop_at; /* return 7 at this row (1-based); 0 = never */
+    int64_t last_id;
+    char last_key[64];
+    int ordered;
+};
+
+static int conf_user_cb(const st_user *u, void *ctx)
+{
+    struct conf_list_state *s = ctx;
+    if (u->id <= s->last_id || u->email == NULL)
+        s->ordered = 0;
+    s->last_id = u->id;
+    s->n++;
+    return s->n == s->stop_at ? 7 : 0;
+}
+
+TEST(conf_user_list)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    char email[64];
+    for (int i = 0; i < 300; i++) { /* more than one internal chunk */
+        snprintf(email, sizeof(email), "user%03d@example.com", i);
+        ASSERT(conf_user(st, email) > 0);
+    }
+    struct conf_list_state s = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_user_list(st, conf_user_cb, &s), ST_OK);
+    ASSERT_INT_EQ(s.n, 300);
+    ASSERT(s.ordered);
+
+    struct conf_list_state stop = {0, 5, 0, "", 1};
+    ASSERT_INT_EQ(storage_user_list(st, conf_user_cb, &stop), 7);
+    ASSERT_INT_EQ(stop.n, 5);
+    storage_close(st);
+}
+
+TEST(conf_apikeys)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t id = 0, found = 0;
+    char *name = NULL;
+    ASSERT_INT_EQ(storage_apikey_add(st, "ci", "aa11", 50, &id), ST_OK);
+    ASSERT(id > 0);
+    ASSERT_INT_EQ(storage_apikey_find(st, "aa11", &found, &name), ST_OK);
+    ASSERT_INT_EQ(found, id);
+    ASSERT_STR_EQ(name, "ci");
+    free(name);
+    found = 0;
+    ASSERT_INT_EQ(storage_apikey_find(st, "aa11", &found, NULL), ST_OK);
+    ASSERT_INT_EQ(found, id);
+    name = (char *)"junk";
+    ASSERT_INT_EQ(storage_apikey_find(st, "bb22", &found, &name), ST_ENOTFOUND);
+    ASSERT(name == NULL && found == 0);
+    int64_t id2 = 0;
+    ASSERT_INT_EQ(storage_apikey_add(st, "other", "aa11", 51, &id2), ST_EEXISTS);
+    ASSERT_INT_EQ(storage_apikey_add(st, "ci", "cc33", 52, &id2), ST_OK); /* names may repeat */
+    ASSERT(id2 > id);
+    storage_close(st);
+}
+
+/* ---- sessions ---- */
+
+static inline int conf_session(storage *st, const char *token_hash, int64_t user_id,
+                               const char *enrollment_id)
+{
+    st_session s = {0};
+    s.token_hash = (char *)token_hash;
+    s.user_id = user_id;
+    s.method = (char *)"local";
+    s.issued_at = 100;
+    s.expires_at = 200;
+    s.enrollment_id = (char *)enrollment_id;
+    return storage_session_add(st, &s);
+}
+
+TEST(conf_sessions)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "s@example.com");
+    ASSERT(uid > 0);
+    ASSERT_INT_EQ(conf_session(st, "t1", uid, NULL), ST_OK);
+    ASSERT_INT_EQ(conf_session(st, "t1", uid, NULL), ST_EEXISTS);
+
+    st_session s;
+    ASSERT_INT_EQ(storage_session_get(st, "t1", &s), ST_OK);
+    ASSERT_STR_EQ(s.token_hash, "t1");
+    ASSERT_INT_EQ(s.user_id, uid);
+    ASSERT_STR_EQ(s.method, "local");
+    ASSERT_INT_EQ(s.issued_at, 100);
+    ASSERT_INT_EQ(s.expires_at, 200);
+    ASSERT(s.enrollment_id == NULL && s.machine_info == NULL);
+    ASSERT_INT_EQ(s.revoked_at, 0);
+    st_session_cleanup(&s);
+
+    ASSERT_INT_EQ(storage_session_get(st, "nope", &s), ST_ENOTFOUND);
+    ASSERT(s.token_hash == NULL && s.method == NULL);
+
+    const char *mi = "<plist version=\"1.0\"><dict><key>UDID</key><string>X</string></dict>"
+                     "</plist>";
+    ASSERT_INT_EQ(storage_session_set_machine_info(st, "t1", mi), ST_OK);
+    ASSERT_INT_EQ(storage_session_get(st, "t1", &s), ST_OK);
+    ASSERT_STR_EQ(s.machine_info, mi);
+    st_session_cleanup(&s);
+    ASSERT_INT_EQ(storage_session_set_machine_info(st, "nope", mi), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_session_bind)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "b@example.com");
+    ASSERT_INT_EQ(conf_session(st, "t1", uid, NULL), ST_OK);
+    ASSERT_INT_EQ(storage_session_bind(st, "t1", "E1"), ST_OK);
+    ASSERT_INT_EQ(storage_session_bind(st, "t1", "E1"), ST_OK); /* same again: fine */
+    ASSERT_INT_EQ(storage_session_bind(st, "t1", "E2"), ST_ECONFLICT);
+    ASSERT_INT_EQ(storage_session_bind(st, "nope", "E1"), ST_ENOTFOUND);
+    st_session s;
+    ASSERT_INT_EQ(storage_session_get(st, "t1", &s), ST_OK);
+    ASSERT_STR_EQ(s.enrollment_id, "E1");
+    st_session_cleanup(&s);
+    storage_close(st);
+}
+
+static inline int64_t conf_revoked_at(storage *st, const char *token_hash)
+{
+    st_session s;
+    if (storage_session_get(st, token_hash, &s) != ST_OK)
+        return -1;
+    int64_t at = s.revoked_at;
+    st_session_cleanup(&s);
+    return at;
+}
+
+TEST(conf_session_revoke)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "r@example.com");
+    ASSERT_INT_EQ(conf_session(st, "t1", uid, "E1"), ST_OK);
+    ASSERT_INT_EQ(conf_session(st, "t2", uid, "E1"), ST_OK);
+    ASSERT_INT_EQ(conf_session(st, "t3", uid, "E2"), ST_OK);
+    ASSERT_INT_EQ(conf_session(st, "t4", uid, NULL), ST_OK);
+
+    ASSERT_INT_EQ(storage_session_revoke_enrollment(st, "E1", 500), ST_OK);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t1"), 500);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t2"), 500);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t3"), 0);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t4"), 0);
+    /* Already revoked sessions keep their first revocation time. */
+    ASSERT_INT_EQ(storage_session_revoke_enrollment(st, "E1", 800), ST_OK);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t1"), 500);
+    ASSERT_INT_EQ(storage_session_revoke_enrollment(st, "E-none", 800), ST_OK);
+
+    ASSERT_INT_EQ(storage_session_revoke(st, "t3", 600), ST_OK);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t3"), 600);
+    ASSERT_INT_EQ(storage_session_revoke(st, "t3", 700), ST_OK);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t3"), 600);
+    ASSERT_INT_EQ(conf_revoked_at(st, "t4"), 0);
+    ASSERT_INT_EQ(storage_session_revoke(st, "nope", 700), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+/* ---- SCEP challenges and certificates ---- */
+
+TEST(conf_challenges)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "c@example.com");
+    ASSERT_INT_EQ(conf_session(st, "s1", uid, NULL), ST_OK);
+    ASSERT_INT_EQ(storage_challenge_add(st, "c1", uid, "s1", 1000), ST_OK);
+    ASSERT_INT_EQ(storage_challenge_add(st, "c1", uid, "s1", 1000), ST_EEXISTS);
+
+    int64_t got_uid = 0;
+    char *sess = NULL;
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c1", 500, &got_uid, &sess), ST_OK);
+    ASSERT_INT_EQ(got_uid, uid);
+    ASSERT_STR_EQ(sess, "s1");
+    free(sess);
+    sess = NULL;
+    /* Used once: the second use is a conflict and returns nothing. */
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c1", 501, &got_uid, &sess), ST_ECONFLICT);
+    ASSERT(got_uid == 0 && sess == NULL);
+
+    /* Expired at expires_at; an expired attempt does not use the challenge up. */
+    ASSERT_INT_EQ(storage_challenge_add(st, "c2", uid, "s1", 1000), ST_OK);
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c2", 1000, &got_uid, &sess), ST_ENOTFOUND);
+    ASSERT(got_uid == 0 && sess == NULL);
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c2", 999, &got_uid, &sess), ST_OK);
+    free(sess);
+    sess = NULL;
+
+    ASSERT_INT_EQ(storage_challenge_consume(st, "nope", 1, &got_uid, &sess), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_certs)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "cert@example.com");
+    st_cert c = {0};
+    c.serial = "0a1b";
+    c.fingerprint = "f1";
+    c.subject = "CN=Orchard Identity";
+    c.user_id = uid;
+    c.session_hash = "s1";
+    c.not_after = 9000;
+    c.issued_at = 100;
+    ASSERT_INT_EQ(storage_cert_add(st, &c), ST_OK);
+    ASSERT_INT_EQ(storage_cert_add(st, &c), ST_EEXISTS);
+    st_cert other = {0};
+    other.serial = "0a1c";
+    other.fingerprint = "f2";
+    other.enrollment_id = "E2";
+    other.not_after = 9000;
+    other.issued_at = 100;
+    ASSERT_INT_EQ(storage_cert_add(st, &other), ST_OK); /* no user, no session */
+
+    st_cert got;
+    ASSERT_INT_EQ(storage_cert_get_by_fingerprint(st, "f1", &got), ST_OK);
+    ASSERT_STR_EQ(got.serial, "0a1b");
+    ASSERT_STR_EQ(got.fingerprint, "f1");
+    ASSERT_STR_EQ(got.subject, "CN=Orchard Identity");
+    ASSERT_INT_EQ(got.user_id, uid);
+    ASSERT_STR_EQ(got.session_hash, "s1");
+    ASSERT(got.enrollment_id == NULL);
+    ASSERT_INT_EQ(got.not_after, 9000);
+    ASSERT_INT_EQ(got.issued_at, 100);
+    ASSERT_INT_EQ(got.revoked_at, 0);
+    st_cert_cleanup(&got);
+    ASSERT_INT_EQ(storage_cert_get_by_fingerprint(st, "f2", &got), ST_OK);
+    ASSERT_INT_EQ(got.user_id, 0);
+    ASSERT(got.session_hash == NULL);
+    st_cert_cleanup(&got);
+    ASSERT_INT_EQ(storage_cert_get_by_fingerprint(st, "nope", &got), ST_ENOTFOUND);
+    ASSERT(got.serial == NULL);
+
+    ASSERT_INT_EQ(storage_cert_set_enrollment(st, "f1", "E1"), ST_OK);
+    ASSERT_INT_EQ(storage_cert_set_enrollment(st, "nope", "E1"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_cert_revoke_enrollment(st, "E1", 700), ST_OK);
+    ASSERT_INT_EQ(storage_cert_get_by_fingerprint(st, "f1", &got), ST_OK);
+    ASSERT_STR_EQ(got.enrollment_id, "E1");
+    ASSERT_INT_EQ(got.revoked_at, 700);
+    st_cert_cleanup(&got);
+    ASSERT_INT_EQ(storage_cert_get_by_fingerprint(st, "f2", &got), ST_OK);
+    ASSERT_INT_EQ(got.revoked_at, 0);
+    st_cert_cleanup(&got);
+    storage_close(st);
+}
+
+/* ---- enrollments ---- */
+
+TEST(conf_enrollment_insert)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "e@example.com");
+    st_enrollment e = {0};
+    e.id = "5E0C7A1B-93D2-4F6A-8C1E-2B7D9F0A3C45";
+    e.type = ST_ENR_USER;
+    e.user_id = uid;
+    e.topic = "com.apple.mgmt.External.abc";
+    e.cert_fingerprint = "f1";
+    e.push_token = "ignored"; /* Authenticate never carries a push token */
+    e.os_version = "18.0";
+    e.build_version = "22A3354";
+    e.product_name = "iPhone15,2";
+    e.device_name = "Alice's iPhone";
+    e.model = "iPhone";
+    e.last_auth_at = 90;
+    e.last_auth_method = "local";
+    e.enrolled_at = 100;
+    e.last_seen_at = 101;
+    ASSERT_INT_EQ(storage_enrollment_authenticate(st, &e), ST_OK);
+
+    st_enrollment g;
+    ASSERT_INT_EQ(storage_enrollment_get(st, e.id, &g), ST_OK);
+    ASSERT_STR_EQ(g.id, e.id);
+    ASSERT_INT_EQ(g.type, ST_ENR_USER);
+    ASSERT(g.parent_id == NULL);
+    ASSERT_INT_EQ(g.user_id, uid);
+    ASSERT_STR_EQ(g.topic, "com.apple.mgmt.External.abc");
+    ASSERT_STR_EQ(g.cert_fingerprint, "f1");
+    ASSERT(g.push_token == NULL && g.push_magic == NULL);
+    ASSERT_INT_EQ(g.push_token_dead, 0);
+    ASSERT_STR_EQ(g.os_version, "18.0");
+    ASSERT_STR_EQ(g.build_version, "22A3354");
+    ASSERT_STR_EQ(g.product_name, "iPhone15,2");
+    ASSERT_STR_EQ(g.device_name, "Alice's iPhone");
+    ASSERT_STR_EQ(g.model, "iPhone");
+    ASSERT_STR_EQ(g.auth_state, "active"); /* the default */
+    ASSERT_INT_EQ(g.last_auth_at, 90);
+    ASSERT_STR_EQ(g.last_auth_method, "local");
+    ASSERT_INT_EQ(g.enrolled_at, 100);
+    ASSERT_INT_EQ(g.token_updated_at, 0);
+    ASSERT_INT_EQ(g.last_seen_at, 101);
+    ASSERT_INT_EQ(g.unenrolled_at, 0);
+    st_enrollment_cleanup(&g);
+
+    /* The macOS user channel of the same enrollment. */
+    st_enrollment uc = {0};
+    uc.id = "5E0C7A1B-93D2-4F6A-8C1E-2B7D9F0A3C45:U1";
+    uc.type = ST_ENR_USER_CHANNEL;
+    uc.parent_id = e.id;
+    uc.auth_state = "reauth_required";
+    uc.auth_state_since = 55;
+    ASSERT_INT_EQ(storage_enrollment_authenticate(st, &uc), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_get(st, uc.id, &g), ST_OK);
+    ASSERT_INT_EQ(g.type, ST_ENR_USER_CHANNEL);
+    ASSERT_STR_EQ(g.parent_id, e.id);
+    ASSERT_INT_EQ(g.user_id, 0);
+    ASSERT_STR_EQ(g.auth_state, "reauth_required");
+    ASSERT_INT_EQ(g.auth_state_since, 55);
+    st_enrollment_cleanup(&g);
+
+    ASSERT_INT_EQ(storage_enrollment_get(st, "nope", &g), ST_ENOTFOUND);
+    ASSERT(g.id == NULL && g.auth_state == NULL);
+    storage_close(st);
+}
+
+static inline int conf_get_enr(storage *st, const char *id, st_enrollment *g)
+{
+    return storage_enrollment_get(st, id, g);
+}
+
+TEST(conf_enrollment_setters)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    st_enrollment g;
+
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "E1", "ab12", "magic-1", 200), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_set_push_dead(st, "E1", 1), ST_OK);
+    ASSERT_INT_EQ(conf_get_enr(st, "E1", &g), ST_OK);
+    ASSERT_STR_EQ(g.push_token, "ab12");
+    ASSERT_STR_EQ(g.push_magic, "magic-1");
+    ASSERT_INT_EQ(g.token_updated_at, 200);
+    ASSERT_INT_EQ(g.push_token_dead, 1);
+    st_enrollment_cleanup(&g);
+    /* A TokenUpdate clears the dead flag. */
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "E1", "cd34", "magic-2", 250), ST_OK);
+    ASSERT_INT_EQ(conf_get_enr(st, "E1", &g), ST_OK);
+    ASSERT_STR_EQ(g.push_token, "cd34");
+    ASSERT_INT_EQ(g.push_token_dead, 0);
+    ASSERT_INT_EQ(g.token_updated_at, 250);
+    st_enrollment_cleanup(&g);
+
+    ASSERT_INT_EQ(storage_enrollment_set_cert(st, "E1", "f9"), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_set_auth_state(st, "E1", "reauth_required", 300), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_set_last_auth(st, "E1", 310, "oidc"), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_touch(st, "E1", 400), ST_OK);
+    ASSERT_INT_EQ(conf_get_enr(st, "E1", &g), ST_OK);
+    ASSERT_STR_EQ(g.cert_fingerprint, "f9");
+    ASSERT_STR_EQ(g.auth_state, "reauth_required");
+    ASSERT_INT_EQ(g.auth_state_since, 300);
+    ASSERT_INT_EQ(g.last_auth_at, 310);
+    ASSERT_STR_EQ(g.last_auth_method, "oidc");
+    ASSERT_INT_EQ(g.last_seen_at, 400);
+    st_enrollment_cleanup(&g);
+
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "X", "t", "m", 1), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_set_cert(st, "X", "f"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_set_auth_state(st, "X", "active", 1), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_set_last_auth(st, "X", 1, "local"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_set_push_dead(st, "X", 1), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_touch(st, "X", 1), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "X", 1), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_enrollment_reauthenticate_resets)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "re@example.com");
+    ASSERT_INT_EQ(conf_enroll(st, "E1", uid), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "E1", "ab12", "magic", 110), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_set_push_dead(st, "E1", 1), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 120), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 121), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C3", 0, 122), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 130, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 131), ST_OK);
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 132, uuid, sizeof(uuid)), ST_OK); /* C2 sent */
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "E1", 140), ST_OK);
+
+    /* The device enrolls again under the same id: a reset in one transaction. */
+    st_enrollment e = {0};
+    e.id = "E1";
+    e.type = ST_ENR_USER;
+    e.user_id = uid;
+    e.topic = "com.apple.mgmt.External.new";
+    e.os_version = "18.1";
+    e.enrolled_at = 500;
+    e.last_seen_at = 500;
+    ASSERT_INT_EQ(storage_enrollment_authenticate(st, &e), ST_OK);
+    st_enrollment g;
+    ASSERT_INT_EQ(storage_enrollment_get(st, "E1", &g), ST_OK);
+    ASSERT_STR_EQ(g.topic, "com.apple.mgmt.External.new");
+    ASSERT_STR_EQ(g.os_version, "18.1");
+    ASSERT(g.push_token == NULL && g.push_magic == NULL);
+    ASSERT_INT_EQ(g.push_token_dead, 0);
+    ASSERT_INT_EQ(g.token_updated_at, 0);
+    ASSERT_INT_EQ(g.unenrolled_at, 0);
+    ASSERT_STR_EQ(g.auth_state, "active");
+    ASSERT_INT_EQ(g.enrolled_at, 500);
+    st_enrollment_cleanup(&g);
+
+    /* Re-enqueue after unenroll emptied the queue, then re-Authenticate clears it again. */
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C4", 0, 510), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 1);
+    ASSERT_INT_EQ(storage_enrollment_authenticate(st, &e), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 520, uuid, sizeof(uuid)), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_status(st, "C2"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_status(st, "C4"), ST_ENOTFOUND);
+    /* History survives. */
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_ACKNOWLEDGED);
+    storage_close(st);
+}
+
+TEST(conf_enrollment_unenroll)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E2", 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "E1", "ab12", "magic", 110), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 120), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 121), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E2", "C3", 0, 122), ST_OK);
+
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "E1", 700), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    ASSERT_INT_EQ(conf_count(st, "E2"), 1);
+    st_enrollment g;
+    ASSERT_INT_EQ(storage_enrollment_get(st, "E1", &g), ST_OK);
+    ASSERT_INT_EQ(g.unenrolled_at, 700);
+    ASSERT_STR_EQ(g.auth_state, "unenrolled");
+    ASSERT(g.push_token == NULL); /* retired with the enrollment */
+    st_enrollment_cleanup(&g);
+    /* A second CheckOut keeps the first time. */
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "E1", 800), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_get(st, "E1", &g), ST_OK);
+    ASSERT_INT_EQ(g.unenrolled_at, 700);
+    st_enrollment_cleanup(&g);
+    storage_close(st);
+}
+
+static int conf_enr_cb(const st_enrollment *e, void *ctx)
+{
+    struct conf_list_state *s = ctx;
+    if (strcmp(e->id, s->last_key) <= 0)
+        s->ordered = 0;
+    snprintf(s->last_key, sizeof(s->last_key), "%s", e->id);
+    s->n++;
+    return s->n == s->stop_at ? 7 : 0;
+}
+
+TEST(conf_enrollment_list)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t u1 = conf_user(st, "u1@example.com"), u2 = conf_user(st, "u2@example.com");
+    ASSERT(u1 > 0 && u2 > 0);
+    char id[32];
+    int u2_count = 0;
+    /* Inserted out of order; 300 crosses an internal chunk boundary. */
+    for (int k = 0; k < 300; k++) {
+        int i = (k * 7) % 300;
+        snprintf(id, sizeof(id), "E%04d", i);
+        ASSERT_INT_EQ(conf_enroll(st, id, i % 3 == 0 ? u2 : u1), ST_OK);
+    }
+    for (int i = 250; i < 255; i++) {
+        snprintf(id, sizeof(id), "E%04d", i);
+        ASSERT_INT_EQ(storage_enrollment_unenroll(st, id, 900), ST_OK);
+    }
+    for (int i = 0; i < 300; i++)
+        u2_count += i % 3 == 0 && !(i >= 250 && i < 255);
+
+    struct conf_list_state s = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, NULL, conf_enr_cb, &s), ST_OK);
+    ASSERT_INT_EQ(s.n, 295);
+    ASSERT(s.ordered);
+
+    st_enrollment_filter f = {0, 1, NULL, 0};
+    struct conf_list_state all = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, &f, conf_enr_cb, &all), ST_OK);
+    ASSERT_INT_EQ(all.n, 300);
+    ASSERT(all.ordered);
+
+    st_enrollment_filter fu = {u2, 0, NULL, 0};
+    struct conf_list_state su = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, &fu, conf_enr_cb, &su), ST_OK);
+    ASSERT_INT_EQ(su.n, u2_count);
+
+    /* Keyset pagination. */
+    st_enrollment_filter page = {0, 0, "E0100", 10};
+    struct conf_list_state sp = {0, 0, 0, "E0100", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, &page, conf_enr_cb, &sp), ST_OK);
+    ASSERT_INT_EQ(sp.n, 10);
+    ASSERT(sp.ordered);
+    ASSERT_STR_EQ(sp.last_key, "E0110");
+    /* A page across the unenrolled ones skips them. */
+    st_enrollment_filter page2 = {0, 0, "E0248", 4};
+    struct conf_list_state sp2 = {0, 0, 0, "E0248", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, &page2, conf_enr_cb, &sp2), ST_OK);
+    ASSERT_INT_EQ(sp2.n, 4);
+    ASSERT_STR_EQ(sp2.last_key, "E0257");
+    /* Large limit across the chunk boundary. */
+    st_enrollment_filter big = {0, 1, "E0010", 280};
+    struct conf_list_state sb = {0, 0, 0, "E0010", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, &big, conf_enr_cb, &sb), ST_OK);
+    ASSERT_INT_EQ(sb.n, 280);
+    ASSERT_STR_EQ(sb.last_key, "E0290");
+
+    struct conf_list_state stop = {0, 3, 0, "", 1};
+    ASSERT_INT_EQ(storage_enrollment_list(st, NULL, conf_enr_cb, &stop), 7);
+    ASSERT_INT_EQ(stop.n, 3);
+    storage_close(st);
+}
+
+/* ---- command queue: the scenarios of PROTOCOL.md section 9.3 ---- */
+
+TEST(conf_queue_idle_empty)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    st_command c;
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 1, 100, &c), ST_ENOTFOUND);
+    ASSERT(c.uuid == NULL && c.body == NULL);
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 0, 100, &c), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_queue_next(st, "unknown", 1, 100, &c), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    storage_close(st);
+}
+
+TEST(conf_queue_fifo_ack)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    /* Same created_at: insertion order decides. */
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 2);
+
+    st_command c;
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 1, 200, &c), ST_OK);
+    ASSERT_STR_EQ(c.uuid, "C1");
+    ASSERT_STR_EQ(c.enrollment_id, "E1");
+    ASSERT_STR_EQ(c.request_type, "ProfileList");
+    ASSERT(c.body != NULL && strstr(c.body, "<string>C1</string>") != NULL);
+    ASSERT_INT_EQ(c.body_len, strlen(c.body));
+    ASSERT_INT_EQ(c.status, ST_CMD_QUEUED);
+    ASSERT_INT_EQ(c.sent_at, 200);
+    ASSERT_INT_EQ(c.created_at, 100);
+    st_command_cleanup(&c);
+
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 210), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 0, 220, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C2");
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C2", 230), ST_OK);
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 240, uuid, sizeof(uuid)), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    ASSERT_INT_EQ(c.status, ST_CMD_ACKNOWLEDGED);
+    ASSERT_INT_EQ(c.sent_at, 200);
+    ASSERT_INT_EQ(c.completed_at, 210);
+    ASSERT(c.result != NULL && strstr(c.result, "Acknowledged") != NULL);
+    ASSERT(c.body != NULL && strstr(c.body, "<string>C1</string>") != NULL);
+    st_command_cleanup(&c);
+    storage_close(st);
+}
+
+TEST(conf_queue_notnow)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C1");
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C1", ST_CMD_NOTNOW, NULL, 0, 201), ST_OK);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_NOTNOW);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 2);
+
+    /* In the same session, NotNow commands are skipped... */
+    ASSERT_INT_EQ(conf_next(st, "E1", 0, 202, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C2");
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C2", 203), ST_OK);
+    ASSERT_INT_EQ(conf_next(st, "E1", 0, 204, uuid, sizeof(uuid)), ST_ENOTFOUND);
+    /* ...and offered again on the next Idle. */
+    st_command c;
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 1, 300, &c), ST_OK);
+    ASSERT_STR_EQ(c.uuid, "C1");
+    ASSERT_INT_EQ(c.status, ST_CMD_QUEUED);
+    ASSERT_INT_EQ(c.sent_at, 300);
+    st_command_cleanup(&c);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_QUEUED);
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 301), ST_OK);
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 302, uuid, sizeof(uuid)), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_queue_resend_unanswered)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C1");
+    /* The connection broke: no result for C1. The next session gets C1 again. */
+    st_command c;
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 1, 300, &c), ST_OK);
+    ASSERT_STR_EQ(c.uuid, "C1");
+    ASSERT_INT_EQ(c.sent_at, 300);
+    st_command_cleanup(&c);
+    ASSERT_INT_EQ(conf_next(st, "E1", 0, 301, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C1");
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    ASSERT_INT_EQ(c.status, ST_CMD_QUEUED);
+    ASSERT_INT_EQ(c.sent_at, 301);
+    st_command_cleanup(&c);
+    storage_close(st);
+}
+
+TEST(conf_queue_priority)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "low", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "high", 10, 200), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "mid", 5, 50), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "high2", 10, 200), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "old-low", 0, 90), ST_OK); /* older created_at */
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "neg", -1, 1), ST_OK);
+    static const char *const want[] = {"high", "high2", "mid", "old-low", "low", "neg"};
+    char uuid[64];
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        ASSERT_INT_EQ(conf_next(st, "E1", 1, 300 + (int64_t)i, uuid, sizeof(uuid)), ST_OK);
+        ASSERT_STR_EQ(uuid, want[i]);
+        ASSERT_INT_EQ(conf_ack(st, "E1", uuid, 400 + (int64_t)i), ST_OK);
+    }
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 500, uuid, sizeof(uuid)), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_queue_duplicate_report)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E2", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+
+    /* Another enrollment cannot answer for E1's command. */
+    ASSERT_INT_EQ(conf_ack(st, "E2", "C1", 205), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_QUEUED);
+
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C1", ST_CMD_ACKNOWLEDGED, "first", 5, 210),
+                  ST_OK);
+    /* The device re-sends the same result (section 9.3): nothing changes. */
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C1", ST_CMD_ACKNOWLEDGED, "second", 6, 220),
+                  ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C1", ST_CMD_ERROR, "third", 5, 230),
+                  ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C1", ST_CMD_NOTNOW, NULL, 0, 240), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "nope", ST_CMD_ACKNOWLEDGED, "x", 1, 250),
+                  ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "nope", ST_CMD_NOTNOW, NULL, 0, 250),
+                  ST_ENOTFOUND);
+    st_command c;
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    ASSERT_INT_EQ(c.status, ST_CMD_ACKNOWLEDGED);
+    ASSERT_INT_EQ(c.completed_at, 210);
+    ASSERT_INT_EQ(c.result_len, 5);
+    ASSERT_STR_EQ(c.result, "first");
+    st_command_cleanup(&c);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    storage_close(st);
+}
+
+TEST(conf_queue_enqueue_errors)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E2", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 101), ST_EEXISTS);
+    ASSERT_INT_EQ(conf_enqueue(st, "E2", "C1", 0, 101), ST_EEXISTS);
+    ASSERT_INT_EQ(conf_enqueue(st, "nope", "C9", 0, 101), ST_ENOTFOUND);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 210), ST_OK);
+    /* A uuid in history is taken too. */
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 300), ST_EEXISTS);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    ASSERT_INT_EQ(conf_count(st, "E2"), 0);
+    ASSERT_INT_EQ(conf_status(st, "C9"), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+TEST(conf_command_get)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    st_command in = {0};
+    in.uuid = "C1";
+    in.enrollment_id = "E1";
+    in.request_type = "RemoveProfile";
+    in.body = "<plist>remove</plist>";
+    in.body_len = strlen(in.body);
+    in.priority = 3;
+    in.sensitive = 1;
+    in.created_at = 100;
+    in.status = ST_CMD_ACKNOWLEDGED; /* ignored: a new command is always queued */
+    in.sent_at = 99;
+    ASSERT_INT_EQ(storage_queue_enqueue(st, &in), ST_OK);
+
+    st_command c;
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    ASSERT_STR_EQ(c.uuid, "C1");
+    ASSERT_STR_EQ(c.enrollment_id, "E1");
+    ASSERT_STR_EQ(c.request_type, "RemoveProfile");
+    ASSERT_STR_EQ(c.body, "<plist>remove</plist>");
+    ASSERT_INT_EQ(c.body_len, strlen("<plist>remove</plist>"));
+    ASSERT_INT_EQ(c.priority, 3);
+    ASSERT_INT_EQ(c.sensitive, 1);
+    ASSERT_INT_EQ(c.status, ST_CMD_QUEUED);
+    ASSERT_INT_EQ(c.created_at, 100);
+    ASSERT_INT_EQ(c.sent_at, 0);
+    ASSERT_INT_EQ(c.completed_at, 0);
+    ASSERT(c.result == NULL && c.result_len == 0);
+    st_command_cleanup(&c);
+
+    /* Results are bytes, not C strings. */
+    static const char result[] = "bin\0ary\xff";
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_INT_EQ(
+        storage_queue_report(st, "E1", "C1", ST_CMD_FORMAT_ERROR, result, sizeof(result) - 1, 210),
+        ST_OK);
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    ASSERT_INT_EQ(c.status, ST_CMD_FORMAT_ERROR);
+    ASSERT_INT_EQ(c.priority, 3);
+    ASSERT_INT_EQ(c.sensitive, 1);
+    ASSERT_INT_EQ(c.sent_at, 200);
+    ASSERT_INT_EQ(c.completed_at, 210);
+    ASSERT_INT_EQ(c.result_len, sizeof(result) - 1);
+    ASSERT(memcmp(c.result, result, sizeof(result) - 1) == 0);
+    ASSERT_STR_EQ(c.body, "<plist>remove</plist>");
+    st_command_cleanup(&c);
+
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 300), ST_OK);
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 310, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", "C2", ST_CMD_ERROR, NULL, 0, 320), ST_OK);
+    ASSERT_INT_EQ(storage_command_get(st, "C2", &c), ST_OK);
+    ASSERT_INT_EQ(c.status, ST_CMD_ERROR);
+    ASSERT(c.result == NULL);
+    st_command_cleanup(&c);
+
+    ASSERT_INT_EQ(storage_command_get(st, "nope", &c), ST_ENOTFOUND);
+    ASSERT(c.uuid == NULL);
+    storage_close(st);
+}
+
+static int conf_cmd_cb(const st_command *c, void *ctx)
+{
+    struct conf_list_state *s = ctx;
+    /* The fixtures name commands in creation order, so newest first = decreasing names. */
+    if (s->n > 0 && strcmp(c->uuid, s->last_key) >= 0)
+        s->ordered = 0;
+    snprintf(s->last_key, sizeof(s->last_key), "%s", c->uuid);
+    if (c->body == NULL || strcmp(c->enrollment_id, "E1") != 0)
+        s->ordered = 0;
+    s->n++;
+    return s->n == s->stop_at ? 7 : 0;
+}
+
+TEST(conf_command_list)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E2", 0), ST_OK);
+    char uuid[64], got[64];
+    /* 300 commands (over one internal chunk): the first 100 answered, 200 pending. */
+    for (int i = 0; i < 300; i++) {
+        snprintf(uuid, sizeof(uuid), "C%04d", i);
+        ASSERT_INT_EQ(conf_enqueue(st, "E1", uuid, 0, 100 + i), ST_OK);
+    }
+    for (int i = 0; i < 100; i++) {
+        ASSERT_INT_EQ(conf_next(st, "E1", 1, 1000 + i, got, sizeof(got)), ST_OK);
+        ASSERT_INT_EQ(conf_ack(st, "E1", got, 1000 + i), ST_OK);
+    }
+    ASSERT_INT_EQ(conf_enqueue(st, "E2", "X1", 0, 100), ST_OK);
+
+    /* Queue first (newest first), then history (newest first). */
+    struct conf_list_state s = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_command_list(st, "E1", 0, conf_cmd_cb, &s), ST_OK);
+    ASSERT_INT_EQ(s.n, 300);
+    ASSERT(s.ordered);
+    ASSERT_STR_EQ(s.last_key, "C0000");
+
+    struct conf_list_state lim = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_command_list(st, "E1", 3, conf_cmd_cb, &lim), ST_OK);
+    ASSERT_INT_EQ(lim.n, 3);
+    ASSERT_STR_EQ(lim.last_key, "C0297");
+
+    struct conf_list_state cross = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_command_list(st, "E1", 210, conf_cmd_cb, &cross), ST_OK);
+    ASSERT_INT_EQ(cross.n, 210);
+    ASSERT(cross.ordered);
+    ASSERT_STR_EQ(cross.last_key, "C0090"); /* 200 pending, then 10 from history */
+
+    struct conf_list_state stop = {0, 4, 0, "", 1};
+    ASSERT_INT_EQ(storage_command_list(st, "E1", 0, conf_cmd_cb, &stop), 7);
+    ASSERT_INT_EQ(stop.n, 4);
+
+    struct conf_list_state none = {0, 0, 0, "", 1};
+    ASSERT_INT_EQ(storage_command_list(st, "nope", 0, conf_cmd_cb, &none), ST_OK);
+    ASSERT_INT_EQ(none.n, 0);
+    storage_close(st);
+}
+
+TEST(conf_queue_clear_count)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E2", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C3", 0, 102), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E2", "C4", 0, 103), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_INT_EQ(storage_queue_report(st, "E1", uuid, ST_CMD_NOTNOW, NULL, 0, 201), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 3); /* NotNow is still pending */
+    ASSERT_INT_EQ(storage_queue_clear(st, "E1"), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+    ASSERT_INT_EQ(conf_count(st, "E2"), 1);
+    ASSERT_INT_EQ(storage_queue_clear(st, "nope"), ST_OK);
+    ASSERT_INT_EQ(conf_count(st, "nope"), 0);
+    storage_close(st);
+}
+
+TEST(conf_history_prune)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    char uuid[64];
+    static const char *const ids[] = {"C1", "C2", "C3"};
+    for (int i = 0; i < 3; i++) {
+        ASSERT_INT_EQ(conf_enqueue(st, "E1", ids[i], 0, 10 + i), ST_OK);
+        ASSERT_INT_EQ(conf_next(st, "E1", 1, 50, uuid, sizeof(uuid)), ST_OK);
+        ASSERT_INT_EQ(conf_ack(st, "E1", uuid, 100 * (i + 1)), ST_OK); /* 100, 200, 300 */
+    }
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "P1", 0, 20), ST_OK); /* pending: never pruned */
+    int64_t deleted = -1;
+    ASSERT_INT_EQ(storage_history_prune(st, 250, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 2);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_status(st, "C2"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_status(st, "C3"), ST_CMD_ACKNOWLEDGED);
+    ASSERT_INT_EQ(conf_status(st, "P1"), ST_CMD_QUEUED);
+    ASSERT_INT_EQ(storage_history_prune(st, 250, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 0);
+    ASSERT_INT_EQ(storage_history_prune(st, 300, &deleted), ST_OK); /* strictly before */
+    ASSERT_INT_EQ(deleted, 0);
+    storage_close(st);
+}
+
+/* ---- audit ---- */
+
+struct conf_audit_state {
+    int n, stop_at, ordered;
+    int64_t last_id, first_id;
+};
+
+static int conf_audit_cb(const st_audit *a, void *ctx)
+{
+    struct conf_audit_state *s = ctx;
+    if (s->n == 0)
+        s->first_id = a->id;
+    else if (a->id >= s->last_id)
+        s->ordered = 0;
+    char want[32];
+    snprintf(want, sizeof(want), "a%lld", (long long)a->at);
+    if (strcmp(a->action, want) != 0 || strcmp(a->actor, "system") != 0)
+        s->ordered = 0;
+    s->last_id = a->id;
+    s->n++;
+    return s->n == s->stop_at ? 7 : 0;
+}
+
+TEST(conf_audit)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    char action[32];
+    for (int i = 1; i <= 300; i++) {
+        snprintf(action, sizeof(action), "a%d", i);
+        st_audit a = {0};
+        a.at = i;
+        a.actor = "system";
+        a.action = action;
+        a.target = i % 2 ? "E1" : NULL;
+        a.detail = i % 2 ? "{\"k\":1}" : NULL;
+        ASSERT_INT_EQ(storage_audit_add(st, &a), ST_OK);
+    }
+    struct conf_audit_state all = {0, 0, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, 0, 0, conf_audit_cb, &all), ST_OK);
+    ASSERT_INT_EQ(all.n, 300);
+    ASSERT(all.ordered);
+
+    /* Pages of 10, newest first, contiguous. */
+    struct conf_audit_state p1 = {0, 0, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, 0, 10, conf_audit_cb, &p1), ST_OK);
+    ASSERT_INT_EQ(p1.n, 10);
+    ASSERT_INT_EQ(p1.first_id, all.first_id);
+    struct conf_audit_state p2 = {0, 0, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, p1.last_id, 10, conf_audit_cb, &p2), ST_OK);
+    ASSERT_INT_EQ(p2.n, 10);
+    ASSERT(p2.ordered);
+    ASSERT(p2.first_id < p1.last_id);
+
+    struct conf_audit_state tail = {0, 0, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, all.last_id + 3, 0, conf_audit_cb, &tail), ST_OK);
+    ASSERT_INT_EQ(tail.n, 3);
+
+    struct conf_audit_state stop = {0, 2, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, 0, 0, conf_audit_cb, &stop), 7);
+    ASSERT_INT_EQ(stop.n, 2);
+    storage_close(st);
+}
+
+/* ---- fault injection: a failed call loses and changes nothing ---- */
+
+TEST(conf_fault_wrapper)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+
+    storage_fail_after(st, 1);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_ERROR);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 1);
+    ASSERT_INT_EQ(conf_status(st, "C2"), ST_ENOTFOUND);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_OK); /* one shot */
+
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+    ASSERT_STR_EQ(uuid, "C1");
+    storage_fail_after(st, 1);
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 210), ST_ERROR);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_QUEUED);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 2);
+    /* The device re-sends the result it could not deliver; now it is recorded. */
+    ASSERT_INT_EQ(conf_ack(st, "E1", "C1", 220), ST_OK);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_ACKNOWLEDGED);
+
+    /* The Nth call fails, not the ones before it; failed lookups leave the record zeroed. */
+    storage_fail_after(st, 2);
+    st_command c;
+    ASSERT_INT_EQ(storage_command_get(st, "C1", &c), ST_OK);
+    st_command_cleanup(&c);
+    ASSERT_INT_EQ(storage_queue_next(st, "E1", 1, 230, &c), ST_ERROR);
+    ASSERT(c.uuid == NULL);
+    ASSERT_INT_EQ(storage_command_get(st, "C2", &c), ST_OK);
+    ASSERT_INT_EQ(c.sent_at, 0); /* the failed next marked nothing */
+    st_command_cleanup(&c);
+
+    storage_fail_after(st, 3);
+    storage_fail_after(st, 0); /* disarmed */
+    for (int i = 0; i < 5; i++)
+        ASSERT_INT_EQ(storage_ping(st), ST_OK);
+    storage_close(st);
+}
+
+/*
+ * Runs op with the backend failing its 1st, 2nd, ... round trip until op succeeds; after each
+ * failure check() must see the state from before. Returns the number of failed attempts, or
+ * -1 if check() failed (the message is printed).
+ */
+static int conf_step_faults(storage *st, int (*op)(storage *st), int (*check)(storage *st),
+                            const char *what)
+{
+    for (int n = 1; n <= 64; n++) {
+        storage_fail_step_after(st, n);
+        int rc = op(st);
+        storage_fail_step_after(st, 0);
+        if (rc == ST_OK)
+            return n - 1;
+        if (rc != ST_ERROR || !check(st)) {
+            fprintf(stderr, "%s: failing round trip %d gave rc=%d or changed the store\n", what, n,
+                    rc);
+            return -1;
+        }
+    }
+    fprintf(stderr, "%s: never succeeded\n", what);
+    return -1;
+}
+
+static int conf_op_report(storage *st)
+{
+    return conf_ack(st, "E1", "C1", 500);
+}
+
+static int conf_check_report(storage *st)
+{
+    st_command c;
+    int ok = storage_command_get(st, "C1", &c) == ST_OK && c.status == ST_CMD_QUEUED &&
+             c.completed_at == 0 && c.result == NULL && c.sent_at == 200;
+    st_command_cleanup(&c);
+    return ok && conf_count(st, "E1") == 2;
+}
+
+static int conf_op_enqueue(storage *st)
+{
+    return conf_enqueue(st, "E1", "C3", 0, 300);
+}
+
+static int conf_check_enqueue(storage *st)
+{
+    return conf_status(st, "C3") == ST_ENOTFOUND && conf_count(st, "E1") == 1;
+}
+
+static int conf_op_next(storage *st)
+{
+    char uuid[64];
+    return conf_next(st, "E1", 1, 600, uuid, sizeof(uuid));
+}
+
+static int conf_check_next(storage *st)
+{
+    st_command c;
+    int ok = storage_command_get(st, "C2", &c) == ST_OK && c.sent_at == 0;
+    st_command_cleanup(&c);
+    return ok;
+}
+
+static int conf_op_reauth(storage *st)
+{
+    st_enrollment e = {0};
+    e.id = "E1";
+    e.type = ST_ENR_USER;
+    e.os_version = "19.0";
+    e.enrolled_at = 700;
+    return storage_enrollment_authenticate(st, &e);
+}
+
+static int conf_check_reauth(storage *st)
+{
+    st_enrollment g;
+    int ok = storage_enrollment_get(st, "E1", &g) == ST_OK && g.os_version == NULL &&
+             g.push_token != NULL && g.enrolled_at == 100;
+    st_enrollment_cleanup(&g);
+    return ok && conf_count(st, "E1") == 2;
+}
+
+static int conf_op_unenroll(storage *st)
+{
+    return storage_enrollment_unenroll(st, "E1", 800);
+}
+
+static int conf_check_unenroll(storage *st)
+{
+    st_enrollment g;
+    int ok = storage_enrollment_get(st, "E1", &g) == ST_OK && g.unenrolled_at == 0;
+    st_enrollment_cleanup(&g);
+    return ok && conf_count(st, "E1") == 2;
+}
+
+static int conf_op_consume(storage *st)
+{
+    int64_t uid;
+    char *sess = NULL;
+    int rc = storage_challenge_consume(st, "ch1", 50, &uid, &sess);
+    free(sess);
+    return rc;
+}
+
+static int conf_check_consume(storage *st)
+{
+    (void)st;
+    return 1; /* proven by the op succeeding afterwards: a consumed challenge would conflict */
+}
+
+TEST(conf_fault_steps)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    if (storage_fail_step_after(st, 0) != 0) {
+        fprintf(stderr, "%s backend has no step fault hook; skipped\n", conf_backend->name);
+        storage_close(st);
+        return;
+    }
+    int64_t uid = conf_user(st, "f@example.com");
+    ASSERT_INT_EQ(storage_challenge_add(st, "ch1", uid, "s1", 1000), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "E1", "ab12", "magic", 110), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C2", 0, 101), ST_OK);
+    char uuid[64];
+    ASSERT_INT_EQ(conf_next(st, "E1", 1, 200, uuid, sizeof(uuid)), ST_OK);
+
+    /* Report: the move to history is all-or-nothing, whichever statement fails. */
+    ASSERT(conf_step_faults(st, conf_op_report, conf_check_report, "report") >= 1);
+    ASSERT_INT_EQ(conf_status(st, "C1"), ST_CMD_ACKNOWLEDGED);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 1);
+
+    ASSERT(conf_step_faults(st, conf_op_enqueue, conf_check_enqueue, "enqueue") >= 1);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 2);
+
+    /* next: marking sent is all-or-nothing (C2 is next, C3 behind it). */
+    ASSERT(conf_step_faults(st, conf_op_next, conf_check_next, "next") >= 1);
+    ASSERT_INT_EQ(conf_status(st, "C2"), ST_CMD_QUEUED);
+
+    /* Re-Authenticate: fields and queue reset together or not at all. */
+    ASSERT(conf_step_faults(st, conf_op_reauth, conf_check_reauth, "authenticate") >= 1);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+
+    /* Unenroll: marked and queue cleared together. */
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C5", 0, 103), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "E1", "C6", 0, 104), ST_OK);
+    ASSERT(conf_step_faults(st, conf_op_unenroll, conf_check_unenroll, "unenroll") >= 1);
+    ASSERT_INT_EQ(conf_count(st, "E1"), 0);
+
+    /* Challenge: a failed consume does not use the challenge up. */
+    ASSERT(conf_step_faults(st, conf_op_consume, conf_check_consume, "consume") >= 1);
+    ASSERT_INT_EQ(conf_op_consume(st), ST_ECONFLICT);
+    storage_close(st);
+}
+
+/* ---- concurrency ---- */
+
+#define CONF_WORKERS 4
+#define CONF_ITERATIONS 200
+
+struct conf_thread {
+    storage *st;
+    int index;
+    atomic_int *errors;
+    atomic_int *done;
+};
+
+static void conf_thread_error(struct conf_thread *t, const char *what, int rc)
+{
+    if (atomic_fetch_add(t->errors, 1) < 5)
+        fprintf(stderr, "thread %d: %s rc=%d\n", t->index, what, rc);
+}
+
+static void *conf_worker_main(void *arg)
+{
+    struct conf_thread *t = arg;
+    char enr[16], uuid[32], got[64];
+    snprintf(enr, sizeof(enr), "T%d", t->index);
+    for (int i = 0; i < CONF_ITERATIONS; i++) {
+        int64_t now = 1000 + i;
+        int rc;
+        snprintf(uuid, sizeof(uuid), "T%d-%04d", t->index, i);
+        if ((rc = conf_enqueue(t->st, enr, uuid, 0, now)) != ST_OK)
+            conf_thread_error(t, "enqueue", rc);
+        if ((rc = conf_next(t->st, enr, 1, now, got, sizeof(got))) != ST_OK ||
+            strcmp(got, uuid) != 0)
+            conf_thread_error(t, "next", rc);
+        if (i % 5 == 0) {
+            rc = storage_queue_report(t->st, enr, uuid, ST_CMD_NOTNOW, NULL, 0, now);
+            if (rc != ST_OK)
+                conf_thread_error(t, "notnow", rc);
+            if ((rc = conf_next(t->st, enr, 0, now, got, sizeof(got))) != ST_ENOTFOUND)
+                conf_thread_error(t, "next after notnow", rc);
+            if ((rc = conf_next(t->st, enr, 1, now, got, sizeof(got))) != ST_OK)
+                conf_thread_error(t, "next on idle", rc);
+        }
+        if ((rc = conf_ack(t->st, enr, uuid, now)) != ST_OK)
+            conf_thread_error(t, "ack", rc);
+        if ((rc = storage_enrollment_touch(t->st, enr, now)) != ST_OK)
+            conf_thread_error(t, "touch", rc);
+    }
+    atomic_fetch_add(t->done, 1);
+    return NULL;
+}
+
+static int conf_count_cb(const st_command *c, void *ctx)
+{
+    (void)c;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static void *conf_reader_main(void *arg)
+{
+    struct conf_thread *t = arg;
+    char enr[16];
+    int64_t loops = 0;
+    while (atomic_load(t->done) < CONF_WORKERS || loops < 10) {
+        int rc, n = 0;
+        st_session s;
+        st_enrollment e;
+        st_command c;
+        snprintf(enr, sizeof(enr), "T%d", (int)(loops % CONF_WORKERS));
+        if ((rc = storage_session_get(t->st, "conc-session", &s)) != ST_OK)
+            conf_thread_error(t, "session_get", rc);
+        st_session_cleanup(&s);
+        if ((rc = storage_enrollment_get(t->st, enr, &e)) != ST_OK)
+            conf_thread_error(t, "enrollment_get", rc);
+        st_enrollment_cleanup(&e);
+        if ((rc = storage_queue_next(t->st, "R", 1, 5, &c)) != ST_ENOTFOUND)
+            conf_thread_error(t, "next on empty", rc);
+        st_command_cleanup(&c);
+        if ((rc = storage_command_list(t->st, enr, 5, conf_count_cb, &n)) != ST_OK)
+            conf_thread_error(t, "command_list", rc);
+        loops++;
+    }
+    return NULL;
+}
+
+TEST(conf_concurrency)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "conc@example.com");
+    ASSERT_INT_EQ(conf_session(st, "conc-session", uid, "R"), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "R", uid), ST_OK);
+    char enr[16];
+    for (int i = 0; i < CONF_WORKERS; i++) {
+        snprintf(enr, sizeof(enr), "T%d", i);
+        ASSERT_INT_EQ(conf_enroll(st, enr, uid), ST_OK);
+    }
+    atomic_int errors, done;
+    atomic_init(&errors, 0);
+    atomic_init(&done, 0);
+    struct conf_thread threads[CONF_WORKERS + 1];
+    pthread_t tids[CONF_WORKERS + 1];
+    for (int i = 0; i <= CONF_WORKERS; i++) {
+        threads[i] = (struct conf_thread){st, i, &errors, &done};
+        void *(*fn)(void *) = i < CONF_WORKERS ? conf_worker_main : conf_reader_main;
+        ASSERT_INT_EQ(pthread_create(&tids[i], NULL, fn, &threads[i]), 0);
+    }
+    for (int i = 0; i <= CONF_WORKERS; i++)
+        pthread_join(tids[i], NULL);
+    ASSERT_INT_EQ(atomic_load(&errors), 0);
+    for (int i = 0; i < CONF_WORKERS; i++) {
+        snprintf(enr, sizeof(enr), "T%d", i);
+        ASSERT_INT_EQ(conf_count(st, enr), 0);
+        int n = 0;
+        ASSERT_INT_EQ(storage_command_list(st, enr, 0, conf_count_cb, &n), ST_OK);
+        ASSERT_INT_EQ(n, CONF_ITERATIONS);
+    }
+    storage_close(st);
+}
+
+/* Every conformance case, for the backend test's table. */
+#define CONFORMANCE_TESTS                                                                          \
+    TEST_ENTRY(conf_lifecycle), TEST_ENTRY(conf_reopen_keeps_data_and_version),                    \
+        TEST_ENTRY(conf_users), TEST_ENTRY(conf_user_list), TEST_ENTRY(conf_apikeys),              \
+        TEST_ENTRY(conf_sessions), TEST_ENTRY(conf_session_bind), TEST_ENTRY(conf_session_revoke), \
+        TEST_ENTRY(conf_challenges), TEST_ENTRY(conf_certs), TEST_ENTRY(conf_enrollment_insert),   \
+        TEST_ENTRY(conf_enrollment_setters), TEST_ENTRY(conf_enrollment_reauthenticate_resets),    \
+        TEST_ENTRY(conf_enrollment_unenroll), TEST_ENTRY(conf_enrollment_list),                    \
+        TEST_ENTRY(conf_queue_idle_empty), TEST_ENTRY(conf_queue_fifo_ack),                        \
+        TEST_ENTRY(conf_queue_notnow), TEST_ENTRY(conf_queue_resend_unanswered),                   \
+        TEST_ENTRY(conf_queue_priority), TEST_ENTRY(conf_queue_duplicate_report),                  \
+        TEST_ENTRY(conf_queue_enqueue_errors), TEST_ENTRY(conf_command_get),                       \
+        TEST_ENTRY(conf_command_list), TEST_ENTRY(conf_queue_clear_count),                         \
+        TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
+        TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency)
+
+#endif
