@@ -67,10 +67,10 @@ $(BUILD)/obj/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 	@mkdir -p $(dir $@)
 	@$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/harness.h $(BUILD)/liborchard.a
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/liborchard.a
 	@mkdir -p $(dir $@)
 	@echo "  LINK $@"
-	@$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
+	@$(CC) $(CFLAGS) -MMD -MP -Itests/unit -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
 
 # Each fuzz target also links with a corpus-replay main, so `make test` replays the corpora
 # under the sanitizers without libFuzzer; `make fuzz` builds real libFuzzer binaries (clang).

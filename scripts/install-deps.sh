@@ -2,6 +2,7 @@
 # Installs the Debian packages Orchard needs to build, run and test.
 # Called by `make` when pkg-config cannot find a dependency, and by .ci/run.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libgnutls28-dev libplist-dev libssl-dev
  libsqlite3-dev libpq-dev libcurl4-openssl-dev libjansson-dev librhonabwy-dev libsodium-dev
@@ -20,7 +21,16 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     missing=$(echo "$missing" | tr ' ' '\n' | grep -vx -e nodejs -e npm | tr '\n' ' ')
 fi
 missing=$(echo $missing)
-[ -z "$missing" ] && exit 0
+npm_step() {
+    # Browser tests drive Debian's Chromium through playwright-core (never a downloaded browser).
+    if [ "${1:-}" = "--test" ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+        npm ci --prefix tests/browser --no-audit --no-fund >&2
+    fi
+}
+if [ -z "$missing" ]; then
+    npm_step "${1:-}"
+    exit 0
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "orchard: missing Debian packages: $missing" >&2
@@ -31,3 +41,4 @@ echo "orchard: installing Debian packages: $missing" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends $missing >&2
+npm_step "${1:-}"

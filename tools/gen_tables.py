@@ -20,7 +20,8 @@ flattens the schema. Descriptive text (content, title) is not emitted.
 Usage:
   python3 tools/gen_tables.py             regenerate the two files in place
   python3 tools/gen_tables.py --check     exit 1 if the committed files are stale
-Spec directory: --spec DIR, else $ORCHARD_SPEC, else ../shared/spec/apple-device-management
+Spec directory: --spec DIR, else $ORCHARD_SPEC (the spec folder or its apple-device-management/),
+else ../shared/spec/apple-device-management
 relative to the repository root.
 """
 import argparse
@@ -658,6 +659,9 @@ def main(argv=None):
                     help="repository root to write into (default: %(default)s)")
     args = ap.parse_args(argv)
     spec = args.spec or os.environ.get("ORCHARD_SPEC") or DEFAULT_SPEC
+    # ORCHARD_SPEC may name the whole spec folder (as tests/run.sh sets it) or the YAML itself.
+    if os.path.isdir(os.path.join(spec, "apple-device-management")):
+        spec = os.path.join(spec, "apple-device-management")
     try:
         files = render(os.path.normpath(spec))
     except (SchemaError, OSError, yaml.YAMLError) as e:

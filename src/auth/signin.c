@@ -84,6 +84,8 @@ static void render_form(struct app *app, http_response *res, int status, const c
                         "csrf", csrf,
                         "identifier", identifier ? identifier : "",
                         "password_autofocus", identifier && identifier[0] ? "autofocus" : "",
+                        /* The device typed the identifier; keep it (a typo means "Not you?"). */
+                        "identifier_readonly", identifier && identifier[0] ? "readonly" : "",
                         NULL};
     buf_reset(&res->body);
     template_render(&res->body, asset_find("signin.html")->data, kv);
@@ -92,7 +94,9 @@ static void render_form(struct app *app, http_response *res, int status, const c
     http_response_set_header(res, "Set-Cookie", cookie);
     http_response_set_header(res, "Cache-Control", "no-store");
     http_response_set_header(res, "Content-Security-Policy",
-                             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'");
+                             /* form-action also governs the redirects that follow the POST: allow our own scheme's. */
+                             "default-src 'none'; style-src 'unsafe-inline'; "
+                             "form-action 'self' apple-remotemanagement-user-login:");
     http_response_set_header(res, "X-Frame-Options", "DENY");
     free(cookie);
     free(error_html);

@@ -127,11 +127,16 @@ static int user_list(struct admin_opts *o)
     return rc == 0 ? 0 : 1;
 }
 
+static int wants_help(int argc, char **argv)
+{
+    return argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
+}
+
 int cli_user(int argc, char **argv)
 {
     const char *sub = argc > 1 ? argv[1] : "";
-    struct admin_opts o = {0};
-    if (argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help) {
+    struct admin_opts o = {.help = wants_help(argc, argv)};
+    if (o.help || argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help) {
         FILE *f = o.help ? stdout : stderr;
         fprintf(f, "usage: orchard user add --data DIR --email EMAIL --managed-apple-id MAID "
                    "--password-stdin\n       orchard user list --data DIR\n");
@@ -147,9 +152,9 @@ int cli_user(int argc, char **argv)
 
 int cli_apikey(int argc, char **argv)
 {
-    struct admin_opts o = {0};
+    struct admin_opts o = {.help = wants_help(argc, argv)};
     const char *sub = argc > 1 ? argv[1] : "";
-    if (argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help ||
+    if (o.help || argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help ||
         strcmp(sub, "create") != 0 || !o.data || !o.name) {
         fprintf(o.help ? stdout : stderr, "usage: orchard apikey create --data DIR --name NAME\n"
                                           "Prints the new key once; only its hash is stored.\n");
@@ -176,9 +181,9 @@ int cli_apikey(int argc, char **argv)
 
 int cli_config(int argc, char **argv)
 {
-    struct admin_opts o = {0};
+    struct admin_opts o = {.help = wants_help(argc, argv)};
     const char *sub = argc > 1 ? argv[1] : "";
-    if (argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help ||
+    if (o.help || argc < 2 || parse_admin(argc - 1, argv + 1, &o) != 0 || o.help ||
         strcmp(sub, "show") != 0 || !o.data) {
         fprintf(o.help ? stdout : stderr,
                 "usage: orchard config show --data DIR\nPrints the effective configuration "

@@ -138,8 +138,8 @@ int cms_attached_verify(const uint8_t *der, size_t len, uint8_t **content, size_
     return attached(der, len, 1, content, content_len, signer_out);
 }
 
-int cms_verify_detached(const uint8_t *sig, size_t sig_len, const uint8_t *body, size_t body_len,
-                        crypto_cert **signer_out)
+int crypto_cms_verify_detached_openssl(const uint8_t *sig, size_t sig_len, const uint8_t *body,
+                                       size_t body_len, crypto_cert **signer_out)
 {
     CMS_ContentInfo *cms = parse_signed(sig, sig_len);
     BIO *content = NULL;

@@ -10,10 +10,12 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "crypto/cms_paths.h"
 #include "crypto/pki.h"
 
 struct crypto_cert {
     X509 *x509;
+    uint8_t sha256[32]; /* of the DER encoding: the fingerprint, computed once */
 };
 
 struct crypto_key {
@@ -26,8 +28,12 @@ struct crypto_ext {
     const char *value;
 };
 
-/* Wraps an X509 (takes ownership of the reference). */
+/* Wraps an X509 (takes ownership of the reference); aborts if it cannot be encoded. */
 crypto_cert *crypto_cert_wrap(X509 *x509);
+/* Wraps an X509 whose DER SHA-256 the caller already knows (takes ownership). */
+crypto_cert *crypto_cert_wrap_hashed(X509 *x509, const uint8_t sha256[32]);
+/* A new handle on the same certificate (the X509 is reference-counted, not copied). */
+crypto_cert *crypto_cert_ref(const crypto_cert *cert);
 
 /*
  * Logs the pending OpenSSL errors at debug level as `op`, clears the (thread-local) error

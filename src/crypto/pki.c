@@ -72,11 +72,30 @@ int crypto_fail(const char *op, int code)
     return code;
 }
 
-crypto_cert *crypto_cert_wrap(X509 *x509)
+crypto_cert *crypto_cert_wrap_hashed(X509 *x509, const uint8_t sha256[32])
 {
     crypto_cert *cert = xmalloc(sizeof *cert);
     cert->x509 = x509;
+    memcpy(cert->sha256, sha256, sizeof cert->sha256);
     return cert;
+}
+
+crypto_cert *crypto_cert_wrap(X509 *x509)
+{
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!X509_digest(x509, EVP_sha256(), md, &n) || n != 32) {
+        crypto_fail("cert_digest", CRYPTO_EINTERNAL);
+        log_error("event=crypto_sha256_failed");
+        abort();
+    }
+    return crypto_cert_wrap_hashed(x509, md);
+}
+
+crypto_cert *crypto_cert_ref(const crypto_cert *cert)
+{
+    X509_up_ref(cert->x509);
+    return crypto_cert_wrap_hashed(cert->x509, cert->sha256);
 }
 
 static void hex_lower(const uint8_t *in, size_t n, char *out)
@@ -368,14 +387,7 @@ char *crypto_cert_to_pem(const crypto_cert *cert)
 
 void crypto_cert_fingerprint(const crypto_cert *cert, char out[65])
 {
-    uint8_t md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (!X509_digest(cert->x509, EVP_sha256(), md, &n) || n != 32) {
-        crypto_fail("cert_fingerprint", CRYPTO_EINTERNAL);
-        log_error("event=crypto_sha256_failed");
-        abort();
-    }
-    hex_lower(md, 32, out);
+    hex_lower(cert->sha256, sizeof cert->sha256, out);
 }
 
 char *crypto_cert_serial_hex(const crypto_cert *cert)

@@ -33,18 +33,6 @@ static int session_ok(struct app *app, http_request *req, http_response *res,
     return mdm_check_session(app, req, res, m, e, allow_expired);
 }
 
-/* Which user the certificate was issued to, if it is one of ours and still usable here. */
-static int cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_id)
-{
-    st_cert c = {0};
-    int rc = storage_cert_get_by_fingerprint(app->st, m->fp, &c);
-    if (rc == 0 && (c.revoked_at || (c.enrollment_id && strcmp(c.enrollment_id, m->id) != 0)))
-        rc = -1;
-    *user_id = c.user_id;
-    st_cert_cleanup(&c);
-    return rc == 0 ? 0 : -1;
-}
-
 static void handle_authenticate(struct app *app, http_request *req, http_response *res,
                                 struct mdm_request *m)
 {
@@ -56,7 +44,7 @@ static void handle_authenticate(struct app *app, http_request *req, http_respons
         http_response_error(res, 403, "Topic does not match this server's push topic");
         return;
     }
-    if (cert_owner(app, m, &cert_user) != 0) {
+    if (mdm_cert_owner(app, m, &cert_user) != 0) {
         log_warn("event=authenticate_refused rid=%s enrollment=%s reason=certificate",
                  req->request_id, m->id);
         http_response_error(res, 403, "device identity not accepted for this enrollment");
@@ -121,20 +109,7 @@ static int load_enrollment(struct app *app, http_request *req, http_response *re
         http_response_error(res, 403, "unknown enrollment");
         return -1;
     }
-    if (strcmp(e->cert_fingerprint ? e->cert_fingerprint : "", m->fp) != 0) {
-        /* Renewal: a newer certificate issued by our CA for this same enrollment. */
-        int64_t owner = 0;
-        if (cert_owner(app, m, &owner) != 0 || owner != e->user_id ||
-            storage_enrollment_set_cert(app->st, m->id, m->fp) != 0 ||
-            storage_cert_set_enrollment(app->st, m->fp, m->id) != 0) {
-            log_warn("event=mdm_identity_refused rid=%s enrollment=%s reason=other_certificate",
-                     req->request_id, m->id);
-            http_response_error(res, 403, "device identity not accepted for this enrollment");
-            return -1;
-        }
-        log_info("event=identity_renewed rid=%s enrollment=%s", req->request_id, m->id);
-    }
-    return 0;
+    return mdm_check_identity(app, req, res, m, e);
 }
 
 static char *hex_of(const uint8_t *d, size_t n)

@@ -61,13 +61,14 @@ static void send_next(struct app *app, http_request *req, http_response *res,
 static int load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                 st_enrollment *e)
 {
-    if (storage_enrollment_get(app->st, m->id, e) != 0 || e->unenrolled_at ||
-        strcmp(e->cert_fingerprint ? e->cert_fingerprint : "", m->fp) != 0) {
-        log_warn("event=connect_refused rid=%s enrollment=%s reason=unknown_or_other_identity",
+    if (storage_enrollment_get(app->st, m->id, e) != 0 || e->unenrolled_at) {
+        log_warn("event=connect_refused rid=%s enrollment=%s reason=unknown_enrollment",
                  req->request_id, m->id);
-        http_response_error(res, 403, "unknown enrollment or identity");
+        http_response_error(res, 403, "unknown enrollment");
         return -1;
     }
+    if (mdm_check_identity(app, req, res, m, e) != 0)
+        return -1;
     int is_mac_device = m->type == ST_ENR_USER && e->product_name &&
                         strncmp(e->product_name, "Mac", 3) == 0;
     if (is_mac_device && m->session_status == SESSION_MISSING)

@@ -46,4 +46,16 @@ void mdm_request_cleanup(struct mdm_request *m);
 int mdm_check_session(struct app *app, http_request *req, http_response *res,
                       struct mdm_request *m, const st_enrollment *e, int allow_expired);
 
+/*
+ * The user the request's certificate was issued to (through a SCEP challenge), if the
+ * certificate is ours, not revoked and not bound to another enrollment. Returns 0 or -1.
+ */
+int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_id);
+/*
+ * Checks that the request's certificate is the one bound to the enrollment, or a renewal of it
+ * (issued by our CA to the same user), which is then bound. On refusal fills res (403).
+ */
+int mdm_check_identity(struct app *app, http_request *req, http_response *res,
+                       struct mdm_request *m, const st_enrollment *e);
+
 #endif

@@ -128,3 +128,33 @@ int mdm_check_session(struct app *app, http_request *req, http_response *res,
     session_challenge(app, res);
     return -1;
 }
+
+int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_id)
+{
+    st_cert c = {0};
+    int rc = storage_cert_get_by_fingerprint(app->st, m->fp, &c);
+    if (rc == 0 && (c.revoked_at || (c.enrollment_id && strcmp(c.enrollment_id, m->id) != 0)))
+        rc = -1;
+    *user_id = c.user_id;
+    st_cert_cleanup(&c);
+    return rc == 0 ? 0 : -1;
+}
+
+int mdm_check_identity(struct app *app, http_request *req, http_response *res,
+                       struct mdm_request *m, const st_enrollment *e)
+{
+    if (strcmp(e->cert_fingerprint ? e->cert_fingerprint : "", m->fp) == 0)
+        return 0; /* the hot path: the bound certificate */
+    /* Renewal (PROTOCOL.md 10.3): a newer certificate of ours for the same enrollment/user. */
+    int64_t owner = 0;
+    if (mdm_cert_owner(app, m, &owner) != 0 || owner != e->user_id ||
+        storage_enrollment_set_cert(app->st, m->id, m->fp) != 0 ||
+        storage_cert_set_enrollment(app->st, m->fp, m->id) != 0) {
+        log_warn("event=mdm_identity_refused rid=%s enrollment=%s reason=other_certificate",
+                 req->request_id, m->id);
+        http_response_error(res, 403, "device identity not accepted for this enrollment");
+        return -1;
+    }
+    log_info("event=identity_renewed rid=%s enrollment=%s", req->request_id, m->id);
+    return 0;
+}

@@ -79,10 +79,12 @@ storage *storage_open(const char *dsn, char *err, size_t err_len)
         const struct storage_backend *b = &storage_backends[i];
         if (strlen(b->scheme) == slen && strncasecmp(b->scheme, scheme, slen) == 0) {
             storage *st = b->open(dsn, location, err, err_len);
-            if (st != NULL) {
-                assert(st->ops != NULL);
-                atomic_store(&st->fail_after, 0);
+            if (st == NULL) {
+                log_error("event=storage_open_failed scheme=%s err=\"%s\"", b->scheme, err);
+                return NULL;
             }
+            assert(st->ops != NULL);
+            atomic_store(&st->fail_after, 0);
             return st;
         }
     }

@@ -256,27 +256,34 @@ async function screenshot(page, name) {
     log(`  screenshot ${path.relative(ROOT, file)}`);
 }
 
-// Signs in from a fresh context and waits for the outcome of the form POST.
-async function signIn(password, extra = {}) {
-    const { context, page } = await newPhone(extra);
+// Signs in from a fresh context (page opened at `url`) and waits for the outcome of the form POST:
+// either the main frame commits a new document (the answer page, or Chromium's error page for an
+// unreachable custom-scheme target) and loads it, or the POST fails without a navigation (e.g.
+// blocked by CSP) and 3 s pass. CDP events of different sessions and the raw-header events
+// arrive in no guaranteed order, so each condition is waited for on its own.
+async function signIn(password, url = state.signinUrlWithUser) {
+    const { context, page } = await newPhone();
     const w = await watch(context, page);
-    const resp = await page.goto(state.signinUrlWithUser);
-    eq(resp.status(), 200, `GET ${state.signinUrlWithUser}`);
+    const resp = await page.goto(url);
+    eq(resp.status(), 200, `GET ${url}`);
     await page.locator('input[type=password]').fill(password);
+    let navigated = false;
+    const onNav = f => { if (f === page.mainFrame() && w.formPost()) navigated = true; };
+    page.on('framenavigated', onNav);
     await page.locator('form button[type=submit], form input[type=submit]').click({ noWaitAfter: true });
-    // Done when the POST has an answer and, for a redirect, the browser has finished with it:
-    // it shows the error page for the unreachable target (that event follows the load failure),
-    // or it reported a security block, or 3 s passed after the load failed.
     await until(() => {
         const p = w.formPost();
-        if (!p || (!p.response && !p.failure)) return false;
-        if (p.response && p.response.status >= 300 && p.response.status < 400)
-            return w.unreachable.length > 0 || w.security.length > 0 || w.cspIssues.length > 0 ||
-                (p.failure && Date.now() - p.failure.at > 3000);
-        return true;
-    }, 10_000, 'the sign-in POST to finish');
-    if (w.formPost().response?.status !== 308) await page.waitForLoadState('load');
-    return { context, page, w, post: w.formPost() };
+        return navigated || (p?.failure && (w.security.length > 0 || w.cspIssues.length > 0 ||
+            Date.now() - p.failure.at > 3000));
+    }, 15_000, 'the sign-in POST to end in a navigation or a failure');
+    page.off('framenavigated', onNav);
+    if (navigated) await page.waitForLoadState('load');
+    // Raw headers of the POST, and for a redirect the error page naming its target, may lag.
+    await until(() => {
+        const r = w.formPost().response;
+        return r && (r.status !== 308 || !navigated || w.unreachable.length > 0);
+    }, 2000, 'raw response of the sign-in POST').catch(e => log(`  ${e.message}`));
+    return { context, page, w, post: w.formPost(), navigated };
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -406,9 +413,10 @@ test('the token from the redirect gets the signed enrollment profile at BaseURL'
 
 test('wrong password: error shown, status 401, no token, no navigation to the custom scheme', async () => {
     need('signinUrl', 'discovery and the 401 challenge lead to the sign-in URL');
-    const { context, page, w, post } = await signIn('not the password');
+    const { context, page, w, post, navigated } = await signIn('not the password');
     try {
         assert(post.response, `the sign-in POST got no response (failure: ${JSON.stringify(post.failure)})`);
+        assert(navigated, 'the browser shows the answer to the POST');
         eq(post.response.status, 401, 'status of the sign-in POST');
         eq(post.response.headers.location, undefined, 'Location header');
         eq(w.unreachable.length, 0, `navigations to an unreachable URL (${JSON.stringify(w.unreachable)})`);
@@ -424,6 +432,8 @@ test('wrong password: error shown, status 401, no token, no navigation to the cu
         eq(await page.locator('form input[type=email], form input[type=text]').inputValue(), USER,
             'identifier is still filled in');
         await screenshot(page, 'signin-phone-error.png');
+        await page.emulateMedia({ colorScheme: 'dark' });
+        await screenshot(page, 'signin-phone-error-dark.png');
     } finally {
         await context.close();
     }
@@ -431,18 +441,12 @@ test('wrong password: error shown, status 401, no token, no navigation to the cu
 
 test('unknown account: the same generic error and status as a wrong password', async () => {
     const expected = need('errorText', 'wrong password: …');
-    const { context, page } = await newPhone();
+    const u = new URL(state.signinUrl);
+    u.searchParams.append('user-identifier', `nobody@${DOMAIN}`);
+    const { context, page, post } = await signIn(PASSWORD, u.toString());
     try {
-        const u = new URL(state.signinUrl);
-        u.searchParams.append('user-identifier', `nobody@${DOMAIN}`);
-        await page.goto(u.toString());
-        await page.locator('input[type=password]').fill(PASSWORD);
-        const [resp] = await Promise.all([
-            page.waitForResponse(r => r.request().method() === 'POST'),
-            page.locator('form button[type=submit]').click(),
-        ]);
-        eq(resp.status(), 401, 'status of the sign-in POST');
-        await page.waitForLoadState('load');
+        assert(post.response, `the sign-in POST got no response (failure: ${JSON.stringify(post.failure)})`);
+        eq(post.response.status, 401, 'status of the sign-in POST');
         eq((await page.locator('[role=alert], .error').first().innerText()).trim(), expected, 'error text');
     } finally {
         await context.close();

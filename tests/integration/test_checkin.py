@@ -17,9 +17,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, os.path.join(HERE, "..", "sim"))
 import device as sim  # noqa: E402
@@ -146,6 +148,35 @@ def idle_with_an_empty_queue_is_an_empty_200():
     eq(d.idle(), None, "Idle")
     eq(d.last.body, b"", "empty 200 body")
     eq(d.last.header("Content-Length"), "0", "Content-Length of the empty 200")
+
+
+@test
+def checkout_ends_the_enrollment():
+    s = srv()
+    d = enrolled(s)
+    r = d.checkout()
+    eq(r.body, b"", "CheckOut answer body")
+    status_4xx(d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}), "Idle after CheckOut")
+    status_4xx(s.api("POST", "/api/v1/enrollments/%s/commands" % d.enrollment_id, {"request_type": "ProfileList"}),
+               "enqueue for a checked-out enrollment")
+    r = s.api("GET", "/api/v1/enrollments/%s" % d.enrollment_id)
+    status(r, 200, "a checked-out enrollment stays visible")
+
+
+@test
+def an_identity_from_one_users_session_cannot_serve_another_user():
+    s = srv()
+    a = new_device(s).run_enrollment(check_in=False)  # alice's SCEP identity, not yet checked in
+    b = new_device(s, BOB)
+    b.discover()
+    b.enroll_unauthenticated()
+    b.sign_in()
+    b.fetch_profile()
+    b.verify_profile()
+    b.use_identity(a.cert_path, a.key_path)  # bob's fresh token with alice's certificate
+    r = b.checkin(b.message("Authenticate", BuildVersion="22C161", OSVersion="18.2.1", ProductName="iPhone12,1"))
+    status_4xx(r, "Authenticate with bob's token and a certificate issued for alice's enrollment session")
+    a.authenticate()  # alice's own token still goes with it
 
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -287,7 +318,8 @@ def command_api_refuses_what_user_enrollment_forbids():
                        ({"request_type": "ClearPasscode"}, "ClearPasscode"),
                        ({"request_type": "DeviceInformation", "Queries": ["UDID"]}, "UDID"),
                        ({"request_type": "DeviceInformation", "Queries": ["OSVersion", "SerialNumber"]}, "SerialNumber"),
-                       ({"request_type": "NoSuchCommand"}, "NoSuchCommand")):
+                       ({"request_type": "NoSuchCommand"}, "NoSuchCommand"),
+                       ({"request_type": "ProfileList", "Bogus": 1}, "Bogus")):
         r = s.api("POST", "/api/v1/enrollments/%s/commands" % eid, body)
         status(r, (400, 422), "enqueue %r" % (body,))
         ok(name in r.text, "the refusal of %r must name %s: %s" % (body, name, r.text[:300]))
@@ -299,6 +331,16 @@ def command_api_refuses_what_user_enrollment_forbids():
     expect_cmd(cmd, u, "DeviceInformation", "allowed DeviceInformation")
     eq(cmd["Command"].get("Queries"), ["OSVersion", "ModelName"], "Queries passed to the device")
     d.report(u, "Acknowledged", **sim.canned_result(cmd["Command"]))
+    # a raw plist command
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % eid, plistlib.dumps({"RequestType": "ProfileList"}),
+              headers={"Content-Type": "application/x-plist"})
+    status(r, 201, "enqueue a plist command")
+    expect_cmd(d.idle(), r.json().get("command_uuid"), "ProfileList", "plist command")
+    d.report(r.json()["command_uuid"], "Acknowledged", ProfileList=[])
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % eid, plistlib.dumps({"RequestType": "EraseDevice"}),
+              headers={"Content-Type": "application/x-plist"})
+    status(r, (400, 422), "enqueue a plist EraseDevice")
+    ok("EraseDevice" in r.text, "the refusal must name EraseDevice", r)
     status(s.api("POST", "/api/v1/enrollments/%s/commands" % uuid.uuid4(), {"request_type": "ProfileList"}), 404,
            "enqueue for an unknown enrollment")
     status(s.api("POST", "/api/v1/enrollments/%s/commands" % eid, {"request_type": "ProfileList"}, key=None), 401,
@@ -454,6 +496,13 @@ def missing_unknown_and_foreign_tokens_get_the_challenge():
         s.assert_challenge(a.checkin(a.message("TokenUpdate", Token=a.push_token, PushMagic=a.push_magic,
                                                AwaitingConfiguration=False), token=tok), "TokenUpdate with " + what)
         s.assert_challenge(a.checkin(a.message("CheckOut"), token=tok), "CheckOut with " + what)
+    # A token bound to one enrollment cannot start another: a new device (its own profile and
+    # SCEP identity) presenting alice's first device's token at Authenticate.
+    thief = new_device(s).run_enrollment(check_in=False)
+    s.assert_challenge(thief.checkin(thief.message("Authenticate", BuildVersion="22C161", OSVersion="18.2.1",
+                                                   ProductName="iPhone12,1"), token=a.token),
+                       "Authenticate of a new enrollment with another enrollment's token")
+    thief.authenticate()  # with its own token it works
     for auth in ("Basic " + base64.b64encode(b"alice:x").decode(), "Bearer", "Bearer " + a.token + "x",
                  "Bearer " + "A" * 5000):
         s.assert_challenge(a.connect({"Status": "Idle", "EnrollmentID": a.enrollment_id}, token=None,
@@ -581,6 +630,11 @@ def bad_signatures_and_foreign_certificates_are_rejected():
                "TokenUpdate signed with another key")
     status_4xx(d.checkin(tu, signature=d.sign(tu, cert=foreign_cert), client_cert=foreign, reauth=False),
                "TokenUpdate from another CA")
+    # Another enrollment's identity (same user, same CA) is not a renewal of this one.
+    status_4xx(d.checkin(tu, signature=d.sign(tu, cert=other.cert, key=other.key),
+                         client_cert=(other.cert_path, other.key_path), reauth=False),
+               "TokenUpdate with the identity of the user's other enrollment")
+    eq(other.idle(), None, "the other enrollment keeps its identity")
     eq(d.idle(), None, "the real identity still works")
 
 
@@ -597,6 +651,33 @@ def expired_certificate_cannot_authenticate():
     r = d.checkin(msg, signature=d.sign(msg, cert=expired_cert), client_cert=expired, reauth=False)
     status_4xx(r, "Authenticate with an expired certificate")
     d.authenticate()  # the valid certificate works
+
+
+@test
+def proxy_certificate_headers_count_only_from_trusted_proxies():
+    s = Server(name="proxy")
+    s.add_user(*ALICE)
+    s.start()
+    try:
+        d = enrolled(s)
+        body = idle_body(d)
+        rfc9440 = {"Client-Cert": ":" + base64.b64encode(pki.cert_der(d.cert)).decode() + ":"}
+        # nginx: proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert (name as src/mdm/identity.c)
+        nginx = {"X-SSL-Client-Cert": urllib.parse.quote(open(d.cert_path).read())}
+        for hdr, what in ((rfc9440, "RFC 9440 Client-Cert"), (nginx, "X-SSL-Client-Cert")):
+            status_4xx(d.connect(body, signature=None, client_cert=None, extra_headers=hdr),
+                       what + " from an address that is not a trusted proxy")
+        s.restart(env={"ORCHARD_TRUSTED_PROXIES": "127.0.0.1"})
+        for hdr, what in ((rfc9440, "RFC 9440 Client-Cert"), (nginx, "X-SSL-Client-Cert")):
+            status(d.connect(body, signature=None, client_cert=None, extra_headers=hdr), 200,
+                   what + " from a trusted proxy")
+        ca, ca_key = pki.make_ca("proxy test foreign CA")
+        foreign = pki.issue(ca, ca_key, d.key.public_key(), subject=d.cert.subject)
+        status_4xx(d.connect(body, signature=None, client_cert=None,
+                             extra_headers={"Client-Cert": ":" + base64.b64encode(pki.cert_der(foreign)).decode() + ":"}),
+                   "a trusted proxy passing a certificate from another CA")
+    finally:
+        s.stop()
 
 
 @test

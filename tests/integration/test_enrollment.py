@@ -20,6 +20,7 @@ import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, os.path.join(HERE, "..", "sim"))
 import device as sim  # noqa: E402
@@ -36,7 +37,9 @@ _srv = None
 def srv():
     global _srv
     if _srv is None:
-        _srv = Server(domains=("example.com", "other.org"), name="enroll")
+        # A high sign-in limit: the failures of the sign-in tests must not rate-limit later
+        # tests from 127.0.0.1 (the limit itself is tested on its own server).
+        _srv = Server(domains=("example.com", "other.org"), name="enroll", env={"ORCHARD_SIGNIN_RATE_LIMIT": "1000"})
         _srv.add_user(*ALICE)
         _srv.add_user(*BOB)
         _srv.start()
@@ -370,6 +373,21 @@ def profile_is_a_signed_byod_enrollment_profile():
 
 
 @test
+def profile_is_served_for_every_body_form():
+    s = srv()
+    d = signed_in(s)
+    for ctype, body, what in (("application/x-www-form-urlencoded", sim.default_machine_info(), "iOS 15 variant"),
+                              ("application/pkcs7-signature", sim.default_machine_info(), "real capture"),
+                              ("application/xml", sim.bare_machine_info(), "bare MachineInfo plist")):
+        h = d.enroll_headers(d.token)
+        h["Content-Type"] = ctype
+        r = s.request("POST", d.base_url, body=body, headers=h)
+        status(r, 200, "profile for the " + what)
+        eq(r.content_type, "application/x-apple-aspen-config", "profile Content-Type for the " + what)
+        eq(d.verify_profile(r.body)["PayloadType"], "Configuration", "profile for the " + what)
+
+
+@test
 def profile_signer_is_the_signing_identity():
     s = srv()
     d = signed_in(s)
@@ -479,9 +497,9 @@ def scep_with_the_challenge_issues_a_verifiable_certificate():
     eq(p.returncode, 0, "openssl verify -CAfile scep/ca.pem (%s %s)" % (p.stdout.strip(), p.stderr.strip()))
     eq(d.cert.public_key().public_numbers(), d.key.public_key().public_numbers(), "certificate carries our key")
     eq(d.cert.issuer, pki.load_cert(s.path("scep", "ca.pem")).subject, "issuer")
-    # the challenge is spent
+    # the challenge is spent: a proper SCEP FAILURE CertRep (scepclient prints its failInfo)
     e = orchard.raises(sim.ScepError, d.scep_enroll, d.scep_challenge)
-    ok("certificate" in str(e), str(e))
+    ok("failInfo" in str(e), "a reused challenge must get a SCEP FAILURE CertRep: %s" % e)
 
 
 @test
@@ -490,8 +508,10 @@ def scep_with_a_wrong_challenge_issues_nothing():
     d = signed_in(s)
     d.fetch_profile()
     d.verify_profile()
-    orchard.raises(sim.ScepError, d.scep_enroll, "wrong-" + uuid.uuid4().hex)
-    orchard.raises(sim.ScepError, d.scep_enroll, None)  # no challenge at all
+    e = orchard.raises(sim.ScepError, d.scep_enroll, "wrong-" + uuid.uuid4().hex)
+    ok("failInfo" in str(e), "a wrong challenge must get a SCEP FAILURE CertRep: %s" % e)
+    e = orchard.raises(sim.ScepError, d.scep_enroll, None)  # no challenge at all
+    ok("failInfo" in str(e), "a missing challenge must get a SCEP FAILURE CertRep: %s" % e)
     d.scep_enroll()  # the right one still works afterwards
 
 

@@ -34,6 +34,7 @@ import tempfile
 import urllib.parse
 import uuid
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import orchard  # noqa: E402  (HTTPS helpers)
 import pki  # noqa: E402  (Mdm-Signature)
@@ -404,7 +405,7 @@ class Device:
         with open(src, "wb") as f:
             f.write(der)
         cmd = ["openssl", "cms", "-verify", "-inform", "DER", "-in", src, "-out", out, "-binary"]
-        cmd += ["-CAfile", ca, "-purpose", "any"] if ca else ["-noverify"]
+        cmd += ["-CAfile", ca] if ca else ["-noverify"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
             raise DeviceError("openssl cms -verify of the profile failed (%s): %s" % (" ".join(cmd), p.stderr.strip()))

@@ -52,11 +52,11 @@
  * every process) shares, instead of copying them into a private page cache per connection with
  * a pread each; the default 2 MB private cache thrashes once the hot tables outgrow it (10,000
  * enrollments with their sessions is about 7 MB). 256 MiB is a cap on address space, not memory.
+ * journal_size_limit: a WAL that grew during a burst is truncated back to 64 MiB at checkpoint.
  */
-#ifndef SQ_CONN_PRAGMAS
 #define SQ_CONN_PRAGMAS                                                                            \
-    "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456;"
-#endif
+    "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA mmap_size = 268435456; "        \
+    "PRAGMA journal_size_limit = 67108864;"
 /* Lists are read this many rows at a time; no statement is open while the callback runs. */
 #define SQ_LIST_CHUNK 256
 
@@ -68,8 +68,7 @@
  *  - user_id columns are NULL when the record has "0 = none";
  *  - commands.seq is AUTOINCREMENT so a seq is never reused after its row moves to history
  *    (command_history keeps the same seq as its primary key, giving a stable creation order);
- *  - commands_next serves queue_next (equality on enrollment and status, then the send order)
- *    and queue_count, and is the child index of the enrollments foreign key.
+ *  - commands_next is replaced by migration 2.
  */
 static const char sq_schema_v1[] =
     "CREATE TABLE users ("
@@ -174,9 +173,22 @@ static const char sq_schema_v1[] =
     " target TEXT,"
     " detail TEXT);";
 
+/*
+ * Migration 2: commands_next becomes the send order within an enrollment, so queue_next reads
+ * the first row whose status qualifies without sorting; on the hot path (Idle, empty queue)
+ * that is one index seek. Status is filtered, not indexed: an index led by status needs a
+ * temporary b-tree (and its page cache, allocated and freed per call) whenever NotNow rows are
+ * included, i.e. on every Idle. It still serves queue_count and is the child index of the
+ * enrollments foreign key.
+ */
+static const char sq_schema_v2[] =
+    "DROP INDEX commands_next;"
+    "CREATE INDEX commands_next ON commands (enrollment_id, priority DESC, created_at, seq);";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,
+    sq_schema_v2,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -222,7 +234,6 @@ enum sq_stmt_id {
     SQ_ENR_LIST_USER,
     SQ_CMD_ENQUEUE,
     SQ_CMD_NEXT,
-    SQ_CMD_NEXT_NOTNOW,
     SQ_CMD_MARK_SENT,
     SQ_CMD_MARK_NOTNOW,
     SQ_CMD_TO_HISTORY,
@@ -255,7 +266,6 @@ enum sq_stmt_id {
 #define CMD_H_COLS                                                                                 \
     "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
     "completed_at, result, seq"
-#define CMD_NEXT_ORDER " ORDER BY priority DESC, created_at, seq LIMIT 1"
 
 static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
@@ -341,10 +351,9 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_CMD_ENQUEUE] = "INSERT INTO commands (uuid, enrollment_id, request_type, body, priority, "
                        "sensitive, created_at) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
                        " WHERE NOT EXISTS (SELECT 1 FROM command_history WHERE uuid = ?1)",
+    /* ?2 = 0: QUEUED only; ?2 = 1: QUEUED and NOTNOW. Walks commands_next in send order. */
     [SQ_CMD_NEXT] = "SELECT " CMD_Q_COLS " FROM commands WHERE enrollment_id = ?1"
-                    " AND status = 0" CMD_NEXT_ORDER,
-    [SQ_CMD_NEXT_NOTNOW] = "SELECT " CMD_Q_COLS " FROM commands WHERE enrollment_id = ?1"
-                           " AND status IN (0, 1)" CMD_NEXT_ORDER,
+                    " AND status <= ?2 ORDER BY priority DESC, created_at, seq LIMIT 1",
     [SQ_CMD_MARK_SENT] = "UPDATE commands SET status = 0, sent_at = ?2 WHERE seq = ?1",
     [SQ_CMD_MARK_NOTNOW] = "UPDATE commands SET status = 1 WHERE uuid = ?1 AND enrollment_id = ?2",
     [SQ_CMD_TO_HISTORY] =
@@ -1490,8 +1499,9 @@ static int sq_queue_enqueue(storage *st, const st_command *x)
 static int sq_queue_peek(struct sq_conn *c, const char *enrollment_id, int include_notnow,
                          st_command *out, int64_t *seq)
 {
-    sqlite3_stmt *s = sq_stmt(c, include_notnow ? SQ_CMD_NEXT_NOTNOW : SQ_CMD_NEXT);
+    sqlite3_stmt *s = sq_stmt(c, SQ_CMD_NEXT);
     bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, include_notnow);
     int rc = sq_row(c, s, "queue_next");
     if (rc != 1)
         return rc;
@@ -1513,8 +1523,9 @@ static int sq_queue_next(storage *st, const char *enrollment_id, int include_not
      * first without the write lock, so idle devices never serialise on it. A command enqueued
      * right after this look is sent on the next check-in, which its push triggers anyway.
      */
-    sqlite3_stmt *s = sq_stmt(c, include_notnow ? SQ_CMD_NEXT_NOTNOW : SQ_CMD_NEXT);
+    sqlite3_stmt *s = sq_stmt(c, SQ_CMD_NEXT);
     bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, include_notnow);
     int rc = sq_row(c, s, op);
     if (rc != 1)
         return rc;

@@ -3,6 +3,7 @@
  * verification, signing round trips (checked with the openssl command as well), and hostile
  * input (truncations, bit flips, garbage) that must fail cleanly.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,7 @@
 
 #include "harness.h"
 #include "crypto/cms.h"
+#include "crypto/cms_paths.h"
 #include "crypto/pki.h"
 #include "crypto_fixtures.h"
 
@@ -291,7 +293,156 @@ TEST(mdm_signature_sha1_fixture)
     crypto_cert_free(scep_ca);
 }
 
+/* ---- The Mdm-Signature fast path against OpenSSL's CMS_verify ---- */
+
+static const char *const detached_fixtures[] = {
+    "mdm-signature-sha1.b64", /* DER, SHA-1, RSA, signer issued by the reference SCEP CA */
+    "mdm-signature-ber.der",  /* the same, re-encoded with indefinite lengths like Apple does */
+    "mdm-signature-ec.der",   /* ECDSA P-256 with SHA-256, self-signed signer */
+};
+
+static uint8_t *detached_fixture(const char *name, size_t *len)
+{
+    uint8_t *data = local_fixture(name, len), *der = NULL;
+    if (data == NULL || strstr(name, ".b64") == NULL)
+        return data;
+    if (crypto_base64_decode((char *)data, *len, &der, len) != 0)
+        der = NULL;
+    free(data);
+    return der;
+}
+
+/*
+ * 1 if the fast path and OpenSSL agree: when the fast path answers (does not decline), it
+ * succeeds exactly when OpenSSL does, with the same signer. *fast_rc gets its answer.
+ */
+static int paths_agree(const uint8_t *sig, size_t sig_len, const uint8_t *body, size_t body_len,
+                       int *fast_rc)
+{
+    crypto_cert *fast_cert = NULL, *ref_cert = NULL;
+    int fast = crypto_cms_verify_detached_fast(sig, sig_len, body, body_len, &fast_cert);
+    int ref = crypto_cms_verify_detached_openssl(sig, sig_len, body, body_len, &ref_cert);
+    int agree = fast == CRYPTO_DECLINE || (fast == 0) == (ref == 0);
+    if (agree && fast == 0) {
+        char a[65], b[65];
+        crypto_cert_fingerprint(fast_cert, a);
+        crypto_cert_fingerprint(ref_cert, b);
+        agree = strcmp(a, b) == 0;
+    }
+    if (!agree)
+        fprintf(stderr, "fast path says %d, OpenSSL says %d\n", fast, ref);
+    crypto_cert_free(fast_cert);
+    crypto_cert_free(ref_cert);
+    if (fast_rc != NULL)
+        *fast_rc = fast;
+    return agree;
+}
+
+TEST(fast_path_handles_device_shapes)
+{
+    size_t body_len = 0;
+    uint8_t *body = local_fixture("checkin-body.plist", &body_len);
+    ASSERT_NOT_NULL(body);
+    for (size_t i = 0; i < sizeof detached_fixtures / sizeof detached_fixtures[0]; i++) {
+        size_t len = 0;
+        int rc = -100;
+        uint8_t *sig = detached_fixture(detached_fixtures[i], &len);
+        ASSERT_NOT_NULL(sig);
+        /* Twice: a cache miss, then a hit. */
+        ASSERT(paths_agree(sig, len, body, body_len, &rc));
+        ASSERT_INT_EQ(rc, 0);
+        ASSERT(paths_agree(sig, len, body, body_len, &rc));
+        ASSERT_INT_EQ(rc, 0);
+        ASSERT_INT_EQ(cms_verify_detached(sig, len, body, body_len, NULL), 0);
+        free(sig);
+    }
+    free(body);
+}
+
+TEST(fast_path_agrees_on_mutations)
+{
+    size_t body_len = 0;
+    uint8_t *body = local_fixture("checkin-body.plist", &body_len);
+    ASSERT_NOT_NULL(body);
+    for (size_t i = 0; i < sizeof detached_fixtures / sizeof detached_fixtures[0]; i++) {
+        size_t len = 0;
+        uint8_t *sig = detached_fixture(detached_fixtures[i], &len);
+        ASSERT_NOT_NULL(sig);
+        for (size_t n = 0; n < len; n++)
+            ASSERT(paths_agree(sig, n, body, body_len, NULL));
+        for (size_t j = 0; j < len; j++) {
+            sig[j] ^= (uint8_t)(1u << (j % 8));
+            ASSERT(paths_agree(sig, len, body, body_len, NULL));
+            sig[j] ^= (uint8_t)(1u << (j % 8));
+        }
+        for (size_t j = 0; j < body_len; j += 13) {
+            body[j] ^= 0x20;
+            ASSERT(paths_agree(sig, len, body, body_len, NULL));
+            body[j] ^= 0x20;
+        }
+        free(sig);
+    }
+    free(body);
+}
+
+TEST(fast_path_declines_other_shapes)
+{
+    ASSERT_INT_EQ(ensure_signer(), 0);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    /* Attached content is not an Mdm-Signature: declined, then rejected by OpenSSL. */
+    ASSERT_INT_EQ(cms_sign(signer, signer_key, NULL, 0, (const uint8_t *)"x", 1, &der, &len), 0);
+    ASSERT_INT_EQ(crypto_cms_verify_detached_fast(der, len, (const uint8_t *)"x", 1, NULL),
+                  CRYPTO_DECLINE);
+    ASSERT_INT_EQ(cms_verify_detached(der, len, (const uint8_t *)"x", 1, NULL), CRYPTO_EINPUT);
+    free(der);
+}
+
+struct verify_job {
+    const uint8_t *sig, *body;
+    size_t sig_len, body_len;
+    int failures;
+};
+
+static void *verify_many(void *arg)
+{
+    struct verify_job *job = arg;
+    for (int i = 0; i < 200; i++) {
+        crypto_cert *who = NULL;
+        if (cms_verify_detached(job->sig, job->sig_len, job->body, job->body_len, &who) != 0)
+            job->failures++;
+        crypto_cert_free(who);
+    }
+    return NULL;
+}
+
+TEST(fast_path_threads)
+{
+    struct verify_job jobs[3];
+    pthread_t threads[3];
+    size_t body_len = 0;
+    uint8_t *body = local_fixture("checkin-body.plist", &body_len);
+    ASSERT_NOT_NULL(body);
+    for (int i = 0; i < 3; i++) {
+        jobs[i].sig = detached_fixture(detached_fixtures[i], &jobs[i].sig_len);
+        jobs[i].body = body;
+        jobs[i].body_len = body_len;
+        jobs[i].failures = 0;
+        ASSERT_NOT_NULL(jobs[i].sig);
+    }
+    for (int i = 0; i < 3; i++)
+        ASSERT_INT_EQ(pthread_create(&threads[i], NULL, verify_many, &jobs[i]), 0);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(threads[i], NULL);
+        ASSERT_INT_EQ(jobs[i].failures, 0);
+        free((void *)jobs[i].sig);
+    }
+    free(body);
+}
+
 TEST_MAIN(TEST_ENTRY(enroll_body_content), TEST_ENTRY(enroll_body_verify),
           TEST_ENTRY(enroll_body_tampered), TEST_ENTRY(enroll_body_truncated_and_flipped),
           TEST_ENTRY(garbage_input), TEST_ENTRY(sign_attached),
-          TEST_ENTRY(sign_and_verify_detached), TEST_ENTRY(mdm_signature_sha1_fixture))
+          TEST_ENTRY(sign_and_verify_detached), TEST_ENTRY(mdm_signature_sha1_fixture),
+          TEST_ENTRY(fast_path_handles_device_shapes), TEST_ENTRY(fast_path_agrees_on_mutations),
+          TEST_ENTRY(fast_path_declines_other_shapes), TEST_ENTRY(fast_path_threads))
