@@ -17,6 +17,7 @@ static const struct {
     {"user", cli_user, "manage the local user directory (add, list)"},
     {"apikey", cli_apikey, "create admin API keys"},
     {"config", cli_config, "show the effective configuration"},
+    {"reauth", cli_reauth, "demand re-authentication of an enrollment or a user"},
 };
 
 static void usage(FILE *f)

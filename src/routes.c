@@ -26,6 +26,8 @@ const struct http_route orchard_routes[] = {
     {"POST", "/api/v1/enrollments/{id}/reauthenticate", api_handle_reauthenticate,
      "api_reauthenticate"},
     {"POST", "/api/v1/enrollments/{id}/unenroll", api_handle_unenroll, "api_unenroll"},
+    {"POST", "/api/v1/users/{id}/reauthenticate", api_handle_user_reauthenticate,
+     "api_user_reauthenticate"},
     {"GET", "/api/v1/commands/{uuid}", api_handle_command, "api_command"},
     {"GET", "/api/v1/audit", api_handle_audit, "api_audit"},
     {"POST", "/api/v1/debug/clock", api_handle_debug_clock, "api_debug_clock"},

@@ -8,6 +8,7 @@
 
 #include "app.h"
 #include "auth/audit.h"
+#include "auth/reauth.h"
 #include "auth/secret.h"
 #include "core/log.h"
 #include "core/mem.h"
@@ -229,6 +230,12 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
         http_response_error(res, 422, err);
         goto out;
     }
+    if (cmd.sensitive && strcmp(e.auth_state ? e.auth_state : "", "active") != 0) {
+        /* Sensitive content only goes to devices whose user has proven who they are. */
+        http_response_error(res, 409, "the enrollment must re-authenticate before it can "
+                                      "receive sensitive content");
+        goto out;
+    }
     st_command c = {.uuid = cmd.uuid, .enrollment_id = e.id, .request_type = cmd.request_type,
                     .body = cmd.xml, .body_len = cmd.xml_len, .priority = cmd.priority,
                     .sensitive = cmd.sensitive, .created_at = app_now(app)};
@@ -279,23 +286,39 @@ void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
     AUTHORIZE();
-    st_enrollment e = {0};
-    if (load_enrollment(app, req, res, &e) != 0)
-        goto out;
-    if (e.type != ST_ENR_USER && e.type != ST_ENR_USER_CHANNEL) {
-        http_response_error(res, 409, "only user enrollments can re-authenticate");
-        goto out;
-    }
-    int64_t now = app_now(app);
-    if (storage_session_revoke_enrollment(app->st, e.id, now) != 0 ||
-        storage_enrollment_set_auth_state(app->st, e.id, "reauth_required", now) != 0) {
+    int rc = reauth_require(app, req->params[0], actor, "admin request");
+    if (rc == ST_ENOTFOUND)
+        http_response_error(res, 404, "no such enrollment");
+    else if (rc == -2)
+        http_response_error(res, 409, "only enrolled user enrollments can re-authenticate");
+    else if (rc != 0)
         http_response_error(res, 503, "storage unavailable");
-        goto out;
+    else
+        send_json(res, 202, json_pack("{s:s, s:s}", "id", req->params[0], "auth_state",
+                                      "reauth_required"));
+}
+
+/* {id} is the numeric user id or the user's email. */
+void api_handle_user_reauthenticate(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    st_user u = {0};
+    char *end = NULL;
+    long long id = strtoll(req->params[0], &end, 10);
+    int rc = *end == '\0' && id > 0 ? storage_user_get(app->st, id, &u)
+                                    : storage_user_get_by_email(app->st, req->params[0], &u);
+    if (rc != 0) {
+        http_response_error(res, rc == ST_ENOTFOUND ? 404 : 503,
+                            rc == ST_ENOTFOUND ? "no such user" : "storage unavailable");
+    } else {
+        int n = reauth_require_user(app, u.id, actor, "admin request (all devices of the user)");
+        if (n < 0)
+            http_response_error(res, 503, "storage unavailable");
+        else
+            send_json(res, 202, json_pack("{s:s, s:i}", "user", u.email, "enrollments", n));
     }
-    audit_record(app, actor, "reauth.require", e.id, "session token invalidated by admin");
-    send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "auth_state", "reauth_required"));
-out:
-    st_enrollment_cleanup(&e);
+    st_user_cleanup(&u);
 }
 
 void api_handle_unenroll(void *ctx, http_request *req, http_response *res)

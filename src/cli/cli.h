@@ -11,5 +11,6 @@ int cli_serve(int argc, char **argv);
 int cli_user(int argc, char **argv);
 int cli_apikey(int argc, char **argv);
 int cli_config(int argc, char **argv);
+int cli_reauth(int argc, char **argv);
 
 #endif

@@ -20,6 +20,7 @@
 #include "core/mem.h"
 #include "crypto/pki.h"
 #include "http/http.h"
+#include "jobs/jobs.h"
 #include "routes.h"
 
 #define SIGNIN_WINDOW (15 * 60)
@@ -172,9 +173,11 @@ int cli_serve(int argc, char **argv)
         goto out;
     log_info("event=serving listen=%s public_url=%s port=%d topic=%s", config_get(app.cfg, "listen"),
              app.public_url, http_server_port(app.http), app.topic);
+    jobs *background = jobs_start(&app);
     int sig = wait_for_signal();
     log_info("event=stopping signal=%d", sig);
     http_server_stop(app.http, 10000);
+    jobs_stop(background);
     rc = 0;
 out:
     ratelimit_free(app.signin_limit);

@@ -63,6 +63,8 @@ const struct config_key config_keys[] = {
       "apns-expiration of MDM pushes, relative to sending."),
     D("repush_interval", CONFIG_DURATION, "24h", 60, 365 * DAY, NULL,
       "Push again devices with pending commands silent for this long."),
+    D("scheduler_interval", CONFIG_DURATION, "30s", 1, 3600, NULL,
+      "How often background policies run (re-authentication, history retention)."),
     D("debug_clock", CONFIG_BOOL, "false", 0, 1, NULL,
       "Tests only: lets an API key move the server clock forward (POST /api/v1/debug/clock)."),
     {NULL, 0, NULL, 0, 0, NULL, NULL},

@@ -50,6 +50,8 @@ static void send_next(struct app *app, http_request *req, http_response *res,
         http_response_send(res, 200, "application/xml", c.body, c.body_len);
         log_info("event=command_sent rid=%s enrollment=%s command=%s type=%s", req->request_id,
                  m->id, c.uuid, c.request_type);
+    } else if (rc == ST_ENOTFOUND && m->enforcing) {
+        session_challenge(app, res); /* removals delivered: now the user must sign in again */
     } else if (rc == ST_ENOTFOUND) {
         res->status = 200; /* zero-length body: nothing more to do (9.2) */
     } else {

@@ -28,6 +28,7 @@ struct mdm_request {
     char fp[65];  /* verified device certificate fingerprint */
     st_session session;
     int session_status; /* enum session_status */
+    int enforcing; /* token no longer valid, but the re-auth failure action is being delivered */
 };
 
 /*

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "auth/audit.h"
+#include "auth/reauth.h"
 #include "auth/session.h"
 #include "core/log.h"
 #include "core/mem.h"
@@ -94,7 +95,7 @@ static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e
         return -1;
     storage_enrollment_set_auth_state(app->st, e->id, "active", app_now(app));
     storage_enrollment_set_last_auth(app->st, e->id, m->session.issued_at, m->session.method);
-    audit_record(app, "device", "reauth.complete", e->id, m->session.method);
+    reauth_completed(app, e, m->session.method);
     log_info("event=reauthenticated rid=%s enrollment=%s", rid, e->id);
     return 0;
 }
@@ -115,6 +116,8 @@ int mdm_check_session(struct app *app, http_request *req, http_response *res,
     else if (s->enrollment_id && strcmp(s->enrollment_id, e->id) != 0 &&
              !(e->parent_id && strcmp(s->enrollment_id, e->parent_id) == 0))
         problem = "foreign_enrollment";
+    else if (status != SESSION_OK && s->enrollment_id && reauth_enforcing(app, e))
+        m->enforcing = 1; /* let the failure action's removals through (auth/reauth.h) */
     else if (status != SESSION_OK && !(allow_expired && s->enrollment_id))
         problem = session_status_name(status);
     else if (s->enrollment_id == NULL && rebind(app, m, e, req->request_id) != 0)

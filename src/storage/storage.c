@@ -418,6 +418,13 @@ int storage_enrollment_set_auth_state(storage *st, const char *id, const char *s
     STORAGE_CALL(st, enrollment_set_auth_state, id, state, since);
 }
 
+int storage_enrollment_transition_auth_state(storage *st, const char *id, const char *from,
+                                             const char *to, int64_t since)
+{
+    assert(st != NULL && id != NULL && from != NULL && to != NULL);
+    STORAGE_CALL(st, enrollment_transition_auth_state, id, from, to, since);
+}
+
 int storage_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method)
 {
     assert(st != NULL && id != NULL);
@@ -519,9 +526,307 @@ int storage_audit_add(storage *st, const st_audit *a)
     STORAGE_CALL(st, audit_add, a);
 }
 
+int storage_audit_count(storage *st, const char *action, const char *target, int64_t since,
+                        int64_t *count)
+{
+    assert(st != NULL && action != NULL && target != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, audit_count, action, target, since, count);
+}
+
 int storage_audit_list(storage *st, int64_t before_id, int limit,
                        int (*fn)(const st_audit *a, void *ctx), void *ctx)
 {
     assert(st != NULL && fn != NULL);
     STORAGE_CALL(st, audit_list, before_id, limit, fn, ctx);
+}
+
+/* ---- push outbox ---- */
+
+int storage_push_enqueue(storage *st, const char *enrollment_id, int64_t now)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, push_enqueue, enrollment_id, now);
+}
+
+int storage_push_enqueue_filter(storage *st, int scope, const char *value, int64_t now,
+                                int64_t *queued)
+{
+    assert(st != NULL && queued != NULL);
+    assert(scope == ST_PUSH_ALL || value != NULL);
+    assert(scope >= ST_PUSH_ALL && scope <= ST_PUSH_DOMAIN);
+    *queued = 0;
+    STORAGE_CALL(st, push_enqueue_filter, scope, value, now, queued);
+}
+
+int storage_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queued)
+{
+    assert(st != NULL && queued != NULL);
+    *queued = 0;
+    STORAGE_CALL(st, push_sweep, before, now, queued);
+}
+
+int storage_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                       int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed)
+{
+    assert(st != NULL && owner != NULL && fn != NULL && claimed != NULL);
+    assert(lease > 0 && limit > 0);
+    *claimed = 0;
+    STORAGE_CALL(st, push_claim, owner, now, lease, limit, fn, ctx, claimed);
+}
+
+int storage_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
+                      size_t n)
+{
+    assert(st != NULL && owner != NULL && (r != NULL || n == 0));
+    if (n == 0)
+        return ST_OK;
+    STORAGE_CALL(st, push_done, owner, now, r, n);
+}
+
+int storage_push_pending(storage *st, int64_t *count)
+{
+    assert(st != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, push_pending, count);
+}
+
+/* ---- organisation domains and federated sign-in ---- */
+
+void st_domain_cleanup(st_domain *d)
+{
+    if (d == NULL)
+        return;
+    free(d->name);
+    free(d->auth);
+    free(d->issuer);
+    free(d->client_id);
+    if (d->client_secret)
+        memset(d->client_secret, 0, strlen(d->client_secret));
+    free(d->client_secret);
+    free(d->ca_file);
+    free(d->scopes);
+    free(d->user_claim);
+    free(d->maid_claim);
+    free(d->groups_claim);
+    free(d->allowed_groups);
+    memset(d, 0, sizeof(*d));
+}
+
+void st_oidc_pending_cleanup(st_oidc_pending *p)
+{
+    if (p == NULL)
+        return;
+    free(p->state_hash);
+    free(p->domain);
+    free(p->identifier);
+    free(p->nonce);
+    free(p->code_verifier);
+    memset(p, 0, sizeof(*p));
+}
+
+int storage_domain_put(storage *st, const st_domain *d)
+{
+    assert(st != NULL && d != NULL && d->name != NULL && d->auth != NULL);
+    STORAGE_CALL(st, domain_put, d);
+}
+
+int storage_domain_get(storage *st, const char *name, st_domain *out)
+{
+    assert(st != NULL && name != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, domain_get, name, out);
+}
+
+int storage_domain_list(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, domain_list, fn, ctx);
+}
+
+int storage_oidc_pending_add(storage *st, const st_oidc_pending *p, int64_t now)
+{
+    assert(st != NULL && p != NULL && p->state_hash != NULL && p->domain != NULL &&
+           p->identifier != NULL && p->nonce != NULL && p->code_verifier != NULL);
+    STORAGE_CALL(st, oidc_pending_add, p, now);
+}
+
+int storage_oidc_pending_take(storage *st, const char *state_hash, int64_t now,
+                              st_oidc_pending *out)
+{
+    assert(st != NULL && state_hash != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, oidc_pending_take, state_hash, now, out);
+}
+
+int storage_user_set_idp_subject(storage *st, int64_t id, const char *idp_subject)
+{
+    assert(st != NULL && idp_subject != NULL);
+    STORAGE_CALL(st, user_set_idp_subject, id, idp_subject);
+}
+
+/* ---- profile and app library, assignments, installed state ---- */
+
+void st_profile_cleanup(st_profile *p)
+{
+    if (p == NULL)
+        return;
+    free(p->identifier);
+    free(p->name);
+    free(p->platforms);
+    free(p->body);
+    memset(p, 0, sizeof(*p));
+}
+
+void st_app_cleanup(st_app *a)
+{
+    if (a == NULL)
+        return;
+    free(a->identifier);
+    free(a->manifest_url);
+    free(a->spec);
+    memset(a, 0, sizeof(*a));
+}
+
+void st_assignment_cleanup(st_assignment *a)
+{
+    if (a == NULL)
+        return;
+    free(a->target);
+    memset(a, 0, sizeof(*a));
+}
+
+void st_item_state_cleanup(st_item_state *s)
+{
+    if (s == NULL)
+        return;
+    free(s->enrollment_id);
+    free(s->identifier);
+    free(s->command_uuid);
+    free(s->detail);
+    memset(s, 0, sizeof(*s));
+}
+
+int storage_profile_add(storage *st, st_profile *p)
+{
+    assert(st != NULL && p != NULL && p->identifier != NULL && p->platforms != NULL &&
+           p->body != NULL);
+    STORAGE_CALL(st, profile_add, p);
+}
+
+int storage_profile_get(storage *st, int64_t id, st_profile *out)
+{
+    assert(st != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, profile_get, id, out);
+}
+
+int storage_profile_list(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, profile_list, fn, ctx);
+}
+
+int storage_profile_delete(storage *st, int64_t id)
+{
+    assert(st != NULL);
+    STORAGE_CALL(st, profile_delete, id);
+}
+
+int storage_app_add(storage *st, st_app *a)
+{
+    assert(st != NULL && a != NULL && a->spec != NULL);
+    STORAGE_CALL(st, app_add, a);
+}
+
+int storage_app_get(storage *st, int64_t id, st_app *out)
+{
+    assert(st != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, app_get, id, out);
+}
+
+int storage_app_list(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, app_list, fn, ctx);
+}
+
+int storage_app_delete(storage *st, int64_t id)
+{
+    assert(st != NULL);
+    STORAGE_CALL(st, app_delete, id);
+}
+
+int storage_assignment_add(storage *st, st_assignment *a)
+{
+    assert(st != NULL && a != NULL && a->target != NULL);
+    STORAGE_CALL(st, assignment_add, a);
+}
+
+int storage_assignment_get(storage *st, int64_t id, st_assignment *out)
+{
+    assert(st != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, assignment_get, id, out);
+}
+
+int storage_assignment_delete(storage *st, int64_t id)
+{
+    assert(st != NULL);
+    STORAGE_CALL(st, assignment_delete, id);
+}
+
+int storage_assignment_list(storage *st, int (*fn)(const st_assignment *a, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, assignment_list, fn, ctx);
+}
+
+int storage_assignment_items(storage *st, const char *email, const char *domain,
+                             const char *enrollment_id,
+                             int (*fn)(int item_kind, int64_t item_id, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, assignment_items, email, domain, enrollment_id, fn, ctx);
+}
+
+int storage_item_state_put(storage *st, const st_item_state *s, const char *expect_command)
+{
+    assert(st != NULL && s != NULL && s->enrollment_id != NULL);
+    STORAGE_CALL(st, item_state_put, s, expect_command);
+}
+
+int storage_item_state_delete(storage *st, const char *enrollment_id, int item_kind,
+                              int64_t item_id)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, item_state_delete, enrollment_id, item_kind, item_id);
+}
+
+int storage_item_state_list(storage *st, const char *enrollment_id,
+                            int (*fn)(const st_item_state *s, void *ctx), void *ctx)
+{
+    assert(st != NULL && enrollment_id != NULL && fn != NULL);
+    STORAGE_CALL(st, item_state_list, enrollment_id, fn, ctx);
+}
+
+int storage_item_state_by_command(storage *st, const char *command_uuid, st_item_state *out)
+{
+    assert(st != NULL && command_uuid != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, item_state_by_command, command_uuid, out);
+}
+
+int storage_item_state_clear(storage *st, const char *enrollment_id)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, item_state_clear, enrollment_id);
+}
+
+int storage_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
+                                   int (*fn)(const char *enrollment_id, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, item_state_enrollments, item_kind, item_id, fn, ctx);
 }

@@ -168,6 +168,13 @@ int storage_enrollment_token_update(storage *st, const char *id, const char *pus
 int storage_enrollment_set_cert(storage *st, const char *id, const char *fingerprint);
 int storage_enrollment_set_auth_state(storage *st, const char *id, const char *state,
                                       int64_t since);
+/*
+ * Moves auth_state from `from` to `to` only if it is still `from` (a compare-and-set): with
+ * several Orchard instances, exactly one of them wins and runs the policy action. ST_ECONFLICT
+ * if the state was not `from` (or the enrollment is unknown).
+ */
+int storage_enrollment_transition_auth_state(storage *st, const char *id, const char *from,
+                                             const char *to, int64_t since);
 int storage_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method);
 int storage_enrollment_set_push_dead(storage *st, const char *id, int dead);
 /* Marks unenrolled (CheckOut or acknowledged RemoveProfile) and clears the queue. */
@@ -253,8 +260,244 @@ typedef struct st_audit {
 
 void st_audit_cleanup(st_audit *a);
 int storage_audit_add(storage *st, const st_audit *a);
+/* Number of events with this action and target at or after `since`. */
+int storage_audit_count(storage *st, const char *action, const char *target, int64_t since,
+                        int64_t *count);
 /* Newest first, ids < before_id (0 = from newest), at most limit rows. */
 int storage_audit_list(storage *st, int64_t before_id, int limit,
                        int (*fn)(const st_audit *a, void *ctx), void *ctx);
+
+/* ---- push outbox (APNs) ---- */
+
+/*
+ * A durable outbox of pending pushes, one row per enrollment (coalescing: APNs keeps only the
+ * last undelivered notification per device anyway, PROTOCOL.md section 11). A row carries the
+ * time it is due, the attempts so far and a lease (owner, expiry) so several Orchard
+ * instances sharing one database never send the same row at once: a row is claimed by a
+ * conditional update, and a lease that expires (a crashed instance) makes it claimable again.
+ *
+ * Only pushable enrollments get rows: a push token, not marked dead, not unenrolled.
+ */
+
+/* Upserts a row due at `now` (an existing row keeps the earlier due time). A row claimed at
+ * the moment is flagged so it is pushed once more after the in-flight push. ST_ENOTFOUND for
+ * an unknown enrollment, ST_ECONFLICT when it has no live push token or is unenrolled. */
+int storage_push_enqueue(storage *st, const char *enrollment_id, int64_t now);
+
+enum st_push_scope {
+    ST_PUSH_ALL = 0,    /* every pushable enrollment */
+    ST_PUSH_USER = 1,   /* enrollments of the user whose email is `value` */
+    ST_PUSH_DOMAIN = 2, /* enrollments of users whose email domain is `value` */
+};
+
+/* Bulk enqueue in the database (INSERT ... SELECT: nothing is loaded into memory). Fills
+ * *queued with the rows inserted or refreshed. */
+int storage_push_enqueue_filter(storage *st, int scope, const char *value, int64_t now,
+                                int64_t *queued);
+
+/* The re-push sweeper: enqueues every pushable enrollment that has pending commands and has
+ * been neither seen nor pushed since `before`. Fills *queued. */
+int storage_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queued);
+
+typedef struct st_push {
+    const char *enrollment_id;
+    const char *push_token; /* lowercase hex */
+    const char *push_magic;
+    const char *topic;
+    int attempts; /* failed attempts before this one */
+} st_push;
+
+/*
+ * Claims up to `limit` due rows (due_at <= now, lease free or expired) for `owner` until
+ * now + lease, and calls fn for each (borrowed strings, valid during the call; no statement
+ * is open while fn runs). Rows whose enrollment can no longer be pushed are dropped. Fills
+ * *claimed with the number of rows passed to fn. fn returning != 0 stops the calls (the
+ * remaining claimed rows stay leased until the lease expires).
+ */
+int storage_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                       int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed);
+
+enum st_push_outcome {
+    ST_PUSH_SENT = 0,  /* accepted by APNs: row deleted (or re-armed if flagged meanwhile) */
+    ST_PUSH_RETRY = 1, /* released with due_at/attempts as given */
+    ST_PUSH_DEAD = 2,  /* permanent: row deleted, the token marked dead if still current */
+    ST_PUSH_DROP = 3   /* given up: row deleted */
+};
+
+typedef struct st_push_result {
+    const char *enrollment_id;
+    const char *push_token; /* the token that was used (DEAD only marks this one dead) */
+    int outcome;            /* enum st_push_outcome */
+    int64_t due_at;         /* RETRY */
+    int attempts;           /* RETRY */
+} st_push_result;
+
+/* Applies n outcomes of rows claimed by `owner` in one transaction; rows no longer held by
+ * owner (lease expired and re-claimed) are left alone. */
+int storage_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
+                      size_t n);
+/* Number of rows in the outbox (metrics, tests). */
+int storage_push_pending(storage *st, int64_t *count);
+
+/* ---- organisation domains and federated sign-in (OIDC) ---- */
+
+/*
+ * An organisation domain managed in the store (`orchard domain`, /api/v1/domains). The config
+ * key `domains` still lists local domains; a row here overrides or extends it. The client
+ * secret is stored as given (it is needed to call the IdP's token endpoint): the database file
+ * permissions (0600) protect it, and it is never printed or returned by the API.
+ */
+typedef struct st_domain {
+    char *name;           /* lowercase, unique */
+    char *auth;           /* "local" or "oidc" */
+    char *issuer;         /* OIDC issuer URL (https) */
+    char *client_id;
+    char *client_secret;  /* NULL = public client (PKCE only) */
+    char *ca_file;        /* CA bundle to verify the IdP with; NULL = system trust store */
+    char *scopes;         /* NULL = "openid email profile" */
+    char *user_claim;     /* NULL = "email" */
+    char *maid_claim;     /* NULL = "email" */
+    char *groups_claim;   /* NULL = no group check */
+    char *allowed_groups; /* comma separated; used with groups_claim */
+    int jit_users;        /* create unknown users on their first federated sign-in */
+    int64_t updated_at;
+} st_domain;
+
+void st_domain_cleanup(st_domain *d);
+/* Inserts or replaces the domain d->name (all fields). */
+int storage_domain_put(storage *st, const st_domain *d);
+int storage_domain_get(storage *st, const char *name, st_domain *out);
+/* Calls fn for each domain ordered by name; early stop as storage_user_list. */
+int storage_domain_list(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx);
+
+/* A federated sign-in in progress: the browser went to the IdP and has not come back yet. */
+typedef struct st_oidc_pending {
+    char *state_hash;    /* SHA-256 of the `state` parameter (lowercase hex) */
+    char *domain;        /* the organisation domain whose IdP was asked */
+    char *identifier;    /* what the person typed (user-identifier), lowercase */
+    char *nonce;         /* the ID token must carry it */
+    char *code_verifier; /* PKCE */
+    int64_t created_at;
+    int64_t expires_at;
+} st_oidc_pending;
+
+void st_oidc_pending_cleanup(st_oidc_pending *p);
+/* Stores a pending sign-in (and deletes expired ones). ST_EEXISTS for a duplicate state. */
+int storage_oidc_pending_add(storage *st, const st_oidc_pending *p, int64_t now);
+/*
+ * Atomically removes the pending sign-in of state_hash and returns it: a state is used at most
+ * once. ST_ENOTFOUND if unknown, already used or expired (expires_at <= now).
+ */
+int storage_oidc_pending_take(storage *st, const char *state_hash, int64_t now,
+                              st_oidc_pending *out);
+/* Binds a user to the IdP subject (`sub`) of their first federated sign-in. */
+int storage_user_set_idp_subject(storage *st, int64_t id, const char *idp_subject);
+
+/* ---- profile and app library, assignments, installed state (docs/LIBRARY.md) ---- */
+
+enum st_item_kind { ST_ITEM_PROFILE = 1, ST_ITEM_APP = 2 };
+
+typedef struct st_profile {
+    int64_t id;
+    char *identifier; /* the profile's top-level PayloadIdentifier, unique in the library */
+    char *name;       /* PayloadDisplayName; may be NULL */
+    char *platforms;  /* the platforms it validated for: "ios,macos,visionos" */
+    char *body;       /* the profile plist (XML), unsigned */
+    size_t body_len;
+    int sensitive; /* carried into st_command.sensitive */
+    int sign;      /* sign with the profile-signing identity when sent */
+    int64_t created_at;
+} st_profile;
+
+void st_profile_cleanup(st_profile *p);
+/* Adds a profile; fills p->id. ST_EEXISTS if the identifier is taken. */
+int storage_profile_add(storage *st, st_profile *p);
+int storage_profile_get(storage *st, int64_t id, st_profile *out);
+/* Calls fn for each profile ordered by id; early stop as storage_user_list. */
+int storage_profile_list(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx);
+/* Deletes the profile and its assignments in one transaction (installed state stays, so the
+ * reconciler can still remove it from devices). */
+int storage_profile_delete(storage *st, int64_t id);
+
+typedef struct st_app {
+    int64_t id;
+    char *identifier;        /* bundle id; NULL when only a store id or manifest is known */
+    int64_t itunes_store_id; /* 0 = none */
+    char *manifest_url;      /* NULL = none */
+    char *spec;              /* JSON object: configuration, attributes, options (as posted) */
+    int sensitive;
+    int64_t created_at;
+} st_app;
+
+void st_app_cleanup(st_app *a);
+int storage_app_add(storage *st, st_app *a);
+int storage_app_get(storage *st, int64_t id, st_app *out);
+int storage_app_list(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx);
+/* Deletes the app and its assignments in one transaction. */
+int storage_app_delete(storage *st, int64_t id);
+
+enum st_target_type { ST_TARGET_USER = 1, ST_TARGET_DOMAIN = 2, ST_TARGET_ENROLLMENT = 3 };
+
+typedef struct st_assignment {
+    int64_t id;
+    int item_kind; /* enum st_item_kind */
+    int64_t item_id;
+    int target_type; /* enum st_target_type */
+    char *target;    /* lowercase email, lowercase domain, or an enrollment id */
+    int64_t created_at;
+} st_assignment;
+
+void st_assignment_cleanup(st_assignment *a);
+/* Fills a->id. ST_ENOTFOUND if the item does not exist, ST_EEXISTS for a duplicate. */
+int storage_assignment_add(storage *st, st_assignment *a);
+int storage_assignment_get(storage *st, int64_t id, st_assignment *out);
+int storage_assignment_delete(storage *st, int64_t id);
+int storage_assignment_list(storage *st, int (*fn)(const st_assignment *a, void *ctx), void *ctx);
+/*
+ * The desired items of an enrollment: the distinct (kind, id) assigned to its user's email, its
+ * user's domain or the enrollment itself (NULL arguments match nothing), ordered by kind, id.
+ */
+int storage_assignment_items(storage *st, const char *email, const char *domain,
+                             const char *enrollment_id,
+                             int (*fn)(int item_kind, int64_t item_id, void *ctx), void *ctx);
+
+enum st_item_state_code {
+    ST_ITEM_INSTALLING = 1, /* Install* enqueued (command_uuid), not yet acknowledged */
+    ST_ITEM_INSTALLED = 2,  /* acknowledged, or seen in ProfileList/ManagedApplicationList */
+    ST_ITEM_REMOVING = 3,   /* Remove* enqueued (command_uuid) */
+    ST_ITEM_FAILED = 4      /* the device refused the install; not retried automatically */
+};
+
+/* What Orchard installed (or is installing) on an enrollment, one row per library item. */
+typedef struct st_item_state {
+    char *enrollment_id;
+    int item_kind;
+    int64_t item_id;
+    char *identifier; /* PayloadIdentifier / bundle id: enough to remove it once deleted */
+    int state;        /* enum st_item_state_code */
+    char *command_uuid; /* the last Install/Remove command; NULL when learned from a list */
+    int sensitive;
+    char *detail; /* the device's last word: app Status, error chain; may be NULL */
+    int64_t updated_at;
+} st_item_state;
+
+void st_item_state_cleanup(st_item_state *s);
+/*
+ * Inserts or replaces the row of (enrollment, kind, item) if its current command_uuid is
+ * expect_command (NULL: the row must be absent or have no command): a compare-and-set, so two
+ * reconcilers never both enqueue. ST_ECONFLICT when the row changed meanwhile.
+ */
+int storage_item_state_put(storage *st, const st_item_state *s, const char *expect_command);
+int storage_item_state_delete(storage *st, const char *enrollment_id, int item_kind,
+                              int64_t item_id);
+/* Rows of an enrollment ordered by kind, item id; early stop as storage_user_list. */
+int storage_item_state_list(storage *st, const char *enrollment_id,
+                            int (*fn)(const st_item_state *s, void *ctx), void *ctx);
+int storage_item_state_by_command(storage *st, const char *command_uuid, st_item_state *out);
+/* Forgets everything installed on an enrollment (a new enrollment starts empty). */
+int storage_item_state_clear(storage *st, const char *enrollment_id);
+/* The enrollments that have a row for the item (to remove a deleted item everywhere). */
+int storage_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
+                                   int (*fn)(const char *enrollment_id, void *ctx), void *ctx);
 
 #endif

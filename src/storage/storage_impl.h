@@ -58,6 +58,8 @@ struct storage_ops {
                                    const char *push_magic, int64_t now);
     int (*enrollment_set_cert)(storage *st, const char *id, const char *fingerprint);
     int (*enrollment_set_auth_state)(storage *st, const char *id, const char *state, int64_t since);
+    int (*enrollment_transition_auth_state)(storage *st, const char *id, const char *from,
+                                            const char *to, int64_t since);
     int (*enrollment_set_last_auth)(storage *st, const char *id, int64_t at, const char *method);
     int (*enrollment_set_push_dead)(storage *st, const char *id, int dead);
     int (*enrollment_unenroll)(storage *st, const char *id, int64_t now);
@@ -78,8 +80,53 @@ struct storage_ops {
     int (*history_prune)(storage *st, int64_t before, int64_t *deleted);
 
     int (*audit_add)(storage *st, const st_audit *a);
+    int (*audit_count)(storage *st, const char *action, const char *target, int64_t since,
+                       int64_t *count);
     int (*audit_list)(storage *st, int64_t before_id, int limit,
                       int (*fn)(const st_audit *a, void *ctx), void *ctx);
+
+    int (*push_enqueue)(storage *st, const char *enrollment_id, int64_t now);
+    int (*push_enqueue_filter)(storage *st, int scope, const char *value, int64_t now,
+                               int64_t *queued);
+    int (*push_sweep)(storage *st, int64_t before, int64_t now, int64_t *queued);
+    int (*push_claim)(storage *st, const char *owner, int64_t now, int lease, int limit,
+                      int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed);
+    int (*push_done)(storage *st, const char *owner, int64_t now, const st_push_result *r,
+                     size_t n);
+    int (*push_pending)(storage *st, int64_t *count);
+
+    int (*domain_put)(storage *st, const st_domain *d);
+    int (*domain_get)(storage *st, const char *name, st_domain *out);
+    int (*domain_list)(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx);
+    int (*oidc_pending_add)(storage *st, const st_oidc_pending *p, int64_t now);
+    int (*oidc_pending_take)(storage *st, const char *state_hash, int64_t now,
+                             st_oidc_pending *out);
+    int (*user_set_idp_subject)(storage *st, int64_t id, const char *idp_subject);
+
+    int (*profile_add)(storage *st, st_profile *p);
+    int (*profile_get)(storage *st, int64_t id, st_profile *out);
+    int (*profile_list)(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx);
+    int (*profile_delete)(storage *st, int64_t id);
+    int (*app_add)(storage *st, st_app *a);
+    int (*app_get)(storage *st, int64_t id, st_app *out);
+    int (*app_list)(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx);
+    int (*app_delete)(storage *st, int64_t id);
+    int (*assignment_add)(storage *st, st_assignment *a);
+    int (*assignment_get)(storage *st, int64_t id, st_assignment *out);
+    int (*assignment_delete)(storage *st, int64_t id);
+    int (*assignment_list)(storage *st, int (*fn)(const st_assignment *a, void *ctx), void *ctx);
+    int (*assignment_items)(storage *st, const char *email, const char *domain,
+                            const char *enrollment_id,
+                            int (*fn)(int item_kind, int64_t item_id, void *ctx), void *ctx);
+    int (*item_state_put)(storage *st, const st_item_state *s, const char *expect_command);
+    int (*item_state_delete)(storage *st, const char *enrollment_id, int item_kind,
+                             int64_t item_id);
+    int (*item_state_list)(storage *st, const char *enrollment_id,
+                           int (*fn)(const st_item_state *s, void *ctx), void *ctx);
+    int (*item_state_by_command)(storage *st, const char *command_uuid, st_item_state *out);
+    int (*item_state_clear)(storage *st, const char *enrollment_id);
+    int (*item_state_enrollments)(storage *st, int item_kind, int64_t item_id,
+                                  int (*fn)(const char *enrollment_id, void *ctx), void *ctx);
 
     /*
      * Optional test hook (may be NULL): make the backend's Nth subsequent database round trip

@@ -606,6 +606,41 @@ TEST(conf_enrollment_setters)
     storage_close(st);
 }
 
+TEST(conf_auth_state_transition_and_audit_count)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    /* Compare-and-set: only the first of two instances moves the state. */
+    ASSERT_INT_EQ(storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required",
+                                                           100),
+                  ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required",
+                                                           101),
+                  ST_ECONFLICT);
+    st_enrollment g;
+    ASSERT_INT_EQ(conf_get_enr(st, "E1", &g), ST_OK);
+    ASSERT_STR_EQ(g.auth_state, "reauth_required");
+    ASSERT_INT_EQ(g.auth_state_since, 100);
+    st_enrollment_cleanup(&g);
+    ASSERT_INT_EQ(storage_enrollment_transition_auth_state(st, "X", "active", "reauth_required", 1),
+                  ST_ECONFLICT);
+
+    for (int i = 0; i < 5; i++) {
+        st_audit a = {.at = 10 * i, .actor = "anonymous", .action = "signin.fail",
+                      .target = i < 4 ? "alice@example.com" : "bob@example.com"};
+        ASSERT_INT_EQ(storage_audit_add(st, &a), ST_OK);
+    }
+    int64_t n = -1;
+    ASSERT_INT_EQ(storage_audit_count(st, "signin.fail", "alice@example.com", 0, &n), ST_OK);
+    ASSERT_INT_EQ(n, 4);
+    ASSERT_INT_EQ(storage_audit_count(st, "signin.fail", "alice@example.com", 20, &n), ST_OK);
+    ASSERT_INT_EQ(n, 2);
+    ASSERT_INT_EQ(storage_audit_count(st, "token.issue", "alice@example.com", 0, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0);
+    storage_close(st);
+}
+
 TEST(conf_enrollment_reauthenticate_resets)
 {
     storage *st = conf_open();
@@ -1507,6 +1542,194 @@ TEST(conf_concurrency)
     storage_close(st);
 }
 
+/* ---- push outbox ---- */
+
+struct conf_claimed {
+    int n;
+    char id[8][64];
+    char token[8][65];
+    int attempts[8];
+};
+
+static int conf_claim_cb(const st_push *p, void *ctx)
+{
+    struct conf_claimed *c = ctx;
+    if (c->n < 8) {
+        snprintf(c->id[c->n], sizeof(c->id[0]), "%s", p->enrollment_id);
+        snprintf(c->token[c->n], sizeof(c->token[0]), "%s", p->push_token);
+        c->attempts[c->n] = p->attempts;
+    }
+    c->n++;
+    return 0;
+}
+
+/* Claims for owner at now (lease 60 s); returns the number claimed, or the error code. */
+static inline int conf_claim(storage *st, const char *owner, int64_t now, struct conf_claimed *c)
+{
+    memset(c, 0, sizeof(*c));
+    int claimed = 0;
+    int rc = storage_push_claim(st, owner, now, 60, 100, conf_claim_cb, c, &claimed);
+    return rc == ST_OK ? claimed : rc;
+}
+
+static inline int conf_push_done1(storage *st, const char *owner, const char *id,
+                                  const char *token, int outcome, int64_t now, int64_t due,
+                                  int attempts)
+{
+    st_push_result r = {id, token, outcome, due, attempts};
+    return storage_push_done(st, owner, now, &r, 1);
+}
+
+static inline int conf_pending(storage *st)
+{
+    int64_t n = -1;
+    int rc = storage_push_pending(st, &n);
+    return rc == ST_OK ? (int)n : rc;
+}
+
+TEST(conf_push_outbox)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "P1", 0), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "P2", 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "P1", "aa01", "MAGIC1", 100), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 100), ST_OK);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P2", 100), ST_ECONFLICT); /* no token yet */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "NOPE", 100), ST_ENOTFOUND);
+    /* Coalescing: one row per enrollment, the earliest due time kept. */
+    for (int i = 1; i <= 4; i++)
+        ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 100 + i), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 1);
+
+    struct conf_claimed c;
+    ASSERT_INT_EQ(conf_claim(st, "a", 99, &c), 0); /* not due */
+    ASSERT_INT_EQ(conf_claim(st, "a", 200, &c), 1);
+    ASSERT_STR_EQ(c.id[0], "P1");
+    ASSERT_STR_EQ(c.token[0], "aa01");
+    ASSERT_INT_EQ(c.attempts[0], 0);
+    ASSERT_INT_EQ(conf_claim(st, "b", 210, &c), 0); /* leased to a */
+    ASSERT_INT_EQ(conf_claim(st, "b", 261, &c), 1); /* a's lease expired */
+    /* a no longer holds it: its outcome is ignored. */
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "aa01", ST_PUSH_SENT, 262, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "b", "P1", "aa01", ST_PUSH_SENT, 262, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+
+    /* Retry: released with a later due time and the attempt count. */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 300), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 300, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "aa01", ST_PUSH_RETRY, 300, 330, 1), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 329, &c), 0);
+    ASSERT_INT_EQ(conf_claim(st, "a", 330, &c), 1);
+    ASSERT_INT_EQ(c.attempts[0], 1);
+    /* Enqueued while in flight: pushed once more after the push in flight. */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 331), ST_OK);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "aa01", ST_PUSH_SENT, 332, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 332, &c), 1);
+    ASSERT_INT_EQ(c.attempts[0], 0);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "aa01", ST_PUSH_SENT, 333, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+
+    /* Dead: a stale token is not marked; the current one is, until the next TokenUpdate. */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 400), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 400, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "old0", ST_PUSH_DEAD, 400, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    st_enrollment e;
+    ASSERT_INT_EQ(storage_enrollment_get(st, "P1", &e), ST_OK);
+    ASSERT_INT_EQ(e.push_token_dead, 0);
+    st_enrollment_cleanup(&e);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 401), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 401, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P1", "aa01", ST_PUSH_DEAD, 401, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_get(st, "P1", &e), ST_OK);
+    ASSERT_INT_EQ(e.push_token_dead, 1);
+    st_enrollment_cleanup(&e);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 402), ST_ECONFLICT);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "P1", "aa02", "MAGIC2", 403), ST_OK);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P1", 404), ST_OK);
+    /* A row whose enrollment lost its token meanwhile is dropped at claim time. */
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "P1", 405), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 406, &c), 0);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    /* Drop and give-up delete the row. */
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "P2", "bb01", "MAGIC3", 500), ST_OK);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "P2", 500), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 500, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "P2", "bb01", ST_PUSH_DROP, 500, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    storage_close(st);
+}
+
+TEST(conf_push_filter)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t ua = conf_user(st, "a@x.example"), ub = conf_user(st, "b@x.example");
+    int64_t uc = conf_user(st, "c@y.example");
+    ASSERT(ua > 0 && ub > 0 && uc > 0);
+    const struct {
+        const char *id;
+        int64_t user;
+        int token;
+    } enr[] = {{"F1", ua, 1}, {"F2", ua, 1}, {"F3", ub, 1}, {"F4", uc, 1}, {"F5", ua, 0}};
+    for (size_t i = 0; i < sizeof(enr) / sizeof(enr[0]); i++) {
+        ASSERT_INT_EQ(conf_enroll(st, enr[i].id, enr[i].user), ST_OK);
+        if (enr[i].token)
+            ASSERT_INT_EQ(storage_enrollment_token_update(st, enr[i].id, "cc", "M", 100), ST_OK);
+    }
+    int64_t q = -1;
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "A@x.example", 100, &q), ST_OK);
+    ASSERT_INT_EQ(q, 2);
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "nobody@x.example", 100, &q),
+                  ST_OK);
+    ASSERT_INT_EQ(q, 0);
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_DOMAIN, "example", 100, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0); /* a domain is everything after '@', not a suffix */
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_DOMAIN, "x.example", 100, &q), ST_OK);
+    ASSERT_INT_EQ(q, 3);
+    ASSERT_INT_EQ(conf_pending(st), 3);
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 100, &q), ST_OK);
+    ASSERT_INT_EQ(q, 4);
+    ASSERT_INT_EQ(conf_pending(st), 4);
+    storage_close(st);
+}
+
+TEST(conf_push_sweep)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "S1", 0), ST_OK); /* last_seen_at 100 */
+    ASSERT_INT_EQ(conf_enroll(st, "S2", 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "S1", "dd", "M", 100), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_token_update(st, "S2", "ee", "M", 100), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "S1", "SC1", 0, 100), ST_OK); /* S2 has nothing pending */
+    int64_t q = -1;
+    ASSERT_INT_EQ(storage_push_sweep(st, 50, 150, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0); /* seen recently */
+    ASSERT_INT_EQ(storage_push_sweep(st, 200, 300, &q), ST_OK);
+    ASSERT_INT_EQ(q, 1);
+    ASSERT_INT_EQ(storage_push_sweep(st, 200, 300, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0); /* already pending */
+    struct conf_claimed c;
+    ASSERT_INT_EQ(conf_claim(st, "a", 300, &c), 1);
+    ASSERT_STR_EQ(c.id[0], "S1");
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "S1", "dd", ST_PUSH_SENT, 300, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_push_sweep(st, 250, 350, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0); /* pushed at 300 */
+    ASSERT_INT_EQ(storage_push_sweep(st, 400, 500, &q), ST_OK);
+    ASSERT_INT_EQ(q, 1);
+    /* Seen again: no re-push. */
+    ASSERT_INT_EQ(conf_claim(st, "a", 500, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "S1", "dd", ST_PUSH_SENT, 500, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_enrollment_touch(st, "S1", 900), ST_OK);
+    ASSERT_INT_EQ(storage_push_sweep(st, 800, 1000, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0);
+    storage_close(st);
+}
+
 /* Every conformance case, for the backend test's table. */
 #define CONFORMANCE_TESTS                                                                          \
     TEST_ENTRY(conf_lifecycle), TEST_ENTRY(conf_reopen_keeps_data_and_version),                    \
@@ -1521,6 +1744,8 @@ TEST(conf_concurrency)
         TEST_ENTRY(conf_queue_enqueue_errors), TEST_ENTRY(conf_command_get),                       \
         TEST_ENTRY(conf_command_list), TEST_ENTRY(conf_queue_clear_count),                         \
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
-        TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency)
+        TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),                   \
+        TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                               \
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count)
 
 #endif

@@ -1,0 +1,257 @@
+#!/usr/bin/python3
+"""
+Issue 5 (ongoing authentication) end to end with the device simulator: the server invalidates a
+session token (admin API, CLI, policy by age), the device's next request gets 401 with the
+apple-as-web challenge, the simulated user signs in again through the web flow, the device
+repeats the request with the new token and carries on: the command pending before the 401 is
+delivered exactly once, the old token is refused. The failure policy (grace expiry, too many
+failed sign-ins) applies remove-sensitive (and re-installs after a later re-authentication) or
+unenroll. A different user's token is refused; CheckOut with an invalidated token is accepted;
+device enrollments (UDID) never see a 401. Time is moved with the debug clock, never slept.
+"""
+import base64
+import os
+import plistlib
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+import orchard  # noqa: E402
+from orchard import Server, eq, ok, status, test  # noqa: E402
+
+ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
+BOB = ("bob@example.com", "bob@appleid.example.com", "bob-Pa55word!")
+FAST = {"ORCHARD_DEBUG_CLOCK": "true", "ORCHARD_SCHEDULER_INTERVAL": "1"}
+_servers = {}
+
+
+def server(action="none", **env):
+    """One server per policy, shared by the tests that use it."""
+    key = (action, tuple(sorted(env.items())))
+    if key not in _servers:
+        s = Server(name="reauth-" + action)
+        s.add_user(*ALICE)
+        s.add_user(*BOB)
+        s.start(env=dict(FAST, ORCHARD_REAUTH_FAILURE_ACTION=action, **env))
+        _servers[key] = s
+    return _servers[key]
+
+
+def device(s, who=ALICE, auto_reauth=False):
+    return sim.Device(s.url, who[0], who[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                      workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), auto_reauth=auto_reauth)
+
+
+def enrolled(s, who=ALICE, **kw):
+    return device(s, who, **kw).run_enrollment()
+
+
+def enqueue(s, d, body):
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % d.enrollment_id, body)
+    status(r, 201, "enqueue")
+    return r.json()["command_uuid"]
+
+
+def enrollment(s, d):
+    r = s.api("GET", "/api/v1/enrollments/%s" % d.enrollment_id)
+    status(r, 200, "GET enrollment")
+    return r.json()
+
+
+def audit_actions(s, target):
+    r = s.api("GET", "/api/v1/audit")
+    status(r, 200, "GET audit")
+    return [e["action"] for e in r.json()["events"] if e["target"] == target]
+
+
+def assert_challenge(r, s):
+    eq(r.status, 401, "status", r)
+    s.assert_challenge(r)
+
+
+def wait_for(pred, what, s, tries=100):
+    """Polls pred() while the scheduler (1 s interval) runs; the clock is moved, not slept."""
+    import time
+    for _ in range(tries):
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what + "\n" + s.log_tail(30))
+
+
+def profile_payload(identifier):
+    return base64.b64encode(plistlib.dumps({
+        "PayloadType": "Configuration", "PayloadVersion": 1, "PayloadIdentifier": identifier,
+        "PayloadUUID": "8A0E4C2B-1D3F-4A5B-9C6D-7E8F90A1B2C3", "PayloadDisplayName": "Work Wi-Fi",
+        "PayloadContent": [{"PayloadType": "com.apple.wifi.managed", "PayloadVersion": 1,
+                            "PayloadIdentifier": identifier + ".wifi",
+                            "PayloadUUID": "1B2C3D4E-5F60-4718-293A-4B5C6D7E8F90",
+                            "SSID_STR": "corp", "EncryptionType": "WPA2"}]})).decode()
+
+
+@test("admin invalidation: 401 + challenge, sign in again, the pending command arrives exactly once")
+def t_admin_reauth_flow():
+    s = server()
+    d = enrolled(s)
+    old = d.token
+    u = enqueue(s, d, {"request_type": "ProfileList"})
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    eq(enrollment(s, d)["auth_state"], "reauth_required", "auth_state after the demand")
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id})
+    assert_challenge(r, s)
+    # The user signs in again through the same web flow; the device repeats the request.
+    d.auto_reauth = True
+    cmd = d.idle()
+    ok(d.token != old, "a new token after re-authentication")
+    ok(cmd is not None and cmd["CommandUUID"] == u, "the pending command is delivered after re-auth")
+    nxt = d.report(u, "Acknowledged", ProfileList=[])
+    eq(nxt, None, "nothing more: the command was not duplicated")
+    eq(d.idle(), None, "still nothing on the next Idle")
+    r = s.api("GET", "/api/v1/commands/" + u)
+    eq(r.json()["status"], "acknowledged", "command status")
+    e = enrollment(s, d)
+    eq(e["auth_state"], "active", "auth_state after re-authentication")
+    eq(e["last_auth_method"], "local", "last_auth_method")
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}, token=old)
+    assert_challenge(r, s)
+    acts = audit_actions(s, d.enrollment_id)
+    ok("reauth.require" in acts and "reauth.complete" in acts, "audited: %r" % acts)
+
+
+@test("a different user signing in during re-authentication is refused and audited")
+def t_wrong_user():
+    s = server()
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    bob = device(s, BOB)
+    bob.discover()
+    bob.enroll_unauthenticated()
+    bob_token = bob.sign_in()
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}, token=bob_token)
+    assert_challenge(r, s)
+    eq(enrollment(s, d)["auth_state"], "reauth_required", "still waiting for alice")
+    ok("reauth.wrong_user" in audit_actions(s, d.enrollment_id), "refusal audited")
+
+
+@test("CheckOut with an invalidated token is accepted (the device cannot sign in while unenrolling)")
+def t_checkout_invalidated():
+    s = server()
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    r = d.checkin(d.message("CheckOut"))
+    eq(r.status, 200, "CheckOut", r)
+    eq(enrollment(s, d)["auth_state"], "unenrolled", "auth_state")
+
+
+@test("orchard reauth --user invalidates every enrollment of the user")
+def t_cli_and_user_api():
+    s = server()
+    d1, d2 = enrolled(s), enrolled(s)
+    p = s.cli("reauth", "--data", s.data, "--user", ALICE[0])
+    ok("re-authentication required" in p.stdout, "CLI output %r" % p.stdout)
+    for d in (d1, d2):
+        assert_challenge(d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}), s)
+    d1.auto_reauth = True
+    eq(d1.idle(), None, "d1 carries on after signing in again")
+    r = s.api("POST", "/api/v1/users/%s/reauthenticate" % ALICE[0])
+    status(r, 202, "user reauthenticate")
+    ok(r.json()["enrollments"] >= 2, "all of alice's enrollments: %r" % r.json())
+    status(s.api("POST", "/api/v1/users/nobody@example.com/reauthenticate"), 404, "unknown user")
+
+
+@test("reauth_interval expires tokens by age")
+def t_interval():
+    s = server(ORCHARD_REAUTH_INTERVAL="1h")
+    d = enrolled(s)
+    eq(d.idle(), None, "fresh token works")
+    s.advance_clock(3700)
+    wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_required", "interval policy", s)
+    assert_challenge(d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}), s)
+    d.auto_reauth = True
+    eq(d.idle(), None, "carries on with a new token")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
+@test("remove-sensitive after the grace period, re-installed after a later re-authentication")
+def t_remove_sensitive_grace():
+    s = server("remove-sensitive", ORCHARD_REAUTH_GRACE="72h")
+    d = enrolled(s)
+    secret = enqueue(s, d, {"request_type": "InstallProfile", "Payload": profile_payload("com.example.secret"),
+                            "sensitive": True})
+    plain = enqueue(s, d, {"request_type": "InstallProfile", "Payload": profile_payload("com.example.plain")})
+    eq([c["CommandUUID"] for c in d.run_commands()], [secret, plain], "both profiles installed")
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    assert_challenge(d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}), s)
+    s.advance_clock(73 * 3600)
+    wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_failed", "grace expiry", s)
+    # The device, still unable to authenticate, receives exactly the removal of the sensitive
+    # profile, then the challenge again.
+    cmd = d.idle()
+    ok(cmd is not None, "a removal command is delivered despite the invalid token")
+    eq(cmd["Command"]["RequestType"], "RemoveProfile", "request type")
+    eq(cmd["Command"]["Identifier"], "com.example.secret", "only the sensitive profile")
+    r = d.connect({"Status": "Acknowledged", "CommandUUID": cmd["CommandUUID"], "EnrollmentID": d.enrollment_id})
+    assert_challenge(r, s)
+    ok("reauth.failed" in audit_actions(s, d.enrollment_id), "policy action audited")
+    # Sensitive content cannot be queued for this device meanwhile.
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % d.enrollment_id,
+              {"request_type": "InstallProfile", "Payload": profile_payload("com.example.x"), "sensitive": True})
+    eq(r.status, 409, "sensitive enqueue while reauth_failed", r)
+    # The user signs in again: the sensitive profile comes back, the plain one is untouched.
+    d.auto_reauth = True
+    cmds = d.run_commands()
+    eq([c["Command"]["RequestType"] for c in cmds], ["InstallProfile"], "re-install after re-auth")
+    payload = plistlib.loads(cmds[0]["Command"]["Payload"])
+    eq(payload["PayloadIdentifier"], "com.example.secret", "the sensitive profile is re-installed")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
+@test("too many failed sign-ins trigger unenroll: RemoveProfile of the enrollment profile")
+def t_max_failures_unenroll():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="3", ORCHARD_SIGNIN_RATE_LIMIT="50")
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    for _ in range(3):
+        try:
+            d.sign_in(password="wrong-password")
+            raise AssertionError("a wrong password yielded a token")
+        except sim.DeviceError as e:
+            eq(e.resp.status, 401, "wrong password status")
+    wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_failed", "max failures", s)
+    cmd = d.idle()
+    ok(cmd is not None, "the unenroll command reaches the device")
+    eq(cmd["Command"]["RequestType"], "RemoveProfile", "request type")
+    eq(cmd["Command"]["Identifier"], "io.orchard.enrollment", "the enrollment profile")
+    d.connect({"Status": "Acknowledged", "CommandUUID": cmd["CommandUUID"], "EnrollmentID": d.enrollment_id})
+    r = d.checkin(d.message("CheckOut"))
+    eq(r.status, 200, "CheckOut after removal", r)
+    eq(enrollment(s, d)["auth_state"], "unenrolled", "unenrolled")
+
+
+@test("a device enrollment (UDID) never receives a 401")
+def t_udid_never_401():
+    s = server()
+    d = enrolled(s)
+    # A UDID-keyed message with the same identity: the server must not answer 401 (it would
+    # unenroll such a device), whatever the token.
+    body = plistlib.dumps({"MessageType": "Authenticate", "Topic": d.topic, "UDID": "0000-UDID-TEST",
+                           "BuildVersion": "22C161", "OSVersion": "18.2.1", "ProductName": "iPhone12,1"})
+    for token in (None, "x" * 43):
+        r = d.put(d.checkin_url, body, token=token, content_type=sim.CHECKIN_TYPE)
+        ok(r.status != 401, "UDID enrollment got %d" % r.status)
+        r = d.put(d.server_url, plistlib.dumps({"Status": "Idle", "UDID": "0000-UDID-TEST"}), token=token)
+        ok(r.status != 401, "UDID connect got %d" % r.status)
+
+
+@test("servers stop cleanly")
+def t_stop():
+    for s in _servers.values():
+        eq(s.stop(), 0, "exit code of orchard serve")
+
+
+if __name__ == "__main__":
+    orchard.main()
