@@ -122,6 +122,28 @@ def t_admin_reauth_flow():
     ok("reauth.require" in acts and "reauth.complete" in acts, "audited: %r" % acts)
 
 
+@test("re-authentication through the sign-in page in headless Chromium")
+def t_reauth_in_chromium():
+    import subprocess
+    import urllib.parse
+    s = server()
+    d = enrolled(s)
+    u = enqueue(s, d, {"request_type": "ProfileList"})
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id})
+    assert_challenge(r, s)
+    _, params = sim.parse_challenge(r.header("WWW-Authenticate"))
+    url = params["url"] + "?" + urllib.parse.urlencode({"user-identifier": ALICE[0]})
+    p = subprocess.run(["node", os.path.join(HERE, "..", "browser", "signin_once.mjs"), url, ALICE[2]],
+                       capture_output=True, text=True, timeout=120)
+    eq(p.returncode, 0, "browser sign-in (stderr: %s)" % p.stderr.strip())
+    d.token = p.stdout.strip()
+    cmd = d.idle()
+    ok(cmd is not None and cmd["CommandUUID"] == u, "the pending command arrives after the browser re-auth")
+    eq(d.report(u, "Acknowledged", ProfileList=[]), None, "exactly once")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
 @test("a different user signing in during re-authentication is refused and audited")
 def t_wrong_user():
     s = server()
