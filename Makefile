@@ -6,7 +6,7 @@
 #   make bench           benchmarks (ratios against a baseline measured in the same run)
 #   make format / format-check
 
-PKGS     := libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl jansson libsodium
+PKGS     := libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl jansson libsodium librhonabwy
 CC       ?= cc
 SANITIZE ?=
 OPT      ?= -O2

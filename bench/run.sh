@@ -42,3 +42,6 @@ echo "idle-connect bench: $N enrollments (SQLite), $K signing devices, wrk 1 thr
 printf "  baseline (empty 200, libmicrohttpd+TLS): %10.0f req/s  p99 %s\n" "$b" "$(p99 "$WORK/base.txt")"
 printf "  orchard  (signed Idle, token, queue):    %10.0f req/s  p99 %s\n" "$o" "$(p99 "$WORK/idle.txt")"
 awk -v o="$o" -v b="$b" 'BEGIN { printf "  ratio orchard/baseline: %.3f   target: >= 20000 req/s\n", o / b }'
+
+# Second part: APNs push fan-out (bench/push.sh).
+./bench/push.sh

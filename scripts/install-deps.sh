@@ -26,6 +26,10 @@ npm_step() {
     if [ "${1:-}" = "--test" ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
         npm ci --prefix tests/browser --no-audit --no-fund >&2
     fi
+    # The federation tests run a real OpenID Connect provider (npm oidc-provider) on loopback.
+    if [ "${1:-}" = "--test" ] && [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+        npm ci --prefix tests/oidc --no-audit --no-fund >&2
+    fi
 }
 if [ -z "$missing" ]; then
     npm_step "${1:-}"

@@ -68,6 +68,10 @@ int app_load_identities(struct app *app, char *err, size_t err_len)
         load_cert(app, DATA_PUSH_CERT, &push, err, err_len))
         goto fail;
     app->topic = crypto_cert_topic(push);
+    app->push_subject = crypto_cert_subject(push);
+    time_t push_not_after = 0;
+    crypto_cert_validity(push, NULL, &push_not_after);
+    app->push_not_after = (int64_t)push_not_after;
     crypto_cert_free(push);
     if (app->topic == NULL) {
         snprintf(err, err_len, "%s: the push certificate has no UID (topic)", DATA_PUSH_CERT);
@@ -89,6 +93,7 @@ void app_cleanup(struct app *app)
     crypto_key_free(app->signer_key);
     free(app->scep_ca_pem);
     free(app->topic);
+    free(app->push_subject);
     free(app->public_url);
     for (int i = 0; i < app->ndomains; i++)
         free(app->domains[i]);

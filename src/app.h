@@ -29,6 +29,8 @@
 typedef struct scep_ca scep_ca;
 typedef struct ratelimit ratelimit;
 typedef struct http_server http_server;
+typedef struct pusher pusher;
+typedef struct oidc_cache oidc_cache;
 
 struct app {
     config *cfg;
@@ -36,7 +38,10 @@ struct app {
     char *public_url; /* without a trailing slash */
     char **domains;   /* organisation domains served by discovery, lowercase */
     int ndomains;
-    char *topic; /* APNs topic from the push identity (UID) */
+    char *topic;            /* APNs topic from the push identity (UID) */
+    int64_t push_not_after; /* expiry of the push certificate (Unix seconds) */
+    char *push_subject;     /* its subject (RFC 2253) */
+    pusher *pusher;         /* the push outbox worker (push/pusher.h); NULL outside serve */
 
     crypto_cert *scep_ca_cert; /* device identity CA */
     char *scep_ca_pem;         /* the same, for TLS client-certificate requests */
@@ -46,6 +51,7 @@ struct app {
     crypto_cert *signer_ca;
 
     ratelimit *signin_limit; /* internally synchronised */
+    oidc_cache *oidc;        /* OIDC provider metadata and keys; internally synchronised */
     http_server *http;
 
     int debug_clock;            /* test builds of the data dir may move time forward */

@@ -17,7 +17,10 @@ static const struct {
     {"user", cli_user, "manage the local user directory (add, list)"},
     {"apikey", cli_apikey, "create admin API keys"},
     {"config", cli_config, "show the effective configuration"},
+    {"pushcert", cli_pushcert, "APNs push certificate: CSR, import (PEM/PKCS#12), show"},
+    {"domain", cli_domain, "organisation domains and their sign-in (local or OIDC)"},
     {"reauth", cli_reauth, "demand re-authentication of an enrollment or a user"},
+    {"profile", cli_profile, "profile library: add, list, ready-made templates"},
 };
 
 static void usage(FILE *f)

@@ -46,6 +46,22 @@ suite() {
     fi
 }
 
+# A real PostgreSQL server for the storage conformance suite and the integration tests
+# (scripts/test-pg.sh: a throwaway cluster in build/pgdata on a private unix socket), stopped on
+# exit whatever happens. A caller may bring its own server by exporting ORCHARD_TEST_PG_DSN. If
+# the server cannot start, the variable stays unset and the PostgreSQL suites FAIL, never skip.
+if [ -z "${ORCHARD_TEST_PG_DSN:-}" ] &&
+    { [ "$group" = all ] || [ "$group" = unit ] || [ "$group" = integration ]; }; then
+    if pg_env=$(scripts/test-pg.sh start 2>"$LOG_DIR/test-pg.log"); then
+        eval "$pg_env"
+        trap 'scripts/test-pg.sh stop >/dev/null 2>&1' EXIT
+        echo "== PostgreSQL started for the tests ($(tail -1 "$LOG_DIR/test-pg.log"))"
+    else
+        echo "== PostgreSQL did not start; its suites will fail (log: $LOG_DIR/test-pg.log)"
+        tail -5 "$LOG_DIR/test-pg.log" | sed 's/^/    /'
+    fi
+fi
+
 if [ "$group" = all ] || [ "$group" = unit ]; then
     for t in $(find build/san/tests -type f -name 'test_*' | sort); do
         suite "unit/${t#build/san/tests/}" "$t"

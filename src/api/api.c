@@ -15,6 +15,7 @@
 #include "enroll/enroll.h"
 #include "mdm/command.h"
 #include "plist/pl.h"
+#include "push/pusher.h"
 
 #define LIST_LIMIT 500
 
@@ -81,6 +82,7 @@ void api_handle_metrics(void *ctx, http_request *req, http_response *res)
                "# HELP orchard_schema_version Database schema version.\n"
                "# TYPE orchard_schema_version gauge\norchard_schema_version %d\n",
                storage_schema_version(app->st));
+    api_push_metrics(app, &res->body);
     res->status = 200;
     res->content_type = "text/plain; version=0.0.4";
 }
@@ -243,8 +245,11 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
-    log_info("event=command_enqueued rid=%s actor=%s enrollment=%s command=%s type=%s",
-             req->request_id, actor, e.id, cmd.uuid, cmd.request_type);
+    /* Wake the device unless asked not to; a device without a live token is not an error. */
+    if (cmd.push)
+        push_enrollment(app, e.id);
+    log_info("event=command_enqueued rid=%s actor=%s enrollment=%s command=%s type=%s push=%d",
+             req->request_id, actor, e.id, cmd.uuid, cmd.request_type, cmd.push);
     send_json(res, 201, json_pack("{s:s}", "command_uuid", cmd.uuid));
 out:
     mdm_command_cleanup(&cmd);
@@ -343,6 +348,7 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
+    push_enrollment(app, e.id);
     audit_record(app, actor, "enrollment.unenroll", e.id, "RemoveProfile enqueued");
     send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "command_uuid", cmd.uuid));
 out:
@@ -390,4 +396,11 @@ void api_handle_debug_clock(void *ctx, http_request *req, http_response *res)
     }
     atomic_fetch_add(&app->clock_skew, (int64_t)adv);
     send_json(res, 200, json_pack("{s:I}", "now", (json_int_t)app_now(app)));
+}
+
+/* For the handlers in the other api/ files. */
+int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
+                  size_t actor_len)
+{
+    return authorize(app, req, res, actor, actor_len);
 }

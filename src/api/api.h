@@ -8,6 +8,9 @@
 #include "http/http.h"
 
 void api_handle_healthz(void *ctx, http_request *req, http_response *res);
+/* /api/v1/domains and /api/v1/domains/{name} (GET, PUT): api/domains.c */
+void api_handle_domains(void *ctx, http_request *req, http_response *res);
+void api_handle_domain(void *ctx, http_request *req, http_response *res);
 void api_handle_metrics(void *ctx, http_request *req, http_response *res);
 void api_handle_enrollments(void *ctx, http_request *req, http_response *res);
 void api_handle_enrollment(void *ctx, http_request *req, http_response *res);
@@ -18,5 +21,30 @@ void api_handle_user_reauthenticate(void *ctx, http_request *req, http_response 
 void api_handle_unenroll(void *ctx, http_request *req, http_response *res);
 void api_handle_audit(void *ctx, http_request *req, http_response *res);
 void api_handle_debug_clock(void *ctx, http_request *req, http_response *res);
+
+/* Push (api/push.c): POST /api/v1/enrollments/{id}/push, POST /api/v1/push (bulk: {"user":
+ * EMAIL} | {"domain": D} | {"all": true}), GET /api/v1/pushcert. */
+void api_handle_enrollment_push(void *ctx, http_request *req, http_response *res);
+void api_handle_push_bulk(void *ctx, http_request *req, http_response *res);
+void api_handle_pushcert(void *ctx, http_request *req, http_response *res);
+
+/* Profile and app library (api/library.c, docs/LIBRARY.md): /api/v1/profiles[/{id}],
+ * /api/v1/apps[/{id}], /api/v1/assignments[/{id}], /api/v1/enrollments/{id}/library,
+ * /api/v1/enrollments/{id}/reconcile. */
+void api_handle_profiles(void *ctx, http_request *req, http_response *res);
+void api_handle_profile(void *ctx, http_request *req, http_response *res);
+void api_handle_apps(void *ctx, http_request *req, http_response *res);
+void api_handle_app(void *ctx, http_request *req, http_response *res);
+void api_handle_assignments(void *ctx, http_request *req, http_response *res);
+void api_handle_assignment(void *ctx, http_request *req, http_response *res);
+void api_handle_enrollment_library(void *ctx, http_request *req, http_response *res);
+void api_handle_enrollment_reconcile(void *ctx, http_request *req, http_response *res);
+
+struct app;
+/* Checks the API key (401 on failure, returns -1); writes "api:<name>" into actor. */
+int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
+                  size_t actor_len);
+/* The push certificate expiry gauge and the push worker's counters, for /metrics. */
+void api_push_metrics(struct app *app, buf *out);
 
 #endif

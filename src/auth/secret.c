@@ -27,6 +27,14 @@ void secret_hash(const char *s, char *out)
     sodium_bin2hex(out, SECRET_HASH_LEN + 1, h, sizeof(h));
 }
 
+void secret_sha256_b64url(const char *s, char *out)
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(h, (const unsigned char *)s, strlen(s));
+    sodium_bin2base64(out, SECRET_TOKEN_LEN + 1, h, sizeof(h),
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
 int secret_equal(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);

@@ -18,6 +18,11 @@ int secret_init(void);
 void secret_new_token(char *out);
 /* Writes the lowercase hex SHA-256 of s into out (SECRET_HASH_LEN + 1 bytes). */
 void secret_hash(const char *s, char *out);
+/*
+ * Writes the SHA-256 of s as base64url without padding into out (SECRET_TOKEN_LEN + 1 bytes):
+ * the PKCE S256 code_challenge of a code_verifier (RFC 7636 4.2).
+ */
+void secret_sha256_b64url(const char *s, char *out);
 /* 1 if the two NUL-terminated strings are equal, compared in time independent of content. */
 int secret_equal(const char *a, const char *b);
 /* 1 if s looks like a token we issued (length and alphabet); cheap pre-check for input. */

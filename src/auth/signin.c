@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "auth/audit.h"
+#include "auth/domains.h"
+#include "auth/oidc.h"
 #include "auth/ratelimit.h"
 #include "auth/secret.h"
 #include "auth/session.h"
@@ -102,7 +104,7 @@ static void render_form(struct app *app, http_response *res, int status, const c
     free(error_html);
 }
 
-static void render_message(http_response *res, int status, const char *title, const char *msg)
+void signin_render_message(http_response *res, int status, const char *title, const char *msg)
 {
     const char *kv[] = {"title", title, "message", msg, NULL};
     buf_reset(&res->body);
@@ -114,10 +116,22 @@ static void render_message(http_response *res, int status, const char *title, co
 
 void signin_handle_get(void *ctx, http_request *req, http_response *res)
 {
+    struct app *app = ctx;
     const char *identifier = http_request_query(req, "user-identifier");
     if (identifier && strlen(identifier) > MAX_IDENTIFIER)
         identifier = NULL;
-    render_form(ctx, res, 200, identifier, NULL);
+    /* A federated domain hands "who is this user" to its identity provider (auth/oidc.c). */
+    char *domain = domains_of_identifier(identifier);
+    st_domain d = {0};
+    if (domain && domains_lookup(app, domain, &d) == ST_OK && domains_is_oidc(&d)) {
+        char *ident = lowercase_dup(identifier);
+        oidc_begin(app, req, res, &d, ident);
+        free(ident);
+    } else {
+        render_form(app, res, 200, identifier, NULL);
+    }
+    st_domain_cleanup(&d);
+    free(domain);
 }
 
 static int csrf_ok(const http_request *req, const char *field)
@@ -128,11 +142,12 @@ static int csrf_ok(const http_request *req, const char *field)
     return secret_token_well_formed(cookie) && secret_equal(cookie, field);
 }
 
-static void finish(struct app *app, http_response *res, const st_user *user, const char *method)
+/* The shared end of every sign-in (local and federated): token, audit, custom-scheme 308. */
+void signin_finish(struct app *app, http_response *res, const st_user *user, const char *method)
 {
     char token[SECRET_TOKEN_LEN + 1];
     if (session_issue(app, user->id, method, token) != 0) {
-        render_message(res, 503, "Try again later", "The server could not complete sign-in.");
+        signin_render_message(res, 503, "Try again later", "The server could not complete sign-in.");
         return;
     }
     char *actor = xasprintf("user:%s", user->email);
@@ -160,7 +175,7 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
     if (!csrf_ok(req, csrf)) {
         log_warn("event=signin_refused rid=%s reason=csrf remote=%s", req->request_id,
                  req->remote_addr);
-        render_message(res, 403, "Session expired",
+        signin_render_message(res, 403, "Session expired",
                        "This sign-in page has expired. Go back and start again.");
         goto out;
     }
@@ -176,14 +191,20 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
                     "Too many attempts. Wait a few minutes before trying again.");
         goto out;
     }
-    if (auth_provider_local.verify_password(app, ident, password, &user) != 0) {
+    /* A federated domain has no passwords here: its sign-in starts at GET (the IdP). */
+    char *domain = domains_of_identifier(ident);
+    st_domain d = {0};
+    int federated = domain && domains_lookup(app, domain, &d) == ST_OK && domains_is_oidc(&d);
+    st_domain_cleanup(&d);
+    free(domain);
+    if (federated || auth_provider_local.verify_password(app, ident, password, &user) != 0) {
         ratelimit_fail(app->signin_limit, ident, now);
         ratelimit_fail(app->signin_limit, req->remote_addr, now);
         audit_record(app, "anonymous", "signin.fail", ident, req->remote_addr);
         render_form(app, res, 401, ident_raw, GENERIC_FAILURE);
         goto out;
     }
-    finish(app, res, &user, auth_provider_local.name);
+    signin_finish(app, res, &user, auth_provider_local.name);
 out:
     st_user_cleanup(&user);
     free(csrf);

@@ -25,4 +25,15 @@ extern const struct auth_provider auth_provider_local;
 void signin_handle_get(void *ctx, http_request *req, http_response *res);
 void signin_handle_post(void *ctx, http_request *req, http_response *res);
 
+/*
+ * The shared finish of a successful sign-in, whoever confirmed the user (local password or
+ * OIDC): issues a session token (session_issue), audits `token.issue`, and answers 308
+ * `Location: apple-remotemanagement-user-login://authentication-results?access-token=T`.
+ * method is recorded on the session ("local", "oidc"). 503 page if the token cannot be stored.
+ */
+void signin_finish(struct app *app, http_response *res, const st_user *user, const char *method);
+
+/* A friendly HTML page (web/message.html) with status, title and message; no-store. */
+void signin_render_message(http_response *res, int status, const char *title, const char *msg);
+
 #endif

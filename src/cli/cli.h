@@ -8,9 +8,12 @@
 
 int cli_init(int argc, char **argv);
 int cli_serve(int argc, char **argv);
+int cli_pushcert(int argc, char **argv);
 int cli_user(int argc, char **argv);
 int cli_apikey(int argc, char **argv);
 int cli_config(int argc, char **argv);
+int cli_domain(int argc, char **argv);
 int cli_reauth(int argc, char **argv);
+int cli_profile(int argc, char **argv);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "auth/oidc.h"
 #include "auth/ratelimit.h"
 #include "auth/secret.h"
 #include "cli/cli.h"
@@ -21,6 +22,7 @@
 #include "crypto/pki.h"
 #include "http/http.h"
 #include "jobs/jobs.h"
+#include "push/pusher.h"
 #include "routes.h"
 
 #define SIGNIN_WINDOW (15 * 60)
@@ -92,6 +94,7 @@ static int app_setup(struct app *app, const char *data, const char *listen)
     }
     app->signin_limit =
         ratelimit_new((int)config_get_int(app->cfg, "signin_rate_limit"), SIGNIN_WINDOW);
+    app->oidc = oidc_cache_new();
     return 0;
 }
 
@@ -126,6 +129,22 @@ out:
     free(cert_path);
     free(key_path);
     return rc;
+}
+
+/* The push outbox worker (push/pusher.h); warns early about an expiring push certificate. */
+static int start_pusher(struct app *app)
+{
+    char err[512];
+    app->pusher = pusher_start(app, err, sizeof(err));
+    if (app->pusher == NULL) {
+        fprintf(stderr, "orchard: push: %s\n", err);
+        return -1;
+    }
+    int64_t left = app->push_not_after - app_now(app);
+    if (left < 30 * 86400)
+        log_warn("event=push_certificate_expiring topic=%s days_left=%lld", app->topic,
+                 (long long)(left / 86400));
+    return 0;
 }
 
 static int wait_for_signal(void)
@@ -169,7 +188,7 @@ int cli_serve(int argc, char **argv)
 
     struct app app = {0};
     int rc = 1;
-    if (app_setup(&app, data, listen) != 0 || start_http(&app) != 0)
+    if (app_setup(&app, data, listen) != 0 || start_pusher(&app) != 0 || start_http(&app) != 0)
         goto out;
     log_info("event=serving listen=%s public_url=%s port=%d topic=%s", config_get(app.cfg, "listen"),
              app.public_url, http_server_port(app.http), app.topic);
@@ -180,7 +199,10 @@ int cli_serve(int argc, char **argv)
     jobs_stop(background);
     rc = 0;
 out:
+    /* After the HTTP server (nothing kicks it any more), before the store closes. */
+    pusher_stop(app.pusher);
     ratelimit_free(app.signin_limit);
+    oidc_cache_free(app.oidc);
     app_cleanup(&app);
     storage_close(app.st);
     config_free(app.cfg);

@@ -7,9 +7,9 @@
  * BIO chains on top. Measured: ~4k verifications/s per core, against a target of 20k/s on two
  * cores. A device presents the same certificate on every request, so the fast path reads the
  * SignedData with a small strict BER reader, finds the signer certificate's bytes, and keeps
- * the parsed certificate plus a verify-initialised key context in a per-thread cache keyed by
- * those exact bytes (thread-local, so no locks). A hit costs one digest of the body, one of the
- * signed attributes and one public-key operation.
+ * the parsed certificate plus a verify-initialised key context in the per-thread certificate
+ * cache (cert_cache.c; no locks). A hit costs one digest of the body, one of the signed
+ * attributes and one public-key operation.
  *
  * The fast path only accepts the common shape (one signer identified by issuer and serial,
  * signed attributes with exactly one contentType and messageDigest, RSA PKCS#1 v1.5 or ECDSA
@@ -30,9 +30,7 @@
 #include "core/mem.h"
 #include "crypto/crypto_int.h"
 
-#define MAX_DEPTH 16   /* nesting bound for skipping indefinite-length elements */
-#define CACHE_SETS 512 /* per thread: 512 x 4 signer certificates */
-#define CACHE_WAYS 4
+#define MAX_DEPTH 16 /* nesting bound for skipping indefinite-length elements */
 
 /* ---- A strict BER reader (definite and indefinite lengths, low tag numbers) ---- */
 
@@ -157,6 +155,7 @@ static const struct {
     {8, {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04}, FAMILY_EC, MD_SHA512},
 };
 
+static const uint8_t OID_DATA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01};
 static const uint8_t OID_SIGNED_DATA[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02};
 static const uint8_t OID_CONTENT_TYPE[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x03};
 static const uint8_t OID_MESSAGE_DIGEST[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x04};
@@ -221,8 +220,7 @@ static int parse_signer_info(struct ber *b, struct detached_sig *s)
         ber_enter(b, 0x30, &ias) != 0 || ber_expect(&ias, 0x30, &s->issuer) != 0 ||
         ber_expect(&ias, 0x02, &s->serial) != 0 || !ber_at_end(&ias) ||
         read_algorithm(b, &t) != 0 || (s->md = digest_index(&t)) < 0 ||
-        ber_expect(b, 0xa0, &s->signed_attrs) != 0 || s->signed_attrs.indefinite ||
-        read_algorithm(b, &t) != 0)
+        ber_expect(b, 0xa0, &s->signed_attrs) != 0 || read_algorithm(b, &t) != 0)
         return -1;
     for (i = 0; i < n && !oid_is(&t, sig_oids[i].oid, sig_oids[i].len); i++)
         ;
@@ -234,36 +232,86 @@ static int parse_signer_info(struct ber *b, struct detached_sig *s)
     return 0;
 }
 
-/* Checks the signed attributes as OpenSSL does (exactly one contentType and messageDigest, at
- * most one signingTime, one value each) and picks out the messageDigest value. */
+/* Whether t has the minimal definite length encoding DER requires. */
+static int der_length(const struct tlv *t)
+{
+    size_t need = 2;
+    if (t->len >= 0x80)
+        for (size_t n = t->len; n > 0; n >>= 8)
+            need++;
+    return !t->indefinite && (size_t)(t->content - t->start) == need;
+}
+
+/* DER orders SET OF elements by their encodings (X.690 11.6). */
+static int der_cmp(const struct tlv *a, const struct tlv *b)
+{
+    int c = memcmp(a->start, b->start, a->total < b->total ? a->total : b->total);
+    return c != 0 ? c : (a->total > b->total) - (a->total < b->total);
+}
+
+enum { ATTR_CONTENT_TYPE, ATTR_MESSAGE_DIGEST, ATTR_SIGNING_TIME, ATTR_COUNT };
+
+/* Which attribute this is if the fast path accepts it: contentType id-data, messageDigest as
+ * an OCTET STRING, signingTime as a plain Zulu UTCTime/GeneralizedTime; -1 otherwise. */
+static int known_attribute(const struct tlv *oid, const struct tlv *v)
+{
+    if (oid_is(oid, OID_CONTENT_TYPE, sizeof OID_CONTENT_TYPE))
+        return oid_is(v, OID_DATA, sizeof OID_DATA) ? ATTR_CONTENT_TYPE : -1;
+    if (oid_is(oid, OID_MESSAGE_DIGEST, sizeof OID_MESSAGE_DIGEST))
+        return v->tag == 0x04 ? ATTR_MESSAGE_DIGEST : -1;
+    if (!oid_is(oid, OID_SIGNING_TIME, sizeof OID_SIGNING_TIME) ||
+        !((v->tag == 0x17 && v->len == 13) || (v->tag == 0x18 && v->len == 15)))
+        return -1;
+    for (size_t i = 0; i + 1 < v->len; i++)
+        if (v->content[i] < '0' || v->content[i] > '9')
+            return -1;
+    return v->content[v->len - 1] == 'Z' ? ATTR_SIGNING_TIME : -1;
+}
+
+/*
+ * The signed attributes. OpenSSL verifies the signature over its own DER re-encoding of them,
+ * so the fast path (which hashes the bytes received) only takes input that is already DER:
+ * minimal lengths, sorted, and only the three known attributes with one value each;
+ * contentType and messageDigest exactly once (as OpenSSL requires), signingTime at most once.
+ */
 static int parse_signed_attrs(struct detached_sig *s)
 {
     struct ber attrs = {s->signed_attrs.content, s->signed_attrs.content + s->signed_attrs.len};
-    int content_types = 0, digests = 0, times = 0;
+    struct tlv prev = {0}, attr;
+    int seen[ATTR_COUNT] = {0};
 
+    if (!der_length(&s->signed_attrs))
+        return -1;
     while (!ber_at_end(&attrs)) {
-        struct ber attr, values;
-        struct tlv oid, value;
-        if (ber_enter(&attrs, 0x30, &attr) != 0 || ber_expect(&attr, 0x06, &oid) != 0 ||
-            ber_enter(&attr, 0x31, &values) != 0 || !ber_at_end(&attr) ||
-            ber_next(&values, &value, 0) != 0 || !ber_at_end(&values))
+        struct ber a, values;
+        struct tlv oid, set, v;
+        int which;
+        if (ber_expect(&attrs, 0x30, &attr) != 0 || !der_length(&attr) ||
+            (prev.start != NULL && der_cmp(&prev, &attr) > 0))
             return -1;
-        if (oid_is(&oid, OID_CONTENT_TYPE, sizeof OID_CONTENT_TYPE)) {
-            content_types++;
-        } else if (oid_is(&oid, OID_SIGNING_TIME, sizeof OID_SIGNING_TIME)) {
-            times++;
-        } else if (oid_is(&oid, OID_MESSAGE_DIGEST, sizeof OID_MESSAGE_DIGEST)) {
-            digests++;
-            s->message_digest = value;
-            if (value.tag != 0x04 || value.indefinite)
-                return -1;
-        }
+        a.p = attr.content;
+        a.end = attr.content + attr.len;
+        if (ber_expect(&a, 0x06, &oid) != 0 || ber_expect(&a, 0x31, &set) != 0 || !ber_at_end(&a) ||
+            !der_length(&oid) || !der_length(&set))
+            return -1;
+        values.p = set.content;
+        values.end = set.content + set.len;
+        if (ber_next(&values, &v, 0) != 0 || !ber_at_end(&values) || !der_length(&v) ||
+            (which = known_attribute(&oid, &v)) < 0)
+            return -1;
+        seen[which]++;
+        if (which == ATTR_MESSAGE_DIGEST)
+            s->message_digest = v;
+        prev = attr;
     }
-    return content_types == 1 && digests == 1 && times <= 1 ? 0 : -1;
+    return seen[ATTR_CONTENT_TYPE] == 1 && seen[ATTR_MESSAGE_DIGEST] == 1 &&
+                   seen[ATTR_SIGNING_TIME] <= 1
+               ? 0
+               : -1;
 }
 
 /* ContentInfo { signedData, [0] SignedData { version, digestAlgorithms,
- *   encapContentInfo { eContentType } (detached), [0] certificates, [1] crls?, signerInfos } } */
+ *   encapContentInfo { id-data } (detached), [0] certificates, signerInfos { one } } } */
 static int parse_detached(const uint8_t *der, size_t len, struct detached_sig *s)
 {
     struct ber in = {der, der + len}, ci, wrap, sd, eci, infos, si;
@@ -273,164 +321,111 @@ static int parse_detached(const uint8_t *der, size_t len, struct detached_sig *s
     if (ber_enter(&in, 0x30, &ci) != 0 || !ber_at_end(&in) || ber_expect(&ci, 0x06, &t) != 0 ||
         !oid_is(&t, OID_SIGNED_DATA, sizeof OID_SIGNED_DATA) || ber_enter(&ci, 0xa0, &wrap) != 0 ||
         !ber_at_end(&ci) || ber_enter(&wrap, 0x30, &sd) != 0 || !ber_at_end(&wrap) ||
-        ber_expect(&sd, 0x02, &t) != 0 || (digests = read_digest_algorithms(&sd)) == 0 ||
-        ber_enter(&sd, 0x30, &eci) != 0 || ber_expect(&eci, 0x06, &t) != 0 || !ber_at_end(&eci) ||
-        ber_enter(&sd, 0xa0, &s->certs) != 0 || ber_next(&sd, &t, 0) != 0)
-        return -1;
-    if (t.tag == 0xa1 && ber_next(&sd, &t, 0) != 0)
-        return -1;
-    if (t.tag != 0x31 || !ber_at_end(&sd))
-        return -1;
-    infos.p = t.content;
-    infos.end = t.content + t.len;
-    if (ber_enter(&infos, 0x30, &si) != 0 || !ber_at_end(&infos) ||
+        ber_expect(&sd, 0x02, &t) != 0 || t.len != 1 ||
+        (digests = read_digest_algorithms(&sd)) == 0 || ber_enter(&sd, 0x30, &eci) != 0 ||
+        ber_expect(&eci, 0x06, &t) != 0 || !oid_is(&t, OID_DATA, sizeof OID_DATA) ||
+        !ber_at_end(&eci) || ber_enter(&sd, 0xa0, &s->certs) != 0 ||
+        ber_enter(&sd, 0x31, &infos) != 0 || !ber_at_end(&sd) ||
+        ber_enter(&infos, 0x30, &si) != 0 || !ber_at_end(&infos) ||
         parse_signer_info(&si, s) != 0 || !(digests & 1u << s->md))
         return -1;
     return parse_signed_attrs(s);
 }
 
-/* The DER certificate in the set whose issuer and serial number match the signer's. */
-static int find_signer_cert(const struct detached_sig *s, struct tlv *cert)
-{
-    struct ber certs = s->certs;
-    while (!ber_at_end(&certs)) {
-        struct ber c, tbs;
-        struct tlv t, serial, issuer;
-        if (ber_next(&certs, cert, 0) != 0)
-            return -1;
-        if (cert->tag != 0x30 || cert->indefinite)
-            continue; /* another CertificateChoices form */
-        c.p = cert->content;
-        c.end = cert->content + cert->len;
-        if (ber_enter(&c, 0x30, &tbs) != 0 || ber_next(&tbs, &t, 0) != 0)
-            return -1;
-        if (t.tag == 0xa0 && ber_next(&tbs, &t, 0) != 0)
-            return -1;
-        serial = t;
-        if (ber_expect(&tbs, 0x30, &t) != 0 || ber_expect(&tbs, 0x30, &issuer) != 0)
-            return -1;
-        if (serial.tag == 0x02 && serial.total == s->serial.total &&
-            memcmp(serial.start, s->serial.start, serial.total) == 0 &&
-            issuer.total == s->issuer.total &&
-            memcmp(issuer.start, s->issuer.start, issuer.total) == 0)
-            return 0;
-    }
-    return -1;
-}
+/* ---- Verification ---- */
 
-/* ---- Per-thread cache of signer certificates ---- */
-
-struct cached_signer {
-    uint8_t *der; /* NULL: empty slot */
-    size_t der_len;
-    crypto_cert *cert;
-    EVP_PKEY_CTX *verify; /* verify-initialised with the certificate's key */
-    int family, md;       /* md currently set on verify, -1 none */
-};
-
-struct signer_cache {
-    EVP_MD_CTX *md_ctx;
-    unsigned int clock;
-    struct cached_signer slots[CACHE_SETS][CACHE_WAYS];
-};
-
-static pthread_once_t fast_once = PTHREAD_ONCE_INIT;
-static pthread_key_t cache_key;
+static pthread_once_t mds_once = PTHREAD_ONCE_INIT;
 static EVP_MD *mds[MD_COUNT]; /* fetched once, then shared read-only by all threads */
-static int fast_ok;
+static int mds_ok;
 
-static void slot_clear(struct cached_signer *slot)
-{
-    free(slot->der);
-    crypto_cert_free(slot->cert);
-    EVP_PKEY_CTX_free(slot->verify);
-    memset(slot, 0, sizeof *slot);
-}
-
-static void cache_free(void *p)
-{
-    struct signer_cache *cache = p;
-    for (int i = 0; i < CACHE_SETS; i++)
-        for (int j = 0; j < CACHE_WAYS; j++)
-            slot_clear(&cache->slots[i][j]);
-    EVP_MD_CTX_free(cache->md_ctx);
-    free(cache);
-}
-
-static void fast_init(void)
+static void fetch_mds(void)
 {
     static const char *const names[MD_COUNT] = {"SHA1", "SHA256", "SHA384", "SHA512"};
-    if (crypto_init() != 0 || pthread_key_create(&cache_key, cache_free) != 0)
+    if (crypto_init() != 0)
         return;
     for (int i = 0; i < MD_COUNT; i++)
         if ((mds[i] = EVP_MD_fetch(NULL, names[i], NULL)) == NULL)
             return;
-    fast_ok = 1;
+    mds_ok = 1;
 }
 
-static struct signer_cache *thread_cache(void)
+/* The cached certificate's verify context set up for this family and digest, made on first
+ * use; NULL if its key is not of that family. */
+static EVP_PKEY_CTX *signer_ctx(struct cached_cert *c, int family, int md)
 {
-    struct signer_cache *cache = pthread_getspecific(cache_key);
-    if (cache == NULL) {
-        cache = xcalloc(1, sizeof *cache);
-        cache->md_ctx = EVP_MD_CTX_new();
-        if (cache->md_ctx == NULL || pthread_setspecific(cache_key, cache) != 0) {
-            cache_free(cache);
+    EVP_PKEY *key = X509_get0_pubkey(c->cert->x509);
+    int base = key ? EVP_PKEY_get_base_id(key) : 0;
+
+    if (base != (family == FAMILY_RSA ? EVP_PKEY_RSA : EVP_PKEY_EC))
+        return NULL;
+    if (c->verify == NULL) {
+        c->verify = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+        c->md = -1;
+        if (c->verify == NULL || EVP_PKEY_verify_init(c->verify) <= 0 ||
+            (family == FAMILY_RSA &&
+             EVP_PKEY_CTX_set_rsa_padding(c->verify, RSA_PKCS1_PADDING) <= 0)) {
+            EVP_PKEY_CTX_free(c->verify);
+            c->verify = NULL;
             return NULL;
         }
     }
-    return cache;
+    if (c->md != md) {
+        if (EVP_PKEY_CTX_set_signature_md(c->verify, mds[md]) <= 0)
+            return NULL;
+        c->md = md;
+    }
+    return c->verify;
 }
 
-/* Parses the certificate into slot and prepares its verify context. */
-static int slot_fill(struct cached_signer *slot, const struct tlv *cert)
+/* The serial number and issuer of a DER certificate. */
+static int cert_issuer_serial(const struct tlv *cert, struct tlv *serial, struct tlv *issuer)
 {
-    const unsigned char *p = cert->start;
-    X509 *x = d2i_X509(NULL, &p, (long)cert->total);
-    EVP_PKEY *key = x && p == cert->start + cert->total ? X509_get0_pubkey(x) : NULL;
-
-    if (key == NULL) {
-        X509_free(x);
+    struct ber c = {cert->content, cert->content + cert->len}, tbs;
+    struct tlv t;
+    if (ber_enter(&c, 0x30, &tbs) != 0 || ber_next(&tbs, serial, 0) != 0)
         return -1;
-    }
-    slot->cert = crypto_cert_wrap(x);
-    slot->der = xmalloc(cert->total);
-    memcpy(slot->der, cert->start, cert->total);
-    slot->der_len = cert->total;
-    slot->md = -1;
-    slot->family = EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA  ? FAMILY_RSA
-                   : EVP_PKEY_get_base_id(key) == EVP_PKEY_EC ? FAMILY_EC
-                                                              : 0;
-    slot->verify = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-    if (slot->family == 0 || slot->verify == NULL || EVP_PKEY_verify_init(slot->verify) <= 0 ||
-        (slot->family == FAMILY_RSA &&
-         EVP_PKEY_CTX_set_rsa_padding(slot->verify, RSA_PKCS1_PADDING) <= 0)) {
-        slot_clear(slot);
+    if (serial->tag == 0xa0 && ber_next(&tbs, serial, 0) != 0)
         return -1;
-    }
-    return 0;
+    return serial->tag == 0x02 && ber_expect(&tbs, 0x30, &t) == 0 &&
+                   ber_expect(&tbs, 0x30, issuer) == 0
+               ? 0
+               : -1;
 }
 
-/* The cache slot for this exact certificate (matched on all its bytes), filled on a miss. */
-static struct cached_signer *cache_lookup(struct signer_cache *cache, const struct tlv *cert)
+static int tlv_equal(const struct tlv *a, const struct tlv *b)
 {
-    /* The last bytes of a certificate belong to its issuer's signature: as good as random. */
-    const uint8_t *tail = cert->start + cert->total - 2;
-    struct cached_signer *ways = cache->slots[((unsigned int)tail[0] << 8 | tail[1]) % CACHE_SETS];
-    struct cached_signer *slot = NULL;
+    return a->total == b->total && memcmp(a->start, b->start, a->total) == 0;
+}
 
-    for (int i = 0; i < CACHE_WAYS; i++) {
-        if (ways[i].der == NULL)
-            slot = &ways[i];
-        else if (ways[i].der_len == cert->total &&
-                 memcmp(ways[i].der, cert->start, cert->total) == 0)
-            return &ways[i];
+/*
+ * Finds the signer among the certificates, all of which must be well-formed (OpenSSL parses
+ * every one; here each is parsed once per thread and then found in the cache). The signer is
+ * matched on the exact issuer and serial bytes; another certificate with the same serial
+ * declines, since OpenSSL compares issuer names canonically and might pick a different one.
+ * The signer is looked up last so no other lookup can evict its slot before it is used.
+ */
+static struct cached_cert *find_signer(const struct detached_sig *s)
+{
+    struct ber certs = s->certs;
+    struct tlv cert, signer = {0};
+    int same_serial = 0;
+
+    while (!ber_at_end(&certs)) {
+        struct tlv serial, issuer;
+        if (ber_next(&certs, &cert, 0) != 0 || cert.tag != 0x30 || cert.indefinite ||
+            cert_issuer_serial(&cert, &serial, &issuer) != 0)
+            return NULL;
+        if (tlv_equal(&serial, &s->serial)) {
+            same_serial++;
+            if (tlv_equal(&issuer, &s->issuer))
+                signer = cert;
+        } else if (crypto_cert_cache_get(cert.start, cert.total) == NULL) {
+            return NULL;
+        }
     }
-    if (slot == NULL) {
-        slot = &ways[cache->clock++ % CACHE_WAYS];
-        slot_clear(slot);
-    }
-    return slot_fill(slot, cert) == 0 ? slot : NULL;
+    return same_serial == 1 && signer.start != NULL
+               ? crypto_cert_cache_get(signer.start, signer.total)
+               : NULL;
 }
 
 static int digest(EVP_MD_CTX *ctx, const EVP_MD *md, const uint8_t *prefix, size_t prefix_len,
@@ -444,36 +439,30 @@ int crypto_cms_verify_detached_fast(const uint8_t *sig, size_t sig_len, const ui
                                     size_t body_len, crypto_cert **signer_out)
 {
     struct detached_sig s;
-    struct tlv cert;
-    struct signer_cache *cache;
-    struct cached_signer *slot;
+    struct cached_cert *signer;
+    EVP_PKEY_CTX *verify;
+    EVP_MD_CTX *ctx = crypto_thread_md_ctx();
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     static const uint8_t set_tag = 0x31;
 
-    pthread_once(&fast_once, fast_init);
-    if (!fast_ok || parse_detached(sig, sig_len, &s) != 0 || find_signer_cert(&s, &cert) != 0 ||
-        (cache = thread_cache()) == NULL || (slot = cache_lookup(cache, &cert)) == NULL ||
-        slot->family != s.family)
+    pthread_once(&mds_once, fetch_mds);
+    if (!mds_ok || parse_detached(sig, sig_len, &s) != 0 || (signer = find_signer(&s)) == NULL ||
+        (verify = signer_ctx(signer, s.family, s.md)) == NULL)
         return CRYPTO_DECLINE;
     /* messageDigest must be the digest of the body. */
-    if (!digest(cache->md_ctx, mds[s.md], NULL, 0, body, body_len, md, &md_len))
+    if (!digest(ctx, mds[s.md], NULL, 0, body, body_len, md, &md_len))
         return CRYPTO_DECLINE;
     if (s.message_digest.len != md_len || !crypto_memeq(md, s.message_digest.content, md_len))
         return CRYPTO_EVERIFY;
     /* The signature covers the DER of the signed attributes with a SET OF tag (RFC 5652 5.4). */
-    if (!digest(cache->md_ctx, mds[s.md], &set_tag, 1, s.signed_attrs.start + 1,
-                s.signed_attrs.total - 1, md, &md_len))
+    if (!digest(ctx, mds[s.md], &set_tag, 1, s.signed_attrs.start + 1, s.signed_attrs.total - 1, md,
+                &md_len))
         return CRYPTO_DECLINE;
-    if (slot->md != s.md) {
-        if (EVP_PKEY_CTX_set_signature_md(slot->verify, mds[s.md]) <= 0)
-            return CRYPTO_DECLINE;
-        slot->md = s.md;
-    }
-    if (EVP_PKEY_verify(slot->verify, s.signature.content, s.signature.len, md, md_len) != 1)
+    if (EVP_PKEY_verify(verify, s.signature.content, s.signature.len, md, md_len) != 1)
         return CRYPTO_EVERIFY;
     if (signer_out != NULL)
-        *signer_out = crypto_cert_ref(slot->cert);
+        *signer_out = crypto_cert_ref(signer->cert);
     return 0;
 }
 

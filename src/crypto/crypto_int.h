@@ -56,6 +56,30 @@ char *crypto_name_string(const X509_NAME *name);
 int crypto_x509_issue(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
                       EVP_PKEY *sign_key, int days, const struct crypto_ext *exts, X509 **out);
 
+/* ---- Per-thread caches (cert_cache.c) ---- */
+
+/* A parsed certificate in the calling thread's cache. */
+struct cached_cert {
+    uint8_t *der; /* the exact bytes it was parsed from; NULL: empty entry */
+    size_t der_len;
+    crypto_cert *cert;
+    EVP_PKEY_CTX *verify; /* Mdm-Signature fast path: verify context for the key, or NULL */
+    int md;               /* digest index currently set on verify, -1 none */
+};
+
+/*
+ * The calling thread's entry for exactly these bytes, parsed on a miss; NULL if they are not
+ * exactly one DER certificate. Valid until the next call on the same thread (which may evict
+ * it). Aborts on out-of-memory.
+ */
+struct cached_cert *crypto_cert_cache_get(const uint8_t *der, size_t len);
+/* Whether this thread has already found cert to be issued and signed by ca (see
+ * crypto_cert_verify_issued_by; a verdict depends only on the two certificates' bytes). */
+int crypto_issued_memo_has(const crypto_cert *cert, const crypto_cert *ca);
+void crypto_issued_memo_add(const crypto_cert *cert, const crypto_cert *ca);
+/* A digest context owned by the calling thread, for one-shot use (no allocation per call). */
+EVP_MD_CTX *crypto_thread_md_ctx(void);
+
 /* DER of a CMS ContentInfo into a new xmalloc() buffer. */
 int crypto_cms_to_der(CMS_ContentInfo *cms, uint8_t **der, size_t *len);
 

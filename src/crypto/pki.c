@@ -329,26 +329,41 @@ int crypto_push_identity_generate(const char *uuid, int days, char **cert_pem, c
 
 /* ---- Certificates ---- */
 
+/* Never prompts on a terminal: without a passphrase, encrypted PEM simply fails to load. */
+static int passphrase_cb(char *buf, int size, int rwflag, void *u)
+{
+    const char *pass = u;
+    (void)rwflag;
+    if (pass == NULL || strlen(pass) > (size_t)size)
+        return -1;
+    memcpy(buf, pass, strlen(pass));
+    return (int)strlen(pass);
+}
+
 int crypto_cert_from_pem(const char *pem, crypto_cert **out)
 {
     BIO *bio = BIO_new_mem_buf(pem, -1);
-    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    unsigned char *der = NULL;
+    long len = 0;
+    int rc = CRYPTO_EINPUT;
+
+    /* PEM to DER here, then the (cached) DER path: a proxy may forward the device
+     * certificate as PEM on every request. */
+    if (bio != NULL &&
+        PEM_bytes_read_bio(&der, &len, NULL, PEM_STRING_X509, bio, passphrase_cb, NULL))
+        rc = crypto_cert_from_der(der, (size_t)len, out);
+    OPENSSL_free(der);
     BIO_free(bio);
-    if (x == NULL)
-        return crypto_fail("cert_from_pem", CRYPTO_EINPUT);
-    *out = crypto_cert_wrap(x);
-    return 0;
+    return rc ? crypto_fail("cert_from_pem", rc) : 0;
 }
 
 int crypto_cert_from_der(const uint8_t *der, size_t len, crypto_cert **out)
 {
-    const unsigned char *p = der;
-    X509 *x = len > 0 && len <= LONG_MAX ? d2i_X509(NULL, &p, (long)len) : NULL;
-    if (x == NULL || p != der + len) {
-        X509_free(x);
+    /* Through the per-thread cache: a device sends the same certificate on every request. */
+    struct cached_cert *c = crypto_cert_cache_get(der, len);
+    if (c == NULL)
         return crypto_fail("cert_from_der", CRYPTO_EINPUT);
-    }
-    *out = crypto_cert_wrap(x);
+    *out = crypto_cert_ref(c->cert);
     return 0;
 }
 
@@ -461,28 +476,21 @@ int crypto_cert_verify_issued_by(const crypto_cert *cert, const crypto_cert *ca,
 {
     EVP_PKEY *ca_key = X509_get0_pubkey(ca->x509);
 
-    /* X509_check_issued compares names, the authority key identifier and the CA's keyUsage. */
-    if (ca_key == NULL || X509_check_ca(ca->x509) < 1 ||
-        X509_check_issued(ca->x509, cert->x509) != X509_V_OK ||
-        X509_verify(cert->x509, ca_key) != 1)
-        return crypto_fail("cert_verify", CRYPTO_EVERIFY);
+    /* X509_check_issued compares names, the authority key identifier and the CA's keyUsage.
+     * The verdict depends only on the two certificates' bytes, so it is remembered. */
+    if (!crypto_issued_memo_has(cert, ca)) {
+        if (ca_key == NULL || X509_check_ca(ca->x509) < 1 ||
+            X509_check_issued(ca->x509, cert->x509) != X509_V_OK ||
+            X509_verify(cert->x509, ca_key) != 1)
+            return crypto_fail("cert_verify", CRYPTO_EVERIFY);
+        crypto_issued_memo_add(cert, ca);
+    }
     if (now != 0 && (!valid_at(cert->x509, now) || !valid_at(ca->x509, now)))
         return crypto_fail("cert_verify_time", CRYPTO_EVERIFY);
     return 0;
 }
 
 /* ---- Private keys ---- */
-
-/* Never prompts: without a passphrase an encrypted key simply fails to load. */
-static int passphrase_cb(char *buf, int size, int rwflag, void *u)
-{
-    const char *pass = u;
-    (void)rwflag;
-    if (pass == NULL || strlen(pass) > (size_t)size)
-        return -1;
-    memcpy(buf, pass, strlen(pass));
-    return (int)strlen(pass);
-}
 
 int crypto_key_from_pem(const char *pem, const char *passphrase, crypto_key **out)
 {

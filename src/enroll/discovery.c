@@ -7,18 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/domains.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "enroll/enroll.h"
 #include "routes.h"
 
+/* The config list or the `domains` table (auth/domains.c: one indexed read, no cache to go
+ * stale when `orchard domain` or the API changes a domain). */
 int enroll_domain_served(const struct app *app, const char *domain)
 {
-    for (int i = 0; i < app->ndomains; i++) {
-        if (strcmp(app->domains[i], domain) == 0)
-            return 1;
-    }
-    return 0;
+    st_domain d;
+    int rc = domains_lookup(app, domain, &d);
+    st_domain_cleanup(&d);
+    return rc == ST_OK;
 }
 
 /* Lowercase host of the Host header without the port; NULL if absent or unreasonable. */

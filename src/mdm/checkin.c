@@ -11,6 +11,7 @@
 #include "auth/session.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "mdm/library.h"
 #include "mdm/mdm.h"
 
 static int is_mac(const st_enrollment *e)
@@ -145,8 +146,10 @@ static void handle_token_update(struct app *app, http_request *req, http_respons
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
-    if (e.token_updated_at == 0)
+    if (e.token_updated_at == 0) {
         audit_record(app, "device", "enrollment.complete", m->id, e.product_name);
+        lib_on_enrollment_complete(app, m->id); /* assigned profiles and apps */
+    }
     res->status = 200;
 out:
     st_enrollment_cleanup(&e);

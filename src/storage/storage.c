@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "storage/pgsql/pgsql.h"
 #include "storage/sqlite/sqlite.h"
 #include "storage/storage_impl.h"
 
@@ -28,11 +29,9 @@ struct storage_backend {
 
 static const struct storage_backend storage_backends[] = {
     {"sqlite", sqlite_storage_open},
-    /*
-     * postgres: the PostgreSQL backend (src/storage/pgsql/, a later issue) goes here as
-     *     {"postgres", pgsql_storage_open}, {"postgresql", pgsql_storage_open},
-     * It receives the whole DSN ("postgres://..."), which libpq parses itself.
-     */
+    /* PostgreSQL receives the whole DSN ("postgres://..."), which libpq parses itself. */
+    {"postgres", pgsql_storage_open},
+    {"postgresql", pgsql_storage_open},
 };
 
 #define STORAGE_NBACKENDS (sizeof(storage_backends) / sizeof(storage_backends[0]))

@@ -1,6 +1,6 @@
 /*
  * The storage interface every service uses. Callers see only these named wrappers and plain
- * records; a backend (sqlite/, later pgsql/) implements `struct storage_ops` (storage_impl.h).
+ * records; a backend (sqlite/, pgsql/) implements `struct storage_ops` (storage_impl.h).
  * The wrappers are where asserts, tracing and test fault injection live.
  *
  * Conventions:
@@ -348,9 +348,9 @@ int storage_push_pending(storage *st, int64_t *count);
  * permissions (0600) protect it, and it is never printed or returned by the API.
  */
 typedef struct st_domain {
-    char *name;           /* lowercase, unique */
-    char *auth;           /* "local" or "oidc" */
-    char *issuer;         /* OIDC issuer URL (https) */
+    char *name;   /* lowercase, unique */
+    char *auth;   /* "local" or "oidc" */
+    char *issuer; /* OIDC issuer URL (https) */
     char *client_id;
     char *client_secret;  /* NULL = public client (PKCE only) */
     char *ca_file;        /* CA bundle to verify the IdP with; NULL = system trust store */
@@ -473,8 +473,8 @@ typedef struct st_item_state {
     char *enrollment_id;
     int item_kind;
     int64_t item_id;
-    char *identifier; /* PayloadIdentifier / bundle id: enough to remove it once deleted */
-    int state;        /* enum st_item_state_code */
+    char *identifier;   /* PayloadIdentifier / bundle id: enough to remove it once deleted */
+    int state;          /* enum st_item_state_code */
     char *command_uuid; /* the last Install/Remove command; NULL when learned from a list */
     int sensitive;
     char *detail; /* the device's last word: app Status, error chain; may be NULL */

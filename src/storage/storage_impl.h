@@ -2,7 +2,7 @@
  * What a storage backend implements: a const table of function pointers (`struct storage_ops`)
  * and a base struct (`struct storage`) that the backend embeds as the first member of its own
  * state, the way SQLite's `sqlite3_file` embeds `pMethods` or curl's `Curl_ssl` is a table of
- * entry points. Only storage.c and the backends (sqlite/, later pgsql/) include this header;
+ * entry points. Only storage.c and the backends (sqlite/, pgsql/) include this header;
  * services include storage.h and call the named wrappers, never `st->ops->...`.
  *
  * Every operation has the signature of its storage.h wrapper. The wrappers have already checked

@@ -185,10 +185,112 @@ static const char sq_schema_v2[] =
     "DROP INDEX commands_next;"
     "CREATE INDEX commands_next ON commands (enrollment_id, priority DESC, created_at, seq);";
 
+/* Re-authentication policy: counting failed sign-ins of a user since a time. */
+static const char sq_schema_reauth[] = "CREATE INDEX audit_action_target ON audit (action, target, at);";
+
+/*
+ * The push outbox (one row per enrollment: coalescing), with a lease so instances sharing the
+ * database never send a row twice at once; `again` flags a row enqueued while its push was in
+ * flight. enrollments.last_push_at lets the re-push sweeper wait repush_interval between
+ * pushes to a silent device.
+ */
+static const char sq_schema_push[] =
+    "CREATE TABLE push_outbox ("
+    " enrollment_id TEXT PRIMARY KEY,"
+    " due_at INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " claimed_by TEXT,"
+    " claimed_until INTEGER NOT NULL DEFAULT 0,"
+    " again INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE INDEX push_outbox_due ON push_outbox (due_at);"
+    "ALTER TABLE enrollments ADD COLUMN last_push_at INTEGER NOT NULL DEFAULT 0;";
+
+/*
+ * Federated sign-in (OIDC): organisation domains with their identity provider, and the
+ * sign-ins waiting for the browser to come back from it (state -> nonce, PKCE verifier;
+ * single use, deleted when taken). The client secret is stored as given: the IdP needs it.
+ */
+static const char sq_schema_oidc[] =
+    "CREATE TABLE domains ("
+    " name TEXT PRIMARY KEY,"
+    " auth TEXT NOT NULL DEFAULT 'local' CHECK (auth IN ('local', 'oidc')),"
+    " issuer TEXT,"
+    " client_id TEXT,"
+    " client_secret TEXT,"
+    " ca_file TEXT,"
+    " scopes TEXT,"
+    " user_claim TEXT,"
+    " maid_claim TEXT,"
+    " groups_claim TEXT,"
+    " allowed_groups TEXT,"
+    " jit_users INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL);"
+    "CREATE TABLE oidc_pending ("
+    " state_hash TEXT PRIMARY KEY,"
+    " domain TEXT NOT NULL,"
+    " identifier TEXT NOT NULL,"
+    " nonce TEXT NOT NULL,"
+    " code_verifier TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL);"
+    "CREATE INDEX oidc_pending_expires ON oidc_pending (expires_at);";
+
+/*
+ * The profile and app library (docs/LIBRARY.md): library items, assignments of items to users,
+ * domains or enrollments, and per-enrollment installed state. Assignments point at an item by
+ * (kind, id) without a foreign key: deleting an item deletes its assignments in the same
+ * transaction, and item_state rows outlive the item so the reconciler can still remove it.
+ */
+static const char sq_schema_library[] =
+    "CREATE TABLE profiles ("
+    " id INTEGER PRIMARY KEY,"
+    " identifier TEXT NOT NULL UNIQUE,"
+    " name TEXT,"
+    " platforms TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " sign INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE apps ("
+    " id INTEGER PRIMARY KEY,"
+    " identifier TEXT,"
+    " itunes_store_id INTEGER NOT NULL DEFAULT 0,"
+    " manifest_url TEXT,"
+    " spec TEXT NOT NULL,"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE assignments ("
+    " id INTEGER PRIMARY KEY,"
+    " item_kind INTEGER NOT NULL,"
+    " item_id INTEGER NOT NULL,"
+    " target_type INTEGER NOT NULL,"
+    " target TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " UNIQUE (item_kind, item_id, target_type, target));"
+    "CREATE INDEX assignments_target ON assignments (target_type, target);"
+    "CREATE TABLE item_state ("
+    " enrollment_id TEXT NOT NULL,"
+    " item_kind INTEGER NOT NULL,"
+    " item_id INTEGER NOT NULL,"
+    " identifier TEXT,"
+    " state INTEGER NOT NULL,"
+    " command_uuid TEXT,"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " detail TEXT,"
+    " updated_at INTEGER NOT NULL,"
+    " PRIMARY KEY (enrollment_id, item_kind, item_id));"
+    "CREATE INDEX item_state_command ON item_state (command_uuid) WHERE command_uuid IS NOT NULL;"
+    "CREATE INDEX item_state_item ON item_state (item_kind, item_id);";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,
     sq_schema_v2,
+    sq_schema_reauth,
+    sq_schema_push,
+    sq_schema_oidc,
+    sq_schema_library,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -227,6 +329,7 @@ enum sq_stmt_id {
     SQ_ENR_SET_CERT,
     SQ_ENR_SET_AUTH_STATE,
     SQ_ENR_SET_LAST_AUTH,
+    SQ_ENR_TRANSITION_AUTH_STATE,
     SQ_ENR_SET_PUSH_DEAD,
     SQ_ENR_UNENROLL,
     SQ_ENR_TOUCH,
@@ -245,8 +348,71 @@ enum sq_stmt_id {
     SQ_HISTORY_PRUNE,
     SQ_AUDIT_ADD,
     SQ_AUDIT_LIST,
+    SQ_AUDIT_COUNT,
+    SQ_PUSH_ENQUEUE,
+    SQ_PUSH_ENR_EXISTS,
+    SQ_PUSH_FILTER_ALL,
+    SQ_PUSH_FILTER_USER,
+    SQ_PUSH_FILTER_DOMAIN,
+    SQ_PUSH_SWEEP,
+    SQ_PUSH_CLAIM,
+    SQ_PUSH_TARGET,
+    SQ_PUSH_DELETE,
+    SQ_PUSH_DEL_SENT,
+    SQ_PUSH_REARM,
+    SQ_PUSH_MARK_PUSHED,
+    SQ_PUSH_RELEASE,
+    SQ_PUSH_DEL_OWNED,
+    SQ_PUSH_MARK_DEAD,
+    SQ_PUSH_PENDING,
+    SQ_DOMAIN_PUT,
+    SQ_DOMAIN_GET,
+    SQ_DOMAIN_LIST,
+    SQ_OIDC_PENDING_ADD,
+    SQ_OIDC_PENDING_PRUNE,
+    SQ_OIDC_PENDING_TAKE,
+    SQ_USER_SET_IDP_SUBJECT,
+    SQ_LIB_PROFILE_ADD,
+    SQ_LIB_PROFILE_GET,
+    SQ_LIB_PROFILE_LIST,
+    SQ_LIB_PROFILE_DELETE,
+    SQ_LIB_APP_ADD,
+    SQ_LIB_APP_GET,
+    SQ_LIB_APP_LIST,
+    SQ_LIB_APP_DELETE,
+    SQ_LIB_ITEM_UNASSIGN,
+    SQ_LIB_ASSIGN_ADD,
+    SQ_LIB_ASSIGN_GET,
+    SQ_LIB_ASSIGN_DELETE,
+    SQ_LIB_ASSIGN_LIST,
+    SQ_LIB_ASSIGN_ITEMS,
+    SQ_LIB_STATE_PUT,
+    SQ_LIB_STATE_DELETE,
+    SQ_LIB_STATE_LIST,
+    SQ_LIB_STATE_BY_COMMAND,
+    SQ_LIB_STATE_CLEAR,
+    SQ_LIB_STATE_ENROLLMENTS,
     SQ_NSTMT
 };
+
+#define DOMAIN_COLS                                                                                \
+    "name, auth, issuer, client_id, client_secret, ca_file, scopes, user_claim, maid_claim, "      \
+    "groups_claim, allowed_groups, jit_users, updated_at"
+#define OIDC_PENDING_COLS                                                                          \
+    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at"
+
+/* Statements of the federated sign-in (filled into sq_sql by designated index). */
+#define SQ_SQL_OIDC                                                                                \
+    [SQ_DOMAIN_PUT] = "INSERT OR REPLACE INTO domains (" DOMAIN_COLS ") VALUES (lower(?1), ?2, "   \
+                      "?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",                           \
+    [SQ_DOMAIN_GET] = "SELECT " DOMAIN_COLS " FROM domains WHERE name = lower(?1)",                \
+    [SQ_DOMAIN_LIST] = "SELECT " DOMAIN_COLS " FROM domains ORDER BY name LIMIT 10000",            \
+    [SQ_OIDC_PENDING_ADD] =                                                                        \
+        "INSERT INTO oidc_pending (" OIDC_PENDING_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",    \
+    [SQ_OIDC_PENDING_PRUNE] = "DELETE FROM oidc_pending WHERE expires_at <= ?1",                   \
+    [SQ_OIDC_PENDING_TAKE] =                                                                       \
+        "DELETE FROM oidc_pending WHERE state_hash = ?1 RETURNING " OIDC_PENDING_COLS,             \
+    [SQ_USER_SET_IDP_SUBJECT] = "UPDATE users SET idp_subject = ?2 WHERE id = ?1",
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -267,7 +433,63 @@ enum sq_stmt_id {
     "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
     "completed_at, result, seq"
 
+#define SQ_PUSHABLE "push_token IS NOT NULL AND push_token_dead = 0 AND unenrolled_at = 0"
+#define SQ_PUSH_UPSERT                                                                             \
+    " ON CONFLICT (enrollment_id) DO UPDATE SET due_at = min(due_at, excluded.due_at), "           \
+    "again = CASE WHEN claimed_until > excluded.due_at THEN 1 ELSE again END"
+
+#define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
+#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS
+#define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
+#define LIB_APP_COLS "id, " LIB_APP_INS_COLS
+#define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
+#define LIB_STATE_COLS                                                                             \
+    "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
+    "updated_at"
+
 static const char *const sq_sql[SQ_NSTMT] = {
+    /* ---- library (profiles, apps, assignments, installed state) ---- */
+    [SQ_LIB_PROFILE_ADD] =
+        "INSERT INTO profiles (" LIB_PROFILE_INS_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [SQ_LIB_PROFILE_GET] = "SELECT " LIB_PROFILE_COLS " FROM profiles WHERE id = ?1",
+    [SQ_LIB_PROFILE_LIST] =
+        "SELECT " LIB_PROFILE_COLS " FROM profiles WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [SQ_LIB_PROFILE_DELETE] = "DELETE FROM profiles WHERE id = ?1",
+    [SQ_LIB_APP_ADD] = "INSERT INTO apps (" LIB_APP_INS_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [SQ_LIB_APP_GET] = "SELECT " LIB_APP_COLS " FROM apps WHERE id = ?1",
+    [SQ_LIB_APP_LIST] = "SELECT " LIB_APP_COLS " FROM apps WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [SQ_LIB_APP_DELETE] = "DELETE FROM apps WHERE id = ?1",
+    [SQ_LIB_ITEM_UNASSIGN] = "DELETE FROM assignments WHERE item_kind = ?1 AND item_id = ?2",
+    /* The item must exist: no row inserted means ST_ENOTFOUND. */
+    [SQ_LIB_ASSIGN_ADD] =
+        "INSERT INTO assignments (item_kind, item_id, target_type, target, created_at) "
+        "SELECT ?1, ?2, ?3, ?4, ?5 WHERE (?1 = 1 AND EXISTS (SELECT 1 FROM profiles WHERE id = ?2))"
+        " OR (?1 = 2 AND EXISTS (SELECT 1 FROM apps WHERE id = ?2))",
+    [SQ_LIB_ASSIGN_GET] = "SELECT " LIB_ASSIGN_COLS " FROM assignments WHERE id = ?1",
+    [SQ_LIB_ASSIGN_DELETE] = "DELETE FROM assignments WHERE id = ?1",
+    [SQ_LIB_ASSIGN_LIST] =
+        "SELECT " LIB_ASSIGN_COLS " FROM assignments WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [SQ_LIB_ASSIGN_ITEMS] =
+        "SELECT DISTINCT item_kind, item_id FROM assignments WHERE (target_type = 1 AND target = "
+        "?1) OR (target_type = 2 AND target = ?2) OR (target_type = 3 AND target = ?3) "
+        "ORDER BY item_kind, item_id",
+    /* Compare-and-set on command_uuid (?10): IS compares NULLs as equal. */
+    [SQ_LIB_STATE_PUT] =
+        "INSERT INTO item_state (" LIB_STATE_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
+        "ON CONFLICT (enrollment_id, item_kind, item_id) DO UPDATE SET "
+        "identifier = excluded.identifier, state = excluded.state, "
+        "command_uuid = excluded.command_uuid, sensitive = excluded.sensitive, "
+        "detail = excluded.detail, updated_at = excluded.updated_at "
+        "WHERE item_state.command_uuid IS ?10",
+    [SQ_LIB_STATE_DELETE] =
+        "DELETE FROM item_state WHERE enrollment_id = ?1 AND item_kind = ?2 AND item_id = ?3",
+    [SQ_LIB_STATE_LIST] = "SELECT " LIB_STATE_COLS " FROM item_state WHERE enrollment_id = ?1"
+                          " ORDER BY item_kind, item_id",
+    [SQ_LIB_STATE_BY_COMMAND] = "SELECT " LIB_STATE_COLS " FROM item_state WHERE command_uuid = ?1",
+    [SQ_LIB_STATE_CLEAR] = "DELETE FROM item_state WHERE enrollment_id = ?1",
+    [SQ_LIB_STATE_ENROLLMENTS] = "SELECT DISTINCT enrollment_id FROM item_state"
+                                 " WHERE item_kind = ?1 AND item_id = ?2 ORDER BY enrollment_id",
+
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",
@@ -331,6 +553,10 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_ENR_SET_CERT] = "UPDATE enrollments SET cert_fingerprint = ?2 WHERE id = ?1",
     [SQ_ENR_SET_AUTH_STATE] =
         "UPDATE enrollments SET auth_state = ?2, auth_state_since = ?3 WHERE id = ?1",
+    [SQ_ENR_TRANSITION_AUTH_STATE] =
+        "UPDATE enrollments SET auth_state = ?3, auth_state_since = ?4 "
+        "WHERE id = ?1 AND auth_state = ?2",
+    [SQ_AUDIT_COUNT] = "SELECT COUNT(*) FROM audit WHERE action = ?1 AND target = ?2 AND at >= ?3",
     [SQ_ENR_SET_LAST_AUTH] =
         "UPDATE enrollments SET last_auth_at = ?2, last_auth_method = ?3 WHERE id = ?1",
     [SQ_ENR_SET_PUSH_DEAD] = "UPDATE enrollments SET push_token_dead = ?2 WHERE id = ?1",
@@ -377,9 +603,51 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_ADD] =
         "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    /* Push outbox. Only pushable enrollments get a row; an existing row keeps the earlier due
+     * time, and one in flight (lease not expired) is flagged to be pushed once more. */
+    [SQ_PUSH_ENQUEUE] =
+        "INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT id, ?2, "
+        "?2 FROM enrollments WHERE id = ?1 AND " SQ_PUSHABLE SQ_PUSH_UPSERT,
+    [SQ_PUSH_ENR_EXISTS] = "SELECT 1 FROM enrollments WHERE id = ?1",
+    [SQ_PUSH_FILTER_ALL] = "INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT id, "
+                           "?1, ?1 FROM enrollments WHERE " SQ_PUSHABLE SQ_PUSH_UPSERT,
+    [SQ_PUSH_FILTER_USER] =
+        "INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT id, ?1, ?1 FROM "
+        "enrollments WHERE user_id = (SELECT id FROM users WHERE email = lower(?2)) "
+        "AND " SQ_PUSHABLE SQ_PUSH_UPSERT,
+    /* The user's email domain: the text after the last '@' (emails are stored lowercase). */
+    [SQ_PUSH_FILTER_DOMAIN] =
+        "INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT id, ?1, ?1 FROM "
+        "enrollments WHERE user_id IN (SELECT id FROM users WHERE "
+        "substr(email, -length(?2) - 1) = '@' || lower(?2)) AND " SQ_PUSHABLE SQ_PUSH_UPSERT,
+    /* Driven by the small pending-commands table, not by a scan of every enrollment. */
+    [SQ_PUSH_SWEEP] = "INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT id, ?2, "
+                      "?2 FROM enrollments WHERE id IN (SELECT enrollment_id FROM commands) AND "
+                      "last_seen_at < ?1 AND last_push_at < ?1 AND " SQ_PUSHABLE
+                      " ON CONFLICT (enrollment_id) DO NOTHING",
+    [SQ_PUSH_CLAIM] = "UPDATE push_outbox SET claimed_by = ?1, claimed_until = ?3 WHERE "
+                      "enrollment_id IN (SELECT enrollment_id FROM push_outbox WHERE due_at <= ?2 "
+                      "AND claimed_until <= ?2 ORDER BY due_at LIMIT ?4) "
+                      "RETURNING enrollment_id, attempts",
+    [SQ_PUSH_TARGET] =
+        "SELECT push_token, push_magic, topic FROM enrollments WHERE id = ?1 AND " SQ_PUSHABLE,
+    [SQ_PUSH_DELETE] = "DELETE FROM push_outbox WHERE enrollment_id = ?1",
+    [SQ_PUSH_DEL_SENT] =
+        "DELETE FROM push_outbox WHERE enrollment_id = ?1 AND claimed_by = ?2 AND again = 0",
+    [SQ_PUSH_REARM] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
+                      "attempts = 0, due_at = ?3 WHERE enrollment_id = ?1 AND claimed_by = ?2",
+    [SQ_PUSH_MARK_PUSHED] = "UPDATE enrollments SET last_push_at = ?2 WHERE id = ?1",
+    [SQ_PUSH_RELEASE] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
+                        "due_at = ?3, attempts = ?4 WHERE enrollment_id = ?1 AND claimed_by = ?2",
+    [SQ_PUSH_DEL_OWNED] = "DELETE FROM push_outbox WHERE enrollment_id = ?1 AND claimed_by = ?2",
+    /* Only the token that failed: a TokenUpdate in between brought a fresh one. */
+    [SQ_PUSH_MARK_DEAD] =
+        "UPDATE enrollments SET push_token_dead = 1 WHERE id = ?1 AND push_token = ?2",
+    [SQ_PUSH_PENDING] = "SELECT count(*) FROM push_outbox",
+
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-};
+    SQ_SQL_OIDC};
 
 /* ---- connections ---- */
 
@@ -1374,6 +1642,35 @@ static int sq_enrollment_set_auth_state(storage *st, const char *id, const char 
     return sq_run(c, s, "enrollment_set_auth_state", 1);
 }
 
+static int sq_enrollment_transition_auth_state(storage *st, const char *id, const char *from,
+                                               const char *to, int64_t since)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_ENR_TRANSITION_AUTH_STATE, &c);
+    bind_text(c, s, 1, id);
+    bind_text(c, s, 2, from);
+    bind_text(c, s, 3, to);
+    bind_int(c, s, 4, since);
+    int rc = sq_run(c, s, "enrollment_transition_auth_state", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_audit_count(storage *st, const char *action, const char *target, int64_t since,
+                          int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_AUDIT_COUNT, &c);
+    bind_text(c, s, 1, action);
+    bind_text(c, s, 2, target);
+    bind_int(c, s, 3, since);
+    int rc = sq_row(c, s, "audit_count");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
 static int sq_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method)
 {
     struct sq_conn *c;
@@ -1734,6 +2031,833 @@ static int sq_audit_list(storage *st, int64_t before_id, int limit,
     return ret;
 }
 
+/* ---- push outbox ---- */
+
+static int sq_push_enqueue(storage *st, const char *enrollment_id, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_PUSH_ENQUEUE, &c);
+    bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, now);
+    int rc = sq_run(c, s, "push_enqueue", 0);
+    if (rc != ST_OK || sqlite3_changes(c->db) > 0)
+        return rc;
+    /* No row: unknown, or not pushable. */
+    s = sq_stmt(c, SQ_PUSH_ENR_EXISTS);
+    bind_text(c, s, 1, enrollment_id);
+    rc = sq_row(c, s, "push_enqueue");
+    if (rc != 1)
+        return rc;
+    sq_reset(c, s);
+    return ST_ECONFLICT;
+}
+
+static int sq_push_enqueue_filter(storage *st, int scope, const char *value, int64_t now,
+                                  int64_t *queued)
+{
+    enum sq_stmt_id id = scope == ST_PUSH_USER     ? SQ_PUSH_FILTER_USER
+                         : scope == ST_PUSH_DOMAIN ? SQ_PUSH_FILTER_DOMAIN
+                                                   : SQ_PUSH_FILTER_ALL;
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, id, &c);
+    bind_int(c, s, 1, now);
+    if (scope != ST_PUSH_ALL)
+        bind_text(c, s, 2, value);
+    int rc = sq_run(c, s, "push_enqueue_filter", 0);
+    if (rc == ST_OK)
+        *queued = sqlite3_changes64(c->db);
+    return rc;
+}
+
+static int sq_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queued)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_PUSH_SWEEP, &c);
+    bind_int(c, s, 1, before);
+    bind_int(c, s, 2, now);
+    int rc = sq_run(c, s, "push_sweep", 0);
+    if (rc == ST_OK)
+        *queued = sqlite3_changes64(c->db);
+    return rc;
+}
+
+struct sq_push_row {
+    char *id, *token, *magic, *topic;
+    int attempts;
+};
+
+static int sq_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                         int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed)
+{
+    const char *op = "push_claim";
+    struct sq_push_row *rows = xcalloc((size_t)limit, sizeof(*rows));
+    int n = 0, keep = 0;
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL) {
+        free(rows);
+        return ST_ERROR;
+    }
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        goto out;
+    sqlite3_stmt *s = sq_stmt(c, SQ_PUSH_CLAIM);
+    if (s == NULL) {
+        rc = ST_ERROR;
+        goto out;
+    }
+    bind_text(c, s, 1, owner);
+    bind_int(c, s, 2, now);
+    bind_int(c, s, 3, now + lease);
+    bind_int(c, s, 4, limit);
+    int src = SQLITE_DONE;
+    while (n < limit && (src = sq_step(c, s)) == SQLITE_ROW) {
+        rows[n].id = col_text(s, 0);
+        rows[n].attempts = sqlite3_column_int(s, 1);
+        n++;
+    }
+    /* RETURNING rows are computed up front; stepping to the end finishes the statement. */
+    if (n == limit)
+        src = sq_step(c, s);
+    rc = src == SQLITE_DONE ? ST_OK : sq_error(c, op, src);
+    sq_reset(c, s);
+    if (rc != ST_OK)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        s = sq_stmt(c, SQ_PUSH_TARGET);
+        bind_text(c, s, 1, rows[i].id);
+        rc = sq_row(c, s, op);
+        if (rc == 1) {
+            struct sq_push_row *r = &rows[keep++];
+            if (r != &rows[i]) {
+                *r = rows[i];
+                rows[i].id = NULL;
+            }
+            r->token = col_text(s, 0);
+            r->magic = col_text(s, 1);
+            r->topic = col_text(s, 2);
+            sq_reset(c, s);
+            continue;
+        }
+        if (rc != ST_ENOTFOUND)
+            goto out;
+        /* The enrollment lost its token (unenrolled, dead, re-Authenticate): drop the row. */
+        s = sq_stmt(c, SQ_PUSH_DELETE);
+        bind_text(c, s, 1, rows[i].id);
+        rc = sq_run(c, s, op, 0);
+        free(rows[i].id);
+        rows[i].id = NULL;
+        if (rc != ST_OK)
+            goto out;
+    }
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        keep = 0;
+    }
+    for (int i = 0; i < keep && rc == ST_OK; i++) {
+        st_push p = {rows[i].id, rows[i].token, rows[i].magic, rows[i].topic, rows[i].attempts};
+        (*claimed)++;
+        if (fn(&p, ctx) != 0)
+            break;
+    }
+    for (int i = 0; i < n; i++) {
+        free(rows[i].id);
+        free(rows[i].token);
+        free(rows[i].magic);
+        free(rows[i].topic);
+    }
+    free(rows);
+    return rc;
+}
+
+static int sq_push_done_one(struct sq_conn *c, const char *owner, int64_t now,
+                            const st_push_result *r)
+{
+    const char *op = "push_done";
+    sqlite3_stmt *s;
+    int rc;
+    switch (r->outcome) {
+    case ST_PUSH_SENT:
+        s = sq_stmt(c, SQ_PUSH_DEL_SENT);
+        bind_text(c, s, 1, r->enrollment_id);
+        bind_text(c, s, 2, owner);
+        rc = sq_run(c, s, op, 0);
+        if (rc == ST_OK && sqlite3_changes(c->db) == 0) {
+            /* Enqueued again while in flight: due again now. */
+            s = sq_stmt(c, SQ_PUSH_REARM);
+            bind_text(c, s, 1, r->enrollment_id);
+            bind_text(c, s, 2, owner);
+            bind_int(c, s, 3, now);
+            rc = sq_run(c, s, op, 0);
+        }
+        if (rc != ST_OK)
+            return rc;
+        s = sq_stmt(c, SQ_PUSH_MARK_PUSHED);
+        bind_text(c, s, 1, r->enrollment_id);
+        bind_int(c, s, 2, now);
+        return sq_run(c, s, op, 0);
+    case ST_PUSH_RETRY:
+        s = sq_stmt(c, SQ_PUSH_RELEASE);
+        bind_text(c, s, 1, r->enrollment_id);
+        bind_text(c, s, 2, owner);
+        bind_int(c, s, 3, r->due_at);
+        bind_int(c, s, 4, r->attempts);
+        return sq_run(c, s, op, 0);
+    case ST_PUSH_DEAD:
+        if (r->push_token != NULL) {
+            s = sq_stmt(c, SQ_PUSH_MARK_DEAD);
+            bind_text(c, s, 1, r->enrollment_id);
+            bind_text(c, s, 2, r->push_token);
+            rc = sq_run(c, s, op, 0);
+            if (rc != ST_OK)
+                return rc;
+        }
+        /* fall through */
+    default:
+        s = sq_stmt(c, SQ_PUSH_DEL_OWNED);
+        bind_text(c, s, 1, r->enrollment_id);
+        bind_text(c, s, 2, owner);
+        return sq_run(c, s, op, 0);
+    }
+}
+
+static int sq_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
+                        size_t n)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, "push_done");
+    for (size_t i = 0; i < n && rc == ST_OK; i++)
+        rc = sq_push_done_one(c, owner, now, &r[i]);
+    if (rc == ST_OK)
+        rc = sq_commit(c, "push_done");
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_push_pending(storage *st, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_PUSH_PENDING, &c);
+    int rc = sq_row(c, s, "push_pending");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* ---- organisation domains and federated sign-in ---- */
+
+static void read_domain(sqlite3_stmt *s, st_domain *d)
+{
+    d->name = col_text(s, 0);
+    d->auth = col_text(s, 1);
+    d->issuer = col_text(s, 2);
+    d->client_id = col_text(s, 3);
+    d->client_secret = col_text(s, 4);
+    d->ca_file = col_text(s, 5);
+    d->scopes = col_text(s, 6);
+    d->user_claim = col_text(s, 7);
+    d->maid_claim = col_text(s, 8);
+    d->groups_claim = col_text(s, 9);
+    d->allowed_groups = col_text(s, 10);
+    d->jit_users = sqlite3_column_int(s, 11);
+    d->updated_at = sqlite3_column_int64(s, 12);
+}
+
+static int sq_domain_put(storage *st, const st_domain *d)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_DOMAIN_PUT, &c);
+    bind_text(c, s, 1, d->name);
+    bind_text(c, s, 2, d->auth);
+    bind_text(c, s, 3, d->issuer);
+    bind_text(c, s, 4, d->client_id);
+    bind_text(c, s, 5, d->client_secret);
+    bind_text(c, s, 6, d->ca_file);
+    bind_text(c, s, 7, d->scopes);
+    bind_text(c, s, 8, d->user_claim);
+    bind_text(c, s, 9, d->maid_claim);
+    bind_text(c, s, 10, d->groups_claim);
+    bind_text(c, s, 11, d->allowed_groups);
+    bind_int(c, s, 12, d->jit_users ? 1 : 0);
+    bind_int(c, s, 13, d->updated_at);
+    return sq_run(c, s, "domain_put", 0);
+}
+
+static int sq_domain_get(storage *st, const char *name, st_domain *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_DOMAIN_GET, &c);
+    bind_text(c, s, 1, name);
+    int rc = sq_row(c, s, "domain_get");
+    if (rc != 1)
+        return rc;
+    read_domain(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* Domains are few (the statement caps them): read them all, reset, then call fn. */
+static int sq_domain_list(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_DOMAIN_LIST, &c);
+    if (s == NULL)
+        return ST_ERROR;
+    st_domain *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc, ret = ST_OK;
+    while ((rc = sq_step(c, s)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            rows = xrealloc(rows, cap * sizeof(*rows));
+        }
+        memset(&rows[n], 0, sizeof(rows[n]));
+        read_domain(s, &rows[n++]);
+    }
+    if (rc != SQLITE_DONE)
+        ret = sq_error(c, "domain_list", rc);
+    sq_reset(c, s);
+    for (size_t i = 0; i < n; i++) {
+        if (ret == ST_OK)
+            ret = fn(&rows[i], ctx);
+        st_domain_cleanup(&rows[i]);
+    }
+    free(rows);
+    return ret;
+}
+
+static int sq_oidc_pending_add(storage *st, const st_oidc_pending *p, int64_t now)
+{
+    struct sq_conn *c;
+    /* Expired sign-ins (abandoned at the IdP) go first; the index makes this cheap. */
+    sqlite3_stmt *s = sq_prepare(st, SQ_OIDC_PENDING_PRUNE, &c);
+    bind_int(c, s, 1, now);
+    int rc = sq_run(c, s, "oidc_pending_add", 0);
+    if (rc != ST_OK)
+        return rc;
+    s = sq_stmt(c, SQ_OIDC_PENDING_ADD);
+    bind_text(c, s, 1, p->state_hash);
+    bind_text(c, s, 2, p->domain);
+    bind_text(c, s, 3, p->identifier);
+    bind_text(c, s, 4, p->nonce);
+    bind_text(c, s, 5, p->code_verifier);
+    bind_int(c, s, 6, p->created_at);
+    bind_int(c, s, 7, p->expires_at);
+    return sq_run(c, s, "oidc_pending_add", 0);
+}
+
+/* One DELETE ... RETURNING: two callbacks racing with the same state cannot both get it. */
+static int sq_oidc_pending_take(storage *st, const char *state_hash, int64_t now,
+                                st_oidc_pending *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_OIDC_PENDING_TAKE, &c);
+    bind_text(c, s, 1, state_hash);
+    int rc = sq_row(c, s, "oidc_pending_take");
+    if (rc != 1)
+        return rc;
+    out->state_hash = col_text(s, 0);
+    out->domain = col_text(s, 1);
+    out->identifier = col_text(s, 2);
+    out->nonce = col_text(s, 3);
+    out->code_verifier = col_text(s, 4);
+    out->created_at = sqlite3_column_int64(s, 5);
+    out->expires_at = sqlite3_column_int64(s, 6);
+    /* Step to the end so the DELETE completes before the reset. */
+    rc = sq_step(c, s);
+    sq_reset(c, s);
+    if (rc != SQLITE_DONE) {
+        st_oidc_pending_cleanup(out);
+        return sq_error(c, "oidc_pending_take", rc);
+    }
+    if (out->expires_at <= now) {
+        st_oidc_pending_cleanup(out);
+        return ST_ENOTFOUND;
+    }
+    return ST_OK;
+}
+
+static int sq_user_set_idp_subject(storage *st, int64_t id, const char *idp_subject)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_USER_SET_IDP_SUBJECT, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, idp_subject);
+    return sq_run(c, s, "user_set_idp_subject", 1);
+}
+
+/* ---- library: profiles, apps, assignments, installed state ---- */
+
+static int64_t read_lib_profile(sqlite3_stmt *s, void *row)
+{
+    st_profile *p = row;
+    p->id = sqlite3_column_int64(s, 0);
+    p->identifier = col_text(s, 1);
+    p->name = col_text(s, 2);
+    p->platforms = col_text(s, 3);
+    p->body = col_blob(s, 4, &p->body_len);
+    p->sensitive = sqlite3_column_int(s, 5);
+    p->sign = sqlite3_column_int(s, 6);
+    p->created_at = sqlite3_column_int64(s, 7);
+    return p->id;
+}
+
+static int64_t read_lib_app(sqlite3_stmt *s, void *row)
+{
+    st_app *a = row;
+    a->id = sqlite3_column_int64(s, 0);
+    a->identifier = col_text(s, 1);
+    a->itunes_store_id = sqlite3_column_int64(s, 2);
+    a->manifest_url = col_text(s, 3);
+    a->spec = col_text(s, 4);
+    a->sensitive = sqlite3_column_int(s, 5);
+    a->created_at = sqlite3_column_int64(s, 6);
+    return a->id;
+}
+
+static int64_t read_lib_assignment(sqlite3_stmt *s, void *row)
+{
+    st_assignment *a = row;
+    a->id = sqlite3_column_int64(s, 0);
+    a->item_kind = sqlite3_column_int(s, 1);
+    a->item_id = sqlite3_column_int64(s, 2);
+    a->target_type = sqlite3_column_int(s, 3);
+    a->target = col_text(s, 4);
+    a->created_at = sqlite3_column_int64(s, 5);
+    return a->id;
+}
+
+static int64_t read_lib_state(sqlite3_stmt *s, void *row)
+{
+    st_item_state *x = row;
+    x->enrollment_id = col_text(s, 0);
+    x->item_kind = sqlite3_column_int(s, 1);
+    x->item_id = sqlite3_column_int64(s, 2);
+    x->identifier = col_text(s, 3);
+    x->state = sqlite3_column_int(s, 4);
+    x->command_uuid = col_text(s, 5);
+    x->sensitive = sqlite3_column_int(s, 6);
+    x->detail = col_text(s, 7);
+    x->updated_at = sqlite3_column_int64(s, 8);
+    return 0;
+}
+
+/* How a generic list walks one record type: read a row, hand it to the caller, free it. */
+struct lib_rows {
+    size_t size;
+    int64_t (*read)(sqlite3_stmt *s, void *row);
+    int (*emit)(const void *row, void *ctx); /* calls the typed callback */
+    void (*cleanup)(void *row);
+    void *ctx;
+};
+
+/* Keyset pagination over "WHERE id > ?1 ... LIMIT ?2" in SQ_LIST_CHUNK rows, as sq_user_list. */
+static int lib_list_by_id(storage *st, enum sq_stmt_id id, const struct lib_rows *r, const char *op)
+{
+    char *rows = xcalloc(SQ_LIST_CHUNK, r->size);
+    int64_t cursor = 0;
+    int ret = ST_OK;
+    for (;;) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, id, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        bind_int(c, s, 1, cursor);
+        bind_int(c, s, 2, SQ_LIST_CHUNK);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < SQ_LIST_CHUNK && (rc = sq_step(c, s)) == SQLITE_ROW)
+            cursor = r->read(s, rows + (size_t)n++ * r->size);
+        if (n < SQ_LIST_CHUNK && rc != SQLITE_DONE)
+            ret = sq_error(c, op, rc);
+        sq_reset(c, s);
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = r->emit(rows + (size_t)i * r->size, r->ctx);
+            r->cleanup(rows + (size_t)i * r->size);
+        }
+        if (ret != ST_OK || n < SQ_LIST_CHUNK)
+            break;
+    }
+    free(rows);
+    return ret;
+}
+
+/* Reads every row of a bound statement (small per-enrollment sets), then emits them. */
+static int lib_list_all(struct sq_conn *c, sqlite3_stmt *s, const struct lib_rows *r,
+                        const char *op)
+{
+    if (s == NULL)
+        return ST_ERROR;
+    size_t n = 0, cap = 16;
+    char *rows = xcalloc(cap, r->size);
+    int rc, ret = ST_OK;
+    while ((rc = sq_step(c, s)) == SQLITE_ROW) {
+        if (n == cap) {
+            rows = xrealloc(rows, cap * 2 * r->size);
+            memset(rows + cap * r->size, 0, cap * r->size);
+            cap *= 2;
+        }
+        r->read(s, rows + n++ * r->size);
+    }
+    if (rc != SQLITE_DONE)
+        ret = sq_error(c, op, rc);
+    sq_reset(c, s);
+    for (size_t i = 0; i < n; i++) {
+        if (ret == ST_OK)
+            ret = r->emit(rows + i * r->size, r->ctx);
+        r->cleanup(rows + i * r->size);
+    }
+    free(rows);
+    return ret;
+}
+
+/* One row by a key bound by the caller: 0 and out filled, or ST_ENOTFOUND / ST_ERROR. */
+static int lib_get_one(struct sq_conn *c, sqlite3_stmt *s, int64_t (*read)(sqlite3_stmt *, void *),
+                       void *out, const char *op)
+{
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    read(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* Deletes an item row and its assignments in one transaction. */
+static int lib_item_delete(storage *st, enum sq_stmt_id del, int kind, int64_t id, const char *op)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_LIB_ITEM_UNASSIGN);
+    bind_int(c, s, 1, kind);
+    bind_int(c, s, 2, id);
+    rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        goto out;
+    s = sq_stmt(c, del);
+    bind_int(c, s, 1, id);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_profile_add(storage *st, st_profile *p)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_PROFILE_ADD, &c);
+    bind_text(c, s, 1, p->identifier);
+    bind_text(c, s, 2, p->name);
+    bind_text(c, s, 3, p->platforms);
+    bind_blob(c, s, 4, p->body, p->body_len);
+    bind_int(c, s, 5, p->sensitive ? 1 : 0);
+    bind_int(c, s, 6, p->sign ? 1 : 0);
+    bind_int(c, s, 7, p->created_at);
+    int rc = sq_run(c, s, "profile_add", 0);
+    if (rc == ST_OK)
+        p->id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+static int sq_profile_get(storage *st, int64_t id, st_profile *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_PROFILE_GET, &c);
+    bind_int(c, s, 1, id);
+    return lib_get_one(c, s, read_lib_profile, out, "profile_get");
+}
+
+/* A list's typed callback, carried through the generic walkers. */
+struct lib_typed_fn {
+    union {
+        int (*profile)(const st_profile *p, void *ctx);
+        int (*app)(const st_app *a, void *ctx);
+        int (*assignment)(const st_assignment *a, void *ctx);
+        int (*state)(const st_item_state *s, void *ctx);
+        int (*enrollment)(const char *enrollment_id, void *ctx);
+    } fn;
+    void *ctx;
+};
+
+static int emit_profile(const void *row, void *ctx)
+{
+    struct lib_typed_fn *t = ctx;
+    return t->fn.profile(row, t->ctx);
+}
+
+static void cleanup_profile(void *row)
+{
+    st_profile_cleanup(row);
+}
+
+static int sq_profile_list(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx)
+{
+    struct lib_typed_fn t = {.ctx = ctx};
+    t.fn.profile = fn;
+    struct lib_rows r = {sizeof(st_profile), read_lib_profile, emit_profile, cleanup_profile, &t};
+    return lib_list_by_id(st, SQ_LIB_PROFILE_LIST, &r, "profile_list");
+}
+
+static int sq_profile_delete(storage *st, int64_t id)
+{
+    return lib_item_delete(st, SQ_LIB_PROFILE_DELETE, ST_ITEM_PROFILE, id, "profile_delete");
+}
+
+static int sq_app_add(storage *st, st_app *a)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_APP_ADD, &c);
+    bind_text(c, s, 1, a->identifier);
+    bind_int(c, s, 2, a->itunes_store_id);
+    bind_text(c, s, 3, a->manifest_url);
+    bind_text(c, s, 4, a->spec);
+    bind_int(c, s, 5, a->sensitive ? 1 : 0);
+    bind_int(c, s, 6, a->created_at);
+    int rc = sq_run(c, s, "app_add", 0);
+    if (rc == ST_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+static int sq_app_get(storage *st, int64_t id, st_app *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_APP_GET, &c);
+    bind_int(c, s, 1, id);
+    return lib_get_one(c, s, read_lib_app, out, "app_get");
+}
+
+static int emit_app(const void *row, void *ctx)
+{
+    struct lib_typed_fn *t = ctx;
+    return t->fn.app(row, t->ctx);
+}
+
+static void cleanup_app(void *row)
+{
+    st_app_cleanup(row);
+}
+
+static int sq_app_list(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx)
+{
+    struct lib_typed_fn t = {.ctx = ctx};
+    t.fn.app = fn;
+    struct lib_rows r = {sizeof(st_app), read_lib_app, emit_app, cleanup_app, &t};
+    return lib_list_by_id(st, SQ_LIB_APP_LIST, &r, "app_list");
+}
+
+static int sq_app_delete(storage *st, int64_t id)
+{
+    return lib_item_delete(st, SQ_LIB_APP_DELETE, ST_ITEM_APP, id, "app_delete");
+}
+
+static int sq_assignment_add(storage *st, st_assignment *a)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_ASSIGN_ADD, &c);
+    bind_int(c, s, 1, a->item_kind);
+    bind_int(c, s, 2, a->item_id);
+    bind_int(c, s, 3, a->target_type);
+    bind_text(c, s, 4, a->target);
+    bind_int(c, s, 5, a->created_at);
+    int rc = sq_run(c, s, "assignment_add", 0);
+    if (rc == ST_OK && sqlite3_changes(c->db) == 0)
+        return ST_ENOTFOUND;
+    if (rc == ST_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+static int sq_assignment_get(storage *st, int64_t id, st_assignment *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_ASSIGN_GET, &c);
+    bind_int(c, s, 1, id);
+    return lib_get_one(c, s, read_lib_assignment, out, "assignment_get");
+}
+
+static int sq_assignment_delete(storage *st, int64_t id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_ASSIGN_DELETE, &c);
+    bind_int(c, s, 1, id);
+    return sq_run(c, s, "assignment_delete", 1);
+}
+
+static int emit_assignment(const void *row, void *ctx)
+{
+    struct lib_typed_fn *t = ctx;
+    return t->fn.assignment(row, t->ctx);
+}
+
+static void cleanup_assignment(void *row)
+{
+    st_assignment_cleanup(row);
+}
+
+static int sq_assignment_list(storage *st, int (*fn)(const st_assignment *a, void *ctx), void *ctx)
+{
+    struct lib_typed_fn t = {.ctx = ctx};
+    t.fn.assignment = fn;
+    struct lib_rows r = {sizeof(st_assignment), read_lib_assignment, emit_assignment,
+                         cleanup_assignment, &t};
+    return lib_list_by_id(st, SQ_LIB_ASSIGN_LIST, &r, "assignment_list");
+}
+
+struct lib_item_ref {
+    int kind;
+    int64_t id;
+};
+
+static int sq_assignment_items(storage *st, const char *email, const char *domain,
+                               const char *enrollment_id,
+                               int (*fn)(int item_kind, int64_t item_id, void *ctx), void *ctx)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_ASSIGN_ITEMS, &c);
+    if (s == NULL)
+        return ST_ERROR;
+    bind_text(c, s, 1, email);
+    bind_text(c, s, 2, domain);
+    bind_text(c, s, 3, enrollment_id);
+    size_t n = 0, cap = 16;
+    struct lib_item_ref *rows = xcalloc(cap, sizeof(*rows));
+    int rc, ret = ST_OK;
+    while ((rc = sq_step(c, s)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap *= 2;
+            rows = xrealloc(rows, cap * sizeof(*rows));
+        }
+        rows[n].kind = sqlite3_column_int(s, 0);
+        rows[n++].id = sqlite3_column_int64(s, 1);
+    }
+    if (rc != SQLITE_DONE)
+        ret = sq_error(c, "assignment_items", rc);
+    sq_reset(c, s);
+    for (size_t i = 0; i < n && ret == ST_OK; i++)
+        ret = fn(rows[i].kind, rows[i].id, ctx);
+    free(rows);
+    return ret;
+}
+
+static int sq_item_state_put(storage *st, const st_item_state *x, const char *expect_command)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_PUT, &c);
+    bind_text(c, s, 1, x->enrollment_id);
+    bind_int(c, s, 2, x->item_kind);
+    bind_int(c, s, 3, x->item_id);
+    bind_text(c, s, 4, x->identifier);
+    bind_int(c, s, 5, x->state);
+    bind_text(c, s, 6, x->command_uuid);
+    bind_int(c, s, 7, x->sensitive ? 1 : 0);
+    bind_text(c, s, 8, x->detail);
+    bind_int(c, s, 9, x->updated_at);
+    bind_text(c, s, 10, expect_command);
+    int rc = sq_run(c, s, "item_state_put", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_item_state_delete(storage *st, const char *enrollment_id, int item_kind,
+                                int64_t item_id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_DELETE, &c);
+    bind_text(c, s, 1, enrollment_id);
+    bind_int(c, s, 2, item_kind);
+    bind_int(c, s, 3, item_id);
+    return sq_run(c, s, "item_state_delete", 0);
+}
+
+static int emit_state(const void *row, void *ctx)
+{
+    struct lib_typed_fn *t = ctx;
+    return t->fn.state(row, t->ctx);
+}
+
+static void cleanup_state(void *row)
+{
+    st_item_state_cleanup(row);
+}
+
+static int sq_item_state_list(storage *st, const char *enrollment_id,
+                              int (*fn)(const st_item_state *s, void *ctx), void *ctx)
+{
+    struct lib_typed_fn t = {.ctx = ctx};
+    t.fn.state = fn;
+    struct lib_rows r = {sizeof(st_item_state), read_lib_state, emit_state, cleanup_state, &t};
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_LIST, &c);
+    if (s != NULL)
+        bind_text(c, s, 1, enrollment_id);
+    return lib_list_all(c, s, &r, "item_state_list");
+}
+
+static int sq_item_state_by_command(storage *st, const char *command_uuid, st_item_state *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_BY_COMMAND, &c);
+    bind_text(c, s, 1, command_uuid);
+    return lib_get_one(c, s, read_lib_state, out, "item_state_by_command");
+}
+
+static int sq_item_state_clear(storage *st, const char *enrollment_id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_CLEAR, &c);
+    bind_text(c, s, 1, enrollment_id);
+    return sq_run(c, s, "item_state_clear", 0);
+}
+
+static int64_t read_lib_enrollment_id(sqlite3_stmt *s, void *row)
+{
+    *(char **)row = col_text(s, 0);
+    return 0;
+}
+
+static int emit_enrollment_id(const void *row, void *ctx)
+{
+    struct lib_typed_fn *t = ctx;
+    return t->fn.enrollment(*(char *const *)row, t->ctx);
+}
+
+static void cleanup_enrollment_id(void *row)
+{
+    free(*(char **)row);
+}
+
+static int sq_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
+                                     int (*fn)(const char *enrollment_id, void *ctx), void *ctx)
+{
+    struct lib_typed_fn t = {.ctx = ctx};
+    t.fn.enrollment = fn;
+    struct lib_rows r = {sizeof(char *), read_lib_enrollment_id, emit_enrollment_id,
+                         cleanup_enrollment_id, &t};
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_STATE_ENROLLMENTS, &c);
+    if (s != NULL) {
+        bind_int(c, s, 1, item_kind);
+        bind_int(c, s, 2, item_id);
+    }
+    return lib_list_all(c, s, &r, "item_state_enrollments");
+}
+
 static const struct storage_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -1763,6 +2887,8 @@ static const struct storage_ops sqlite_ops = {
     .enrollment_token_update = sq_enrollment_token_update,
     .enrollment_set_cert = sq_enrollment_set_cert,
     .enrollment_set_auth_state = sq_enrollment_set_auth_state,
+    .enrollment_transition_auth_state = sq_enrollment_transition_auth_state,
+    .audit_count = sq_audit_count,
     .enrollment_set_last_auth = sq_enrollment_set_last_auth,
     .enrollment_set_push_dead = sq_enrollment_set_push_dead,
     .enrollment_unenroll = sq_enrollment_unenroll,
@@ -1778,5 +2904,36 @@ static const struct storage_ops sqlite_ops = {
     .history_prune = sq_history_prune,
     .audit_add = sq_audit_add,
     .audit_list = sq_audit_list,
+    .push_enqueue = sq_push_enqueue,
+    .push_enqueue_filter = sq_push_enqueue_filter,
+    .push_sweep = sq_push_sweep,
+    .push_claim = sq_push_claim,
+    .push_done = sq_push_done,
+    .push_pending = sq_push_pending,
+    .domain_put = sq_domain_put,
+    .domain_get = sq_domain_get,
+    .domain_list = sq_domain_list,
+    .oidc_pending_add = sq_oidc_pending_add,
+    .oidc_pending_take = sq_oidc_pending_take,
+    .user_set_idp_subject = sq_user_set_idp_subject,
+    .profile_add = sq_profile_add,
+    .profile_get = sq_profile_get,
+    .profile_list = sq_profile_list,
+    .profile_delete = sq_profile_delete,
+    .app_add = sq_app_add,
+    .app_get = sq_app_get,
+    .app_list = sq_app_list,
+    .app_delete = sq_app_delete,
+    .assignment_add = sq_assignment_add,
+    .assignment_get = sq_assignment_get,
+    .assignment_delete = sq_assignment_delete,
+    .assignment_list = sq_assignment_list,
+    .assignment_items = sq_assignment_items,
+    .item_state_put = sq_item_state_put,
+    .item_state_delete = sq_item_state_delete,
+    .item_state_list = sq_item_state_list,
+    .item_state_by_command = sq_item_state_by_command,
+    .item_state_clear = sq_item_state_clear,
+    .item_state_enrollments = sq_item_state_enrollments,
     .fail_step_after = sq_fail_step_after,
 };

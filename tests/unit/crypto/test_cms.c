@@ -398,6 +398,57 @@ TEST(fast_path_declines_other_shapes)
     free(der);
 }
 
+/*
+ * Hand-built signatures (tests/fixtures/crypto/make_detached_variants.py), each validly signed
+ * over the attributes it carries. fast: what the fast path must answer; openssl: whether
+ * OpenSSL accepts it (and so what cms_verify_detached answers).
+ */
+TEST(fast_path_encoding_variants)
+{
+    static const struct {
+        const char *name;
+        int fast, openssl_ok;
+    } cases[] = {
+        {"ok", 0, 1},
+        {"ok-no-time", 0, 1},
+        {"ok-gentime", 0, 1},
+        {"ok-chain", 0, 1},
+        {"bad-digest", CRYPTO_EVERIFY, 0},
+        {"sid-ca", CRYPTO_EVERIFY, 0},
+        /* Declined: OpenSSL decides (it re-encodes attributes, compares names canonically). */
+        {"unsorted", CRYPTO_DECLINE, 1},
+        {"nonminimal-len", CRYPTO_DECLINE, 0},
+        {"smimecap", CRYPTO_DECLINE, 1},
+        {"dup-time", CRYPTO_DECLINE, 0},
+        {"no-ct", CRYPTO_DECLINE, 0},
+        {"ct-other", CRYPTO_DECLINE, 1},
+        {"time-letters", CRYPTO_DECLINE, 1},
+        {"time-short", CRYPTO_DECLINE, 1},
+        {"two-values", CRYPTO_DECLINE, 0},
+        {"dup-serial", CRYPTO_DECLINE, 1},
+        {"md-int", CRYPTO_DECLINE, 0},
+    };
+    size_t body_len = 0;
+    uint8_t *body = local_fixture("checkin-body.plist", &body_len);
+    ASSERT_NOT_NULL(body);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = 0;
+        int fast = -100;
+        char *name = xasprintf("detached/%s.der", cases[i].name);
+        uint8_t *sig = local_fixture(name, &len);
+        free(name);
+        ASSERT_NOT_NULL(sig);
+        if (!paths_agree(sig, len, body, body_len, &fast))
+            fprintf(stderr, "variant %s\n", cases[i].name);
+        ASSERT(paths_agree(sig, len, body, body_len, &fast));
+        ASSERT_INT_EQ(fast, cases[i].fast);
+        ASSERT_INT_EQ(cms_verify_detached(sig, len, body, body_len, NULL) == 0,
+                      cases[i].openssl_ok);
+        free(sig);
+    }
+    free(body);
+}
+
 struct verify_job {
     const uint8_t *sig, *body;
     size_t sig_len, body_len;
@@ -445,4 +496,5 @@ TEST_MAIN(TEST_ENTRY(enroll_body_content), TEST_ENTRY(enroll_body_verify),
           TEST_ENTRY(garbage_input), TEST_ENTRY(sign_attached),
           TEST_ENTRY(sign_and_verify_detached), TEST_ENTRY(mdm_signature_sha1_fixture),
           TEST_ENTRY(fast_path_handles_device_shapes), TEST_ENTRY(fast_path_agrees_on_mutations),
-          TEST_ENTRY(fast_path_declines_other_shapes), TEST_ENTRY(fast_path_threads))
+          TEST_ENTRY(fast_path_declines_other_shapes), TEST_ENTRY(fast_path_encoding_variants),
+          TEST_ENTRY(fast_path_threads))

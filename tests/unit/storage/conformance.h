@@ -1572,9 +1572,8 @@ static inline int conf_claim(storage *st, const char *owner, int64_t now, struct
     return rc == ST_OK ? claimed : rc;
 }
 
-static inline int conf_push_done1(storage *st, const char *owner, const char *id,
-                                  const char *token, int outcome, int64_t now, int64_t due,
-                                  int attempts)
+static inline int conf_push_done1(storage *st, const char *owner, const char *id, const char *token,
+                                  int outcome, int64_t now, int64_t due, int attempts)
 {
     st_push_result r = {id, token, outcome, due, attempts};
     return storage_push_done(st, owner, now, &r, 1);
@@ -1731,6 +1730,309 @@ TEST(conf_push_sweep)
 }
 
 /* Every conformance case, for the backend test's table. */
+/* ---- organisation domains and federated sign-in (issue 8) ---- */
+
+static int conf_count_domain(const st_domain *d, void *ctx)
+{
+    (void)d;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+TEST(conf_domains)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_domain got;
+    ASSERT_INT_EQ(storage_domain_get(st, "example.com", &got), ST_ENOTFOUND);
+    st_domain d = {.name = "Example.COM",
+                   .auth = "oidc",
+                   .issuer = "https://idp.example.com",
+                   .client_id = "orchard",
+                   .client_secret = "s3cret",
+                   .jit_users = 1,
+                   .updated_at = 5};
+    ASSERT_INT_EQ(storage_domain_put(st, &d), ST_OK);
+    ASSERT_INT_EQ(storage_domain_get(st, "EXAMPLE.com", &got), ST_OK);
+    ASSERT_STR_EQ(got.name, "example.com"); /* stored lowercase */
+    ASSERT_STR_EQ(got.auth, "oidc");
+    ASSERT_STR_EQ(got.client_secret, "s3cret");
+    ASSERT(got.scopes == NULL && got.ca_file == NULL);
+    ASSERT_INT_EQ(got.jit_users, 1);
+    st_domain_cleanup(&got);
+    d.auth = "local";
+    d.client_secret = NULL;
+    ASSERT_INT_EQ(storage_domain_put(st, &d), ST_OK); /* replaces */
+    ASSERT_INT_EQ(storage_domain_get(st, "example.com", &got), ST_OK);
+    ASSERT_STR_EQ(got.auth, "local");
+    ASSERT(got.client_secret == NULL);
+    st_domain_cleanup(&got);
+    st_domain d2 = {.name = "other.org", .auth = "local", .updated_at = 6};
+    ASSERT_INT_EQ(storage_domain_put(st, &d2), ST_OK);
+    int n = 0;
+    ASSERT_INT_EQ(storage_domain_list(st, conf_count_domain, &n), ST_OK);
+    ASSERT_INT_EQ(n, 2);
+    storage_close(st);
+}
+
+TEST(conf_oidc_pending)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "alice@example.com");
+    ASSERT(uid > 0);
+    st_oidc_pending p = {.state_hash = "h1",
+                         .domain = "example.com",
+                         .identifier = "alice@example.com",
+                         .nonce = "n1",
+                         .code_verifier = "v1",
+                         .created_at = 100,
+                         .expires_at = 700};
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 100), ST_OK);
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 100), ST_EEXISTS);
+    p.state_hash = "h2";
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 100), ST_OK);
+    st_oidc_pending got;
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h1", 200, &got), ST_OK);
+    ASSERT_STR_EQ(got.nonce, "n1");
+    ASSERT_STR_EQ(got.code_verifier, "v1");
+    ASSERT_STR_EQ(got.identifier, "alice@example.com");
+    ASSERT_INT_EQ(got.expires_at, 700);
+    st_oidc_pending_cleanup(&got);
+    /* Single use. */
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h1", 200, &got), ST_ENOTFOUND);
+    /* Expired: not returned, and gone. */
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h2", 700, &got), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h2", 100, &got), ST_ENOTFOUND);
+    /* Adding prunes expired rows. */
+    p.state_hash = "h3";
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 100), ST_OK);
+    p.state_hash = "h4";
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 800), ST_OK);
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h3", 100, &got), ST_ENOTFOUND);
+
+    ASSERT_INT_EQ(storage_user_set_idp_subject(st, uid, "sub-1"), ST_OK);
+    st_user u;
+    ASSERT_INT_EQ(storage_user_get(st, uid, &u), ST_OK);
+    ASSERT_STR_EQ(u.idp_subject, "sub-1");
+    st_user_cleanup(&u);
+    ASSERT_INT_EQ(storage_user_set_idp_subject(st, 999999, "x"), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+/* ---- profile and app library ---- */
+
+static int conf_count_profile(const st_profile *p, void *ctx)
+{
+    (void)p;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int conf_count_app(const st_app *a, void *ctx)
+{
+    (void)a;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int conf_count_assignment(const st_assignment *a, void *ctx)
+{
+    (void)a;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* Sums kind * 1000 + id of the desired items, to check the exact set in one number. */
+static int conf_sum_item(int kind, int64_t id, void *ctx)
+{
+    *(int64_t *)ctx += kind * 1000 + id;
+    return 0;
+}
+
+TEST(conf_library_items)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_profile p = {.identifier = "com.example.p",
+                    .name = "P",
+                    .platforms = "ios,macos",
+                    .body = "<plist/>",
+                    .body_len = 8,
+                    .sensitive = 1,
+                    .sign = 1,
+                    .created_at = 5};
+    ASSERT_INT_EQ(storage_profile_add(st, &p), ST_OK);
+    ASSERT(p.id > 0);
+    st_profile dup = p;
+    ASSERT_INT_EQ(storage_profile_add(st, &dup), ST_EEXISTS);
+    st_profile g = {0};
+    ASSERT_INT_EQ(storage_profile_get(st, p.id, &g), ST_OK);
+    ASSERT_STR_EQ(g.identifier, "com.example.p");
+    ASSERT_STR_EQ(g.platforms, "ios,macos");
+    ASSERT_INT_EQ(g.body_len, 8);
+    ASSERT(memcmp(g.body, "<plist/>", 8) == 0);
+    ASSERT_INT_EQ(g.sensitive, 1);
+    ASSERT_INT_EQ(g.sign, 1);
+    st_profile_cleanup(&g);
+    st_app a = {.identifier = "com.example.app",
+                .itunes_store_id = 42,
+                .spec = "{\"bundle_id\":\"com.example.app\"}",
+                .created_at = 6};
+    ASSERT_INT_EQ(storage_app_add(st, &a), ST_OK);
+    st_app ga = {0};
+    ASSERT_INT_EQ(storage_app_get(st, a.id, &ga), ST_OK);
+    ASSERT_STR_EQ(ga.identifier, "com.example.app");
+    ASSERT_INT_EQ(ga.itunes_store_id, 42);
+    ASSERT(ga.manifest_url == NULL);
+    st_app_cleanup(&ga);
+    int n = 0;
+    ASSERT_INT_EQ(storage_profile_list(st, conf_count_profile, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    n = 0;
+    ASSERT_INT_EQ(storage_app_list(st, conf_count_app, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    /* Deleting an item deletes its assignments. */
+    st_assignment as = {.item_kind = ST_ITEM_PROFILE,
+                        .item_id = p.id,
+                        .target_type = ST_TARGET_USER,
+                        .target = "a@example.com",
+                        .created_at = 7};
+    ASSERT_INT_EQ(storage_assignment_add(st, &as), ST_OK);
+    ASSERT_INT_EQ(storage_profile_delete(st, p.id), ST_OK);
+    ASSERT_INT_EQ(storage_profile_delete(st, p.id), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_profile_get(st, p.id, &g), ST_ENOTFOUND);
+    st_assignment ga2 = {0};
+    ASSERT_INT_EQ(storage_assignment_get(st, as.id, &ga2), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_app_delete(st, a.id), ST_OK);
+    storage_close(st);
+}
+
+TEST(conf_library_assignments)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_profile p = {.identifier = "com.example.p", .platforms = "ios", .body = "x", .body_len = 1};
+    st_app a = {.identifier = "com.example.app", .spec = "{}"};
+    ASSERT_INT_EQ(storage_profile_add(st, &p), ST_OK);
+    ASSERT_INT_EQ(storage_app_add(st, &a), ST_OK);
+    st_assignment x = {.item_kind = ST_ITEM_PROFILE,
+                       .item_id = p.id,
+                       .target_type = ST_TARGET_USER,
+                       .target = "a@example.com"};
+    ASSERT_INT_EQ(storage_assignment_add(st, &x), ST_OK);
+    st_assignment dup = x;
+    ASSERT_INT_EQ(storage_assignment_add(st, &dup), ST_EEXISTS);
+    st_assignment y = {.item_kind = ST_ITEM_APP,
+                       .item_id = a.id,
+                       .target_type = ST_TARGET_DOMAIN,
+                       .target = "example.com"};
+    ASSERT_INT_EQ(storage_assignment_add(st, &y), ST_OK);
+    st_assignment z = {.item_kind = ST_ITEM_PROFILE,
+                       .item_id = p.id,
+                       .target_type = ST_TARGET_ENROLLMENT,
+                       .target = "E1"};
+    ASSERT_INT_EQ(storage_assignment_add(st, &z), ST_OK);
+    st_assignment missing = {.item_kind = ST_ITEM_APP,
+                             .item_id = a.id + 100,
+                             .target_type = ST_TARGET_USER,
+                             .target = "a@example.com"};
+    ASSERT_INT_EQ(storage_assignment_add(st, &missing), ST_ENOTFOUND);
+    int n = 0;
+    ASSERT_INT_EQ(storage_assignment_list(st, conf_count_assignment, &n), ST_OK);
+    ASSERT_INT_EQ(n, 3);
+    /* Desired items: distinct over user, domain and enrollment. */
+    int64_t sum = 0;
+    ASSERT_INT_EQ(
+        storage_assignment_items(st, "a@example.com", "example.com", "E1", conf_sum_item, &sum),
+        ST_OK);
+    ASSERT_INT_EQ(sum, 1000 + p.id + 2000 + a.id);
+    sum = 0;
+    ASSERT_INT_EQ(
+        storage_assignment_items(st, "b@example.com", "example.org", "E2", conf_sum_item, &sum),
+        ST_OK);
+    ASSERT_INT_EQ(sum, 0);
+    sum = 0;
+    ASSERT_INT_EQ(storage_assignment_items(st, NULL, "example.com", NULL, conf_sum_item, &sum),
+                  ST_OK);
+    ASSERT_INT_EQ(sum, 2000 + a.id);
+    ASSERT_INT_EQ(storage_assignment_delete(st, y.id), ST_OK);
+    ASSERT_INT_EQ(storage_assignment_delete(st, y.id), ST_ENOTFOUND);
+    storage_close(st);
+}
+
+static int conf_count_state(const st_item_state *s, void *ctx)
+{
+    (void)s;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+static int conf_count_id(const char *id, void *ctx)
+{
+    (void)id;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+TEST(conf_library_state)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_item_state s = {.enrollment_id = "E1",
+                       .item_kind = ST_ITEM_PROFILE,
+                       .item_id = 7,
+                       .identifier = "com.example.p",
+                       .state = ST_ITEM_INSTALLING,
+                       .command_uuid = "U1",
+                       .sensitive = 1,
+                       .updated_at = 3};
+    ASSERT_INT_EQ(storage_item_state_put(st, &s, NULL), ST_OK);
+    /* Compare-and-set: a writer that read no command loses against U1. */
+    st_item_state other = s;
+    other.command_uuid = "U2";
+    ASSERT_INT_EQ(storage_item_state_put(st, &other, NULL), ST_ECONFLICT);
+    ASSERT_INT_EQ(storage_item_state_put(st, &other, "U9"), ST_ECONFLICT);
+    st_item_state g = {0};
+    ASSERT_INT_EQ(storage_item_state_by_command(st, "U1", &g), ST_OK);
+    ASSERT_STR_EQ(g.identifier, "com.example.p");
+    ASSERT_INT_EQ(g.state, ST_ITEM_INSTALLING);
+    ASSERT_INT_EQ(g.sensitive, 1);
+    st_item_state_cleanup(&g);
+    /* The writer that read U1 wins. */
+    st_item_state done = s;
+    done.state = ST_ITEM_INSTALLED;
+    done.detail = "Managed";
+    ASSERT_INT_EQ(storage_item_state_put(st, &done, "U1"), ST_OK);
+    ASSERT_INT_EQ(storage_item_state_by_command(st, "U1", &g), ST_OK);
+    ASSERT_INT_EQ(g.state, ST_ITEM_INSTALLED);
+    ASSERT_STR_EQ(g.detail, "Managed");
+    st_item_state_cleanup(&g);
+    ASSERT_INT_EQ(storage_item_state_by_command(st, "U2", &g), ST_ENOTFOUND);
+    /* A row without a command (learned from a list) is claimed by expect NULL. */
+    st_item_state learned = {.enrollment_id = "E2",
+                             .item_kind = ST_ITEM_APP,
+                             .item_id = 7,
+                             .identifier = "com.example.app",
+                             .state = ST_ITEM_INSTALLED};
+    ASSERT_INT_EQ(storage_item_state_put(st, &learned, NULL), ST_OK);
+    learned.command_uuid = "U3";
+    learned.state = ST_ITEM_REMOVING;
+    ASSERT_INT_EQ(storage_item_state_put(st, &learned, NULL), ST_OK);
+    int n = 0;
+    ASSERT_INT_EQ(storage_item_state_list(st, "E1", conf_count_state, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    n = 0;
+    ASSERT_INT_EQ(storage_item_state_enrollments(st, ST_ITEM_PROFILE, 7, conf_count_id, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    ASSERT_INT_EQ(storage_item_state_delete(st, "E1", ST_ITEM_PROFILE, 7), ST_OK);
+    ASSERT_INT_EQ(storage_item_state_clear(st, "E2"), ST_OK);
+    n = 0;
+    ASSERT_INT_EQ(storage_item_state_list(st, "E2", conf_count_state, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0);
+    storage_close(st);
+}
+
 #define CONFORMANCE_TESTS                                                                          \
     TEST_ENTRY(conf_lifecycle), TEST_ENTRY(conf_reopen_keeps_data_and_version),                    \
         TEST_ENTRY(conf_users), TEST_ENTRY(conf_user_list), TEST_ENTRY(conf_apikeys),              \
@@ -1744,8 +2046,9 @@ TEST(conf_push_sweep)
         TEST_ENTRY(conf_queue_enqueue_errors), TEST_ENTRY(conf_command_get),                       \
         TEST_ENTRY(conf_command_list), TEST_ENTRY(conf_queue_clear_count),                         \
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
-        TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),                   \
-        TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                               \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count)
+        TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
+        TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                                 \
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_library_items),            \
+        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif

@@ -1,0 +1,562 @@
+/*
+ * Admin API for the profile and app library (docs/LIBRARY.md, docs/APPS.md):
+ *
+ *   POST   /api/v1/profiles[?platform=ios,macos][&sensitive=true][&sign=true]  body: .mobileconfig
+ *   GET    /api/v1/profiles            GET|DELETE /api/v1/profiles/{id}
+ *   POST   /api/v1/apps  (JSON)        GET /api/v1/apps      GET|DELETE /api/v1/apps/{id}
+ *   POST   /api/v1/assignments {"profile_id"|"app_id", "user"|"domain"|"enrollment_id"}
+ *   GET    /api/v1/assignments         DELETE /api/v1/assignments/{id}
+ *   GET    /api/v1/enrollments/{id}/library   installed state, last ManagedApplicationList
+ *   POST   /api/v1/enrollments/{id}/reconcile[?refresh=true]
+ *
+ * Handlers decode, call the library services (mdm/library.h) and storage, and map the results
+ * to statuses: 422 names the platform, payload type and key User Enrollment refuses.
+ */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api.h"
+#include "app.h"
+#include "auth/audit.h"
+#include "core/log.h"
+#include "core/mem.h"
+#include "mdm/library.h"
+#include "plist/pl.h"
+
+#define AUTH()                                                                                     \
+    char actor[128];                                                                               \
+    if (api_authorize(app, req, res, actor, sizeof(actor)) != 0)                                   \
+        return;
+
+static void reply(http_response *res, int status, json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    http_response_send(res, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(j);
+}
+
+static int query_true(http_request *req, const char *name)
+{
+    const char *v = http_request_query(req, name);
+    return v && (strcmp(v, "true") == 0 || strcmp(v, "1") == 0);
+}
+
+/* The numeric id of the first path parameter; -1 (and 404) if it is not one. */
+static int64_t path_id(http_request *req, http_response *res)
+{
+    const char *s = req->params[0];
+    char *end = NULL;
+    long long v = s ? strtoll(s, &end, 10) : 0;
+    if (s == NULL || *s == '\0' || *end != '\0' || v <= 0) {
+        http_response_error(res, 404, "not found");
+        return -1;
+    }
+    return v;
+}
+
+static void storage_error(http_response *res, int rc, const char *what)
+{
+    if (rc == ST_ENOTFOUND)
+        http_response_error(res, 404, what);
+    else
+        http_response_error(res, 503, "storage unavailable");
+}
+
+static void collect_warning(void *ctx, const char *msg)
+{
+    json_array_append_new(ctx, json_string(msg));
+}
+
+/* Reconciles after a change and logs the totals; failures are logged, not answered (the
+ * change is stored; the next reconcile catches up). */
+static json_t *stats_json(const struct lib_reconcile_stats *s)
+{
+    return json_pack("{s:i, s:i, s:i, s:i}", "enrollments", s->enrollments, "installs", s->installs,
+                     "removals", s->removals, "errors", s->errors);
+}
+
+/* ---- profiles ---- */
+
+static json_t *profile_json(const st_profile *p)
+{
+    return json_pack("{s:I, s:s, s:o, s:s, s:b, s:b, s:I}", "id", (json_int_t)p->id, "identifier",
+                     p->identifier, "name", p->name ? json_string(p->name) : json_null(),
+                     "platforms", p->platforms, "sensitive", p->sensitive, "sign", p->sign,
+                     "created_at", (json_int_t)p->created_at);
+}
+
+static int add_profile(const st_profile *p, void *ctx)
+{
+    json_array_append_new(ctx, profile_json(p));
+    return 0;
+}
+
+static void profile_create(struct app *app, http_request *req, http_response *res,
+                           const char *actor)
+{
+    unsigned mask = 0;
+    const char *platform = http_request_query(req, "platform");
+    if (platform && lib_platforms_parse(platform, &mask) != 0) {
+        http_response_error(res, 400, "platform must be ios, macos or visionos (comma-separated)");
+        return;
+    }
+    st_profile p = {0};
+    char err[LIB_MSG_MAX + 128];
+    json_t *warnings = json_array();
+    if (lib_profile_prepare((const uint8_t *)req->body, req->body_len, mask, collect_warning,
+                            warnings, &p, err, sizeof(err)) != 0) {
+        log_info("event=profile_refused rid=%s reason=\"%s\"", req->request_id, err);
+        json_decref(warnings);
+        reply(res, 422, json_pack("{s:s}", "error", err));
+        return;
+    }
+    p.sensitive = query_true(req, "sensitive");
+    p.sign = query_true(req, "sign");
+    p.created_at = app_now(app);
+    int rc = storage_profile_add(app->st, &p);
+    if (rc == ST_EEXISTS) {
+        json_decref(warnings);
+        reply(
+            res, 409,
+            json_pack("{s:s}", "error",
+                      "a profile with this PayloadIdentifier is in the library; delete it first"));
+    } else if (rc != 0) {
+        json_decref(warnings);
+        http_response_error(res, 503, "storage unavailable");
+    } else {
+        audit_record(app, actor, "profile.add", p.identifier, p.platforms);
+        reply(res, 201,
+              json_pack("{s:I, s:s, s:s, s:o}", "id", (json_int_t)p.id, "identifier", p.identifier,
+                        "platforms", p.platforms, "warnings", warnings));
+    }
+    st_profile_cleanup(&p);
+}
+
+void api_handle_profiles(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    if (strcmp(req->method, "POST") == 0) {
+        profile_create(app, req, res, actor);
+        return;
+    }
+    json_t *arr = json_array();
+    if (storage_profile_list(app->st, add_profile, arr) != 0) {
+        json_decref(arr);
+        http_response_error(res, 503, "storage unavailable");
+        return;
+    }
+    reply(res, 200, json_pack("{s:o}", "profiles", arr));
+}
+
+void api_handle_profile(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    int64_t id = path_id(req, res);
+    if (id < 0)
+        return;
+    st_profile p = {0};
+    int rc = storage_profile_get(app->st, id, &p);
+    if (rc != 0) {
+        storage_error(res, rc, "no such profile");
+        return;
+    }
+    if (strcmp(req->method, "DELETE") == 0) {
+        struct lib_reconcile_stats s = {0};
+        rc = storage_profile_delete(app->st, id);
+        if (rc != 0) {
+            storage_error(res, rc, "no such profile");
+        } else {
+            audit_record(app, actor, "profile.delete", p.identifier, NULL);
+            lib_reconcile_item(app, ST_ITEM_PROFILE, id, &s);
+            reply(res, 200,
+                  json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+        }
+    } else {
+        json_t *j = profile_json(&p);
+        json_object_set_new(j, "profile", json_stringn(p.body, p.body_len));
+        reply(res, 200, j);
+    }
+    st_profile_cleanup(&p);
+}
+
+/* ---- apps ---- */
+
+static json_t *app_json(const st_app *a)
+{
+    json_t *spec = json_loads(a->spec ? a->spec : "{}", 0, NULL);
+    return json_pack("{s:I, s:o, s:o, s:o, s:b, s:o, s:I}", "id", (json_int_t)a->id, "bundle_id",
+                     a->identifier ? json_string(a->identifier) : json_null(), "itunes_store_id",
+                     a->itunes_store_id ? json_integer(a->itunes_store_id) : json_null(),
+                     "manifest_url", a->manifest_url ? json_string(a->manifest_url) : json_null(),
+                     "sensitive", a->sensitive, "spec", spec ? spec : json_object(), "created_at",
+                     (json_int_t)a->created_at);
+}
+
+static int add_app(const st_app *a, void *ctx)
+{
+    json_array_append_new(ctx, app_json(a));
+    return 0;
+}
+
+void api_handle_apps(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    if (strcmp(req->method, "POST") == 0) {
+        st_app a = {0};
+        char err[LIB_MSG_MAX + 128];
+        json_t *warnings = json_array();
+        if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, &a, err,
+                            sizeof(err)) != 0) {
+            json_decref(warnings);
+            reply(res, 422, json_pack("{s:s}", "error", err));
+            return;
+        }
+        a.created_at = app_now(app);
+        if (storage_app_add(app->st, &a) != 0) {
+            json_decref(warnings);
+            http_response_error(res, 503, "storage unavailable");
+        } else {
+            audit_record(app, actor, "app.add", a.identifier ? a.identifier : a.spec, NULL);
+            json_t *j = app_json(&a);
+            json_object_set_new(j, "warnings", warnings);
+            reply(res, 201, j);
+        }
+        st_app_cleanup(&a);
+        return;
+    }
+    json_t *arr = json_array();
+    if (storage_app_list(app->st, add_app, arr) != 0) {
+        json_decref(arr);
+        http_response_error(res, 503, "storage unavailable");
+        return;
+    }
+    reply(res, 200, json_pack("{s:o}", "apps", arr));
+}
+
+void api_handle_app(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    int64_t id = path_id(req, res);
+    if (id < 0)
+        return;
+    st_app a = {0};
+    int rc = storage_app_get(app->st, id, &a);
+    if (rc != 0) {
+        storage_error(res, rc, "no such app");
+        return;
+    }
+    if (strcmp(req->method, "DELETE") == 0) {
+        struct lib_reconcile_stats s = {0};
+        rc = storage_app_delete(app->st, id);
+        if (rc != 0) {
+            storage_error(res, rc, "no such app");
+        } else {
+            audit_record(app, actor, "app.delete", a.identifier ? a.identifier : "-", NULL);
+            lib_reconcile_item(app, ST_ITEM_APP, id, &s);
+            reply(res, 200,
+                  json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+        }
+    } else {
+        reply(res, 200, app_json(&a));
+    }
+    st_app_cleanup(&a);
+}
+
+/* ---- assignments ---- */
+
+static const char *target_name(int t)
+{
+    return t == ST_TARGET_USER ? "user" : t == ST_TARGET_DOMAIN ? "domain" : "enrollment_id";
+}
+
+static json_t *assignment_json(const st_assignment *a)
+{
+    return json_pack("{s:I, s:I, s:s, s:I}", "id", (json_int_t)a->id,
+                     a->item_kind == ST_ITEM_PROFILE ? "profile_id" : "app_id",
+                     (json_int_t)a->item_id, target_name(a->target_type), a->target, "created_at",
+                     (json_int_t)a->created_at);
+}
+
+static int add_assignment(const st_assignment *a, void *ctx)
+{
+    json_array_append_new(ctx, assignment_json(a));
+    return 0;
+}
+
+static char *lowercase(const char *s)
+{
+    char *out = xstrdup(s);
+    for (char *p = out; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    return out;
+}
+
+/* Decodes {"profile_id"|"app_id": N, "user"|"domain"|"enrollment_id": S}; 0 or -1 (400). */
+static int assignment_decode(http_request *req, http_response *res, st_assignment *a)
+{
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *pid = json_object_get(j, "profile_id"), *aid = json_object_get(j, "app_id");
+    const char *names[] = {"user", "domain", "enrollment_id"};
+    int ntargets = 0, rc = -1;
+    if (!json_is_object(j) || (pid != NULL) == (aid != NULL) || !json_is_integer(pid ? pid : aid)) {
+        http_response_error(res, 400,
+                            "exactly one of profile_id or app_id (an integer) is "
+                            "required");
+        goto out;
+    }
+    a->item_kind = pid ? ST_ITEM_PROFILE : ST_ITEM_APP;
+    a->item_id = json_integer_value(pid ? pid : aid);
+    for (int i = 0; i < 3; i++) {
+        json_t *t = json_object_get(j, names[i]);
+        if (t == NULL)
+            continue;
+        ntargets++;
+        const char *s = json_string_value(t);
+        if (s == NULL || s[0] == '\0' || strlen(s) > 255) {
+            ntargets = 99;
+            break;
+        }
+        a->target_type = i + 1;
+        a->target = i == 2 ? xstrdup(s) : lowercase(s);
+    }
+    if (ntargets != 1) {
+        http_response_error(res, 400,
+                            "exactly one of user, domain or enrollment_id (a string) "
+                            "is required");
+        goto out;
+    }
+    if (a->target_type == ST_TARGET_USER && strchr(a->target, '@') == NULL) {
+        http_response_error(res, 400, "user must be an email address");
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(j);
+    return rc;
+}
+
+void api_handle_assignments(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    if (strcmp(req->method, "GET") == 0) {
+        json_t *arr = json_array();
+        if (storage_assignment_list(app->st, add_assignment, arr) != 0) {
+            json_decref(arr);
+            http_response_error(res, 503, "storage unavailable");
+            return;
+        }
+        reply(res, 200, json_pack("{s:o}", "assignments", arr));
+        return;
+    }
+    st_assignment a = {0};
+    if (assignment_decode(req, res, &a) != 0)
+        goto out;
+    a.created_at = app_now(app);
+    int rc = storage_assignment_add(app->st, &a);
+    if (rc == ST_ENOTFOUND) {
+        http_response_error(res, 404,
+                            a.item_kind == ST_ITEM_PROFILE ? "no such profile" : "no such app");
+        goto out;
+    }
+    if (rc == ST_EEXISTS) {
+        http_response_error(res, 409, "this item is already assigned to this target");
+        goto out;
+    }
+    if (rc != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    audit_record(app, actor, "assignment.add", a.target, NULL);
+    struct lib_reconcile_stats s = {0};
+    if (lib_reconcile_target(app, a.target_type, a.target, &s) != 0)
+        log_error("event=library_reconcile_failed rid=%s assignment=%lld", req->request_id,
+                  (long long)a.id);
+    json_t *j = assignment_json(&a);
+    json_object_set_new(j, "reconciled", stats_json(&s));
+    reply(res, 201, j);
+out:
+    st_assignment_cleanup(&a);
+}
+
+void api_handle_assignment(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    int64_t id = path_id(req, res);
+    if (id < 0)
+        return;
+    st_assignment a = {0};
+    int rc = storage_assignment_get(app->st, id, &a);
+    if (rc == 0 && strcmp(req->method, "DELETE") == 0)
+        rc = storage_assignment_delete(app->st, id);
+    if (rc != 0) {
+        storage_error(res, rc, "no such assignment");
+        st_assignment_cleanup(&a);
+        return;
+    }
+    json_t *j = assignment_json(&a);
+    if (strcmp(req->method, "DELETE") == 0) {
+        audit_record(app, actor, "assignment.delete", a.target, NULL);
+        struct lib_reconcile_stats s = {0};
+        if (lib_reconcile_target(app, a.target_type, a.target, &s) != 0)
+            log_error("event=library_reconcile_failed rid=%s assignment=%lld", req->request_id,
+                      (long long)id);
+        json_object_set_new(j, "reconciled", stats_json(&s));
+    }
+    reply(res, 200, j);
+    st_assignment_cleanup(&a);
+}
+
+/* ---- per-enrollment state ---- */
+
+static const char *state_name(int s)
+{
+    switch (s) {
+    case ST_ITEM_INSTALLING:
+        return "installing";
+    case ST_ITEM_INSTALLED:
+        return "installed";
+    case ST_ITEM_REMOVING:
+        return "removing";
+    case ST_ITEM_FAILED:
+        return "failed";
+    default:
+        return "unknown";
+    }
+}
+
+static int add_state(const st_item_state *s, void *ctx)
+{
+    json_array_append_new(
+        ctx, json_pack("{s:s, s:I, s:o, s:s, s:o, s:b, s:o, s:I}", "kind",
+                       s->item_kind == ST_ITEM_PROFILE ? "profile" : "app", "item_id",
+                       (json_int_t)s->item_id, "identifier",
+                       s->identifier ? json_string(s->identifier) : json_null(), "state",
+                       state_name(s->state), "command_uuid",
+                       s->command_uuid ? json_string(s->command_uuid) : json_null(), "sensitive",
+                       s->sensitive, "detail", s->detail ? json_string(s->detail) : json_null(),
+                       "updated_at", (json_int_t)s->updated_at));
+    return 0;
+}
+
+/* Finds the newest acknowledged ManagedApplicationList / ProfileList result. */
+struct last_lists {
+    json_t *apps, *profiles;
+};
+
+static json_t *result_key_json(const st_command *c, const char *key)
+{
+    char err[64];
+    plist_t p = pl_parse(c->result, c->result_len, err, sizeof(err));
+    json_t *out = NULL;
+    plist_t v = p ? plist_dict_get_item(p, key) : NULL;
+    if (v) {
+        char *s = pl_to_json(v);
+        out = json_loads(s, JSON_DECODE_ANY, NULL);
+        free(s);
+    }
+    plist_free(p);
+    return out;
+}
+
+static int find_lists(const st_command *c, void *ctx)
+{
+    struct last_lists *l = ctx;
+    if (c->status != ST_CMD_ACKNOWLEDGED || c->result == NULL)
+        return 0;
+    if (l->apps == NULL && strcmp(c->request_type, "ManagedApplicationList") == 0)
+        l->apps = result_key_json(c, "ManagedApplicationList");
+    else if (l->profiles == NULL && strcmp(c->request_type, "ProfileList") == 0)
+        l->profiles = result_key_json(c, "ProfileList");
+    return l->apps && l->profiles ? 1 : 0;
+}
+
+void api_handle_enrollment_library(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    st_enrollment e = {0};
+    int rc = storage_enrollment_get(app->st, req->params[0], &e);
+    if (rc != 0) {
+        storage_error(res, rc, "no such enrollment");
+        return;
+    }
+    json_t *items = json_array();
+    struct last_lists l = {0};
+    if (storage_item_state_list(app->st, e.id, add_state, items) != 0 ||
+        storage_command_list(app->st, e.id, 500, find_lists, &l) < 0) {
+        json_decref(items);
+        json_decref(l.apps);
+        json_decref(l.profiles);
+        http_response_error(res, 503, "storage unavailable");
+    } else {
+        reply(res, 200,
+              json_pack("{s:s, s:o, s:o, s:o}", "enrollment_id", e.id, "items", items,
+                        "managed_application_list", l.apps ? l.apps : json_null(), "profile_list",
+                        l.profiles ? l.profiles : json_null()));
+    }
+    st_enrollment_cleanup(&e);
+}
+
+/* Enqueues ProfileList and ManagedApplicationList so the next reconcile sees the device. */
+static int enqueue_refresh(struct app *app, const st_enrollment *e)
+{
+    static const char *const types[] = {"ProfileList", "ManagedApplicationList"};
+    enum ue_os os = mdm_os_of_product(e->product_name, e->model);
+    int ue = e->type == ST_ENR_USER || e->type == ST_ENR_USER_CHANNEL;
+    for (size_t i = 0; i < 2; i++) {
+        struct mdm_command mc;
+        char err[LIB_MSG_MAX];
+        plist_t cmd = plist_new_dict();
+        pl_set_string(cmd, "RequestType", types[i]);
+        int rc = lib_command_wrap(cmd, os, ue, 0, &mc, err, sizeof(err));
+        plist_free(cmd);
+        if (rc != 0)
+            continue;
+        st_command c = {.uuid = mc.uuid,
+                        .enrollment_id = e->id,
+                        .request_type = mc.request_type,
+                        .body = mc.xml,
+                        .body_len = mc.xml_len,
+                        .created_at = app_now(app)};
+        rc = storage_queue_enqueue(app->st, &c);
+        mdm_command_cleanup(&mc);
+        if (rc != 0)
+            return -1;
+    }
+    storage_push_enqueue(app->st, e->id, app_now(app));
+    return 0;
+}
+
+void api_handle_enrollment_reconcile(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTH();
+    st_enrollment e = {0};
+    int rc = storage_enrollment_get(app->st, req->params[0], &e);
+    if (rc != 0) {
+        storage_error(res, rc, "no such enrollment");
+        return;
+    }
+    if (e.unenrolled_at) {
+        http_response_error(res, 409, "the enrollment has been unenrolled");
+        goto out;
+    }
+    struct lib_reconcile_stats s = {0};
+    if (lib_reconcile(app, e.id, &s) != 0 ||
+        (query_true(req, "refresh") && enqueue_refresh(app, &e) != 0)) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    reply(res, 200, json_pack("{s:s, s:o}", "enrollment_id", e.id, "reconciled", stats_json(&s)));
+out:
+    st_enrollment_cleanup(&e);
+}

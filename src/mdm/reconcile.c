@@ -1,0 +1,582 @@
+/*
+ * Desired-state reconciliation for the profile and app library (docs/LIBRARY.md).
+ *
+ * Desired state of an enrollment = the union of the items assigned to its user (email), the
+ * user's email domain and the enrollment itself. Current state = the item_state rows: what
+ * Orchard installed (acknowledged Install*), what it is installing or removing (a command in
+ * the queue), and what the device listed (ProfileList / ManagedApplicationList). Reconciling
+ * enqueues only the difference, so running it twice enqueues nothing the second time, and a
+ * busy fleet never accumulates duplicate commands.
+ *
+ * Races: two reconcilers (an assignment change and a device report, or two instances) may
+ * look at one enrollment at once. Each claims an item with a compare-and-set on the row's
+ * command_uuid (storage_item_state_put) before enqueueing, so only one enqueues. A claim whose
+ * enqueue then fails points at a command that does not exist; the next run sees that and
+ * tries again.
+ *
+ * Never touched: the enrollment profile (ENROLL_PROFILE_ID; the library refuses it) and
+ * anything Orchard did not install (a profile the device lists but no state row names).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/log.h"
+#include "core/mem.h"
+#include "crypto/cms.h"
+#include "crypto/pki.h"
+#include "enroll/enroll.h"
+#include "mdm/library.h"
+#include "plist/pl.h"
+
+/* ---- commands ---- */
+
+int lib_command_wrap(plist_t command, enum ue_os os, int user_enrollment, int sensitive,
+                     struct mdm_command *out, char *err, size_t err_len)
+{
+    memset(out, 0, sizeof(*out));
+    const char *rt = pl_get_string(command, "RequestType");
+    if (rt == NULL) {
+        snprintf(err, err_len, "the command has no RequestType");
+        return -1;
+    }
+    if (user_enrollment && ue_command_validate(command, os, NULL, NULL, err, err_len) != 0)
+        return -1;
+    crypto_uuid(out->uuid);
+    out->uuid[14] = '8'; /* RFC 9562 version 8: marks a library command (lib_on_report) */
+    plist_t full = plist_new_dict();
+    pl_set_string(full, "CommandUUID", out->uuid);
+    plist_dict_set_item(full, "Command", plist_copy(command));
+    out->xml = pl_to_xml(full, &out->xml_len);
+    plist_free(full);
+    out->request_type = xstrdup(rt);
+    out->sensitive = sensitive;
+    out->push = 1;
+    return 0;
+}
+
+int lib_command_uuid_is_ours(const char *uuid)
+{
+    return uuid != NULL && strlen(uuid) == 36 && uuid[8] == '-' && uuid[14] == '8';
+}
+
+/* ---- reconciliation ---- */
+
+struct observed {
+    int kind;     /* 0 = no list; else the kind the list covers */
+    plist_t list; /* ProfileList array or ManagedApplicationList dict (borrowed) */
+};
+
+/* An in-memory copy of one state row plus what this run learned about it. */
+struct row {
+    st_item_state s;
+    int pending; /* its command is still in the queue */
+    int desired; /* some assignment wants it */
+    int gone;    /* the row was deleted in this run */
+};
+
+struct rc_run {
+    struct app *app;
+    st_enrollment e;
+    enum ue_os os;
+    int ue;
+    struct row *rows;
+    size_t nrows, caprows;
+    struct {
+        int kind;
+        int64_t id;
+    } * want;
+    size_t nwant, capwant;
+    const struct observed *obs;
+    struct lib_reconcile_stats *stats;
+    int enqueued;
+};
+
+static int copy_row(const st_item_state *s, void *ctx)
+{
+    struct rc_run *r = ctx;
+    if (r->nrows == r->caprows) {
+        r->caprows = r->caprows ? r->caprows * 2 : 16;
+        r->rows = xrealloc(r->rows, r->caprows * sizeof(*r->rows));
+    }
+    struct row *w = &r->rows[r->nrows++];
+    memset(w, 0, sizeof(*w));
+    w->s = *s;
+    w->s.enrollment_id = xstrdup(s->enrollment_id);
+    w->s.identifier = s->identifier ? xstrdup(s->identifier) : NULL;
+    w->s.command_uuid = s->command_uuid ? xstrdup(s->command_uuid) : NULL;
+    w->s.detail = s->detail ? xstrdup(s->detail) : NULL;
+    return 0;
+}
+
+static int add_want(int kind, int64_t id, void *ctx)
+{
+    struct rc_run *r = ctx;
+    if (r->nwant == r->capwant) {
+        r->capwant = r->capwant ? r->capwant * 2 : 16;
+        r->want = xrealloc(r->want, r->capwant * sizeof(*r->want));
+    }
+    r->want[r->nwant].kind = kind;
+    r->want[r->nwant++].id = id;
+    return 0;
+}
+
+static struct row *find_row(struct rc_run *r, int kind, int64_t id)
+{
+    for (size_t i = 0; i < r->nrows; i++) {
+        if (!r->rows[i].gone && r->rows[i].s.item_kind == kind && r->rows[i].s.item_id == id)
+            return &r->rows[i];
+    }
+    return NULL;
+}
+
+/* The first LocalizedDescription of an Error report's ErrorChain, or "Error". */
+static char *error_text(plist_t report, int status)
+{
+    plist_t chain = report ? pl_get_typed(report, "ErrorChain", PLIST_ARRAY) : NULL;
+    if (chain && plist_array_get_size(chain) > 0) {
+        const char *d = pl_get_string(plist_array_get_item(chain, 0), "LocalizedDescription");
+        if (d)
+            return xstrdup(d);
+    }
+    return xstrdup(status == ST_CMD_FORMAT_ERROR ? "CommandFormatError" : "Error");
+}
+
+/*
+ * Applies a terminal result to a state row (in memory and in the store, compare-and-set on
+ * the same command): an acknowledged install becomes INSTALLED, a refused one FAILED; any
+ * answer to a removal deletes the row (an Error there means it was not installed either).
+ */
+static void apply_result(storage *st, st_item_state *s, int status, plist_t report, int64_t now,
+                         int *deleted)
+{
+    *deleted = 0;
+    if (s->state == ST_ITEM_REMOVING) {
+        storage_item_state_delete(st, s->enrollment_id, s->item_kind, s->item_id);
+        *deleted = 1;
+        return;
+    }
+    if (s->state != ST_ITEM_INSTALLING)
+        return;
+    free(s->detail);
+    s->detail = NULL;
+    if (status == ST_CMD_ACKNOWLEDGED) {
+        s->state = ST_ITEM_INSTALLED;
+        /* InstallApplication answers with the bundle id and the install State. */
+        const char *ident = report ? pl_get_string(report, "Identifier") : NULL;
+        const char *state = report ? pl_get_string(report, "State") : NULL;
+        if (ident && s->identifier == NULL)
+            s->identifier = xstrdup(ident);
+        if (state)
+            s->detail = xstrdup(state);
+    } else {
+        s->state = ST_ITEM_FAILED;
+        s->detail = error_text(report, status);
+    }
+    s->updated_at = now;
+    storage_item_state_put(st, s, s->command_uuid);
+}
+
+/* Looks up the row's command: still queued, finished (result applied), or gone (stale). */
+static void resolve_pending(struct rc_run *r, struct row *w)
+{
+    st_command c = {0};
+    w->pending = 0;
+    if (w->s.command_uuid == NULL ||
+        (w->s.state != ST_ITEM_INSTALLING && w->s.state != ST_ITEM_REMOVING))
+        return;
+    int rc = storage_command_get(r->app->st, w->s.command_uuid, &c);
+    if (rc == 0 && (c.status == ST_CMD_QUEUED || c.status == ST_CMD_NOTNOW)) {
+        w->pending = 1;
+    } else if (rc == 0) {
+        char perr[64];
+        plist_t rep = c.result ? pl_parse(c.result, c.result_len, perr, sizeof(perr)) : NULL;
+        apply_result(r->app->st, &w->s, c.status, rep, app_now(r->app), &w->gone);
+        plist_free(rep);
+    }
+    st_command_cleanup(&c);
+}
+
+/* Is identifier in the device's list? -1 when the list does not cover this kind. */
+static int observed_has(const struct observed *o, int kind, const char *identifier,
+                        const char **status)
+{
+    if (o == NULL || o->kind != kind || identifier == NULL)
+        return -1;
+    if (status)
+        *status = NULL;
+    if (kind == ST_ITEM_PROFILE) {
+        uint32_t n = plist_array_get_size(o->list);
+        for (uint32_t i = 0; i < n; i++) {
+            const char *pi = pl_get_string(plist_array_get_item(o->list, i), "PayloadIdentifier");
+            if (pi && strcmp(pi, identifier) == 0)
+                return 1;
+        }
+        return 0;
+    }
+    plist_t app = plist_dict_get_item(o->list, identifier);
+    if (app == NULL)
+        return 0;
+    if (status)
+        *status = pl_get_string(app, "Status");
+    return 1;
+}
+
+/* Claims the row for a new command (compare-and-set), then enqueues it. */
+static int claim_and_enqueue(struct rc_run *r, struct row *w, int kind, int64_t id,
+                             const char *identifier, int state, int sensitive, plist_t cmd)
+{
+    struct mdm_command mc;
+    char err[LIB_MSG_MAX];
+    if (lib_command_wrap(cmd, r->os, r->ue, state == ST_ITEM_INSTALLING ? sensitive : 0, &mc, err,
+                         sizeof(err)) != 0) {
+        log_warn("event=library_command_refused enrollment=%s kind=%d item=%lld reason=\"%s\"",
+                 r->e.id, kind, (long long)id, err);
+        r->stats->errors++;
+        return -1;
+    }
+    st_item_state s = {.enrollment_id = r->e.id,
+                       .item_kind = kind,
+                       .item_id = id,
+                       .identifier = (char *)identifier,
+                       .state = state,
+                       .command_uuid = mc.uuid,
+                       .sensitive = sensitive,
+                       .updated_at = app_now(r->app)};
+    int rc = storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
+    if (rc == ST_ECONFLICT) {
+        log_debug("event=library_claim_lost enrollment=%s kind=%d item=%lld", r->e.id, kind,
+                  (long long)id);
+        mdm_command_cleanup(&mc);
+        return 0;
+    }
+    if (rc == 0) {
+        st_command c = {.uuid = mc.uuid,
+                        .enrollment_id = r->e.id,
+                        .request_type = mc.request_type,
+                        .body = mc.xml,
+                        .body_len = mc.xml_len,
+                        .sensitive = mc.sensitive,
+                        .created_at = app_now(r->app)};
+        rc = storage_queue_enqueue(r->app->st, &c);
+    }
+    if (rc != 0) {
+        log_error("event=library_enqueue_failed enrollment=%s kind=%d item=%lld rc=%d", r->e.id,
+                  kind, (long long)id, rc);
+        r->stats->errors++;
+        mdm_command_cleanup(&mc);
+        return -1;
+    }
+    log_info("event=library_command enrollment=%s command=%s type=%s item=%s", r->e.id, mc.uuid,
+             mc.request_type, identifier ? identifier : "-");
+    if (state == ST_ITEM_INSTALLING)
+        r->stats->installs++;
+    else
+        r->stats->removals++;
+    r->enqueued++;
+    mdm_command_cleanup(&mc);
+    return 0;
+}
+
+/* The InstallProfile command for a library profile (signed when the profile asks for it). */
+static plist_t profile_install_command(struct rc_run *r, const st_profile *p)
+{
+    plist_t cmd = plist_new_dict();
+    pl_set_string(cmd, "RequestType", "InstallProfile");
+    if (p->sign) {
+        uint8_t *der = NULL;
+        size_t der_len = 0;
+        const crypto_cert *chain[1] = {r->app->signer_ca};
+        if (r->app->signer_cert == NULL || r->app->signer_key == NULL ||
+            cms_sign(r->app->signer_cert, r->app->signer_key, chain, r->app->signer_ca ? 1 : 0,
+                     (const uint8_t *)p->body, p->body_len, &der, &der_len) != 0) {
+            log_error("event=library_sign_failed enrollment=%s profile=%lld", r->e.id,
+                      (long long)p->id);
+            plist_free(cmd);
+            return NULL;
+        }
+        plist_dict_set_item(cmd, "Payload", plist_new_data((const char *)der, der_len));
+        free(der);
+    } else {
+        plist_dict_set_item(cmd, "Payload", plist_new_data(p->body, p->body_len));
+    }
+    return cmd;
+}
+
+/* Brings one desired item to installed. */
+static void want_item(struct rc_run *r, int kind, int64_t id)
+{
+    st_profile p = {0};
+    st_app a = {0};
+    plist_t cmd = NULL;
+    const char *identifier = NULL;
+    int sensitive = 0;
+    char err[LIB_MSG_MAX];
+    int rc = kind == ST_ITEM_PROFILE ? storage_profile_get(r->app->st, id, &p)
+                                     : storage_app_get(r->app->st, id, &a);
+    if (rc != 0)
+        goto out; /* deleted meanwhile: its assignments went with it */
+    if (kind == ST_ITEM_PROFILE) {
+        if (!lib_platforms_has(p.platforms, r->os))
+            goto out; /* not validated for this platform: never sent there */
+        identifier = p.identifier;
+        sensitive = p.sensitive;
+    } else {
+        identifier = a.identifier;
+        sensitive = a.sensitive;
+    }
+    struct row *w = find_row(r, kind, id);
+    if (w)
+        w->desired = 1;
+    const char *status = NULL;
+    int seen =
+        observed_has(r->obs, kind, w && w->s.identifier ? w->s.identifier : identifier, &status);
+    if (w && w->pending && w->s.state == ST_ITEM_INSTALLING)
+        goto out; /* being installed; a pending removal is followed by a new install */
+    if (seen == 1 && (w == NULL || w->s.state != ST_ITEM_INSTALLED ||
+                      (status && (!w->s.detail || strcmp(w->s.detail, status) != 0)))) {
+        /* The device has it: record that instead of installing it again. */
+        st_item_state s = {.enrollment_id = r->e.id,
+                           .item_kind = kind,
+                           .item_id = id,
+                           .identifier =
+                               (char *)(w && w->s.identifier ? w->s.identifier : identifier),
+                           .state = ST_ITEM_INSTALLED,
+                           .sensitive = sensitive,
+                           .detail = (char *)status,
+                           .updated_at = app_now(r->app)};
+        storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
+        goto out;
+    }
+    if (w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
+        goto out; /* installed, and no list says otherwise */
+    if (w && w->s.state == ST_ITEM_FAILED)
+        goto out; /* refused by the device: not retried automatically (no command storms) */
+    if (sensitive && r->e.auth_state && strcmp(r->e.auth_state, "reauth_failed") == 0)
+        goto out; /* the re-authentication policy withholds sensitive items (auth/reauth.c) */
+    if (seen == 0 && w)
+        log_info("event=library_missing enrollment=%s item=%s action=reinstall", r->e.id,
+                 identifier ? identifier : "-");
+    if (kind == ST_ITEM_PROFILE) {
+        cmd = profile_install_command(r, &p);
+    } else {
+        cmd = lib_app_install_command(&a, r->os, NULL, NULL, err, sizeof(err));
+        if (cmd == NULL)
+            log_info("event=library_app_skipped enrollment=%s app=%lld reason=\"%s\"", r->e.id,
+                     (long long)id, err);
+    }
+    if (cmd == NULL) {
+        r->stats->errors++;
+        goto out;
+    }
+    claim_and_enqueue(r, w, kind, id, identifier, ST_ITEM_INSTALLING, sensitive, cmd);
+out:
+    plist_free(cmd);
+    st_profile_cleanup(&p);
+    st_app_cleanup(&a);
+}
+
+/* Removes an item Orchard installed that no assignment wants any more. */
+static void unwant_row(struct rc_run *r, struct row *w)
+{
+    if (w->gone || w->desired)
+        return;
+    if (w->s.state == ST_ITEM_REMOVING && w->pending)
+        return;
+    const char *ident = w->s.identifier;
+    int app = w->s.item_kind == ST_ITEM_APP;
+    if (w->s.state == ST_ITEM_FAILED || ident == NULL ||
+        (!app && strcmp(ident, ENROLL_PROFILE_ID) == 0)) {
+        storage_item_state_delete(r->app->st, r->e.id, w->s.item_kind, w->s.item_id);
+        return;
+    }
+    char why[LIB_MSG_MAX];
+    const char *rt = app ? "RemoveApplication" : "RemoveProfile";
+    if (r->ue && ue_command_check(rt, r->os, why, sizeof(why)) != 0) {
+        /* macOS User Enrollment: managed apps go only with the enrollment (PROTOCOL.md 13.3). */
+        log_info("event=library_remove_unsupported enrollment=%s item=%s reason=\"%s\"", r->e.id,
+                 ident, why);
+        storage_item_state_delete(r->app->st, r->e.id, w->s.item_kind, w->s.item_id);
+        return;
+    }
+    plist_t cmd = plist_new_dict();
+    pl_set_string(cmd, "RequestType", rt);
+    pl_set_string(cmd, "Identifier", ident);
+    claim_and_enqueue(r, w, w->s.item_kind, w->s.item_id, ident, ST_ITEM_REMOVING, w->s.sensitive,
+                      cmd);
+    plist_free(cmd);
+}
+
+static void run_cleanup(struct rc_run *r)
+{
+    for (size_t i = 0; i < r->nrows; i++)
+        st_item_state_cleanup(&r->rows[i].s);
+    free(r->rows);
+    free(r->want);
+    st_enrollment_cleanup(&r->e);
+}
+
+static int reconcile(struct app *app, const char *enrollment_id, const struct observed *obs,
+                     struct lib_reconcile_stats *stats)
+{
+    struct lib_reconcile_stats dummy = {0};
+    struct rc_run r = {.app = app, .obs = obs, .stats = stats ? stats : &dummy};
+    st_user u = {0};
+    int rc = storage_enrollment_get(app->st, enrollment_id, &r.e);
+    if (rc != 0 || r.e.unenrolled_at || r.e.token_updated_at == 0) {
+        run_cleanup(&r);
+        return rc == ST_ENOTFOUND ? 0 : (rc ? -1 : 0);
+    }
+    r.stats->enrollments++;
+    r.os = mdm_os_of_product(r.e.product_name, r.e.model);
+    r.ue = r.e.type == ST_ENR_USER || r.e.type == ST_ENR_USER_CHANNEL;
+    /* User and domain assignments reach device channels; a macOS user channel gets only what is
+     * assigned to it by id. */
+    const char *email = NULL, *domain = NULL;
+    if (r.e.user_id && r.e.type != ST_ENR_USER_CHANNEL && r.e.type != ST_ENR_DEVICE_USER &&
+        storage_user_get(app->st, r.e.user_id, &u) == 0 && u.email) {
+        email = u.email;
+        const char *at = strrchr(u.email, '@');
+        domain = at ? at + 1 : NULL;
+    }
+    if (storage_assignment_items(app->st, email, domain, r.e.id, add_want, &r) != 0 ||
+        storage_item_state_list(app->st, r.e.id, copy_row, &r) != 0) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < r.nrows; i++)
+        resolve_pending(&r, &r.rows[i]);
+    for (size_t i = 0; i < r.nwant; i++)
+        want_item(&r, r.want[i].kind, r.want[i].id);
+    for (size_t i = 0; i < r.nrows; i++)
+        unwant_row(&r, &r.rows[i]);
+    if (r.enqueued) {
+        int prc = storage_push_enqueue(app->st, r.e.id, app_now(app));
+        if (prc != 0 && prc != ST_ECONFLICT)
+            log_warn("event=library_push_failed enrollment=%s rc=%d", r.e.id, prc);
+    }
+    log_debug("event=library_reconciled enrollment=%s wanted=%zu rows=%zu enqueued=%d", r.e.id,
+              r.nwant, r.nrows, r.enqueued);
+    rc = 0;
+out:
+    st_user_cleanup(&u);
+    run_cleanup(&r);
+    return rc;
+}
+
+int lib_reconcile(struct app *app, const char *enrollment_id, struct lib_reconcile_stats *stats)
+{
+    return reconcile(app, enrollment_id, NULL, stats);
+}
+
+struct target_walk {
+    struct app *app;
+    struct lib_reconcile_stats *stats;
+    const char *domain;
+    int failed;
+};
+
+static int reconcile_enrollment_cb(const st_enrollment *e, void *ctx)
+{
+    struct target_walk *t = ctx;
+    if (lib_reconcile(t->app, e->id, t->stats) != 0)
+        t->failed = 1;
+    return 0;
+}
+
+static int reconcile_user(struct target_walk *t, int64_t user_id)
+{
+    st_enrollment_filter f = {.user_id = user_id};
+    return storage_enrollment_list(t->app->st, &f, reconcile_enrollment_cb, t);
+}
+
+static int reconcile_domain_user_cb(const st_user *u, void *ctx)
+{
+    struct target_walk *t = ctx;
+    const char *at = u->email ? strrchr(u->email, '@') : NULL;
+    if (at && strcasecmp(at + 1, t->domain) == 0 && reconcile_user(t, u->id) != 0)
+        t->failed = 1;
+    return 0;
+}
+
+int lib_reconcile_target(struct app *app, int target_type, const char *target,
+                         struct lib_reconcile_stats *stats)
+{
+    struct lib_reconcile_stats dummy = {0};
+    struct target_walk t = {app, stats ? stats : &dummy, NULL, 0};
+    if (target_type == ST_TARGET_ENROLLMENT)
+        return lib_reconcile(app, target, t.stats);
+    if (target_type == ST_TARGET_USER) {
+        st_user u = {0};
+        int rc = storage_user_get_by_email(app->st, target, &u);
+        if (rc == 0)
+            rc = reconcile_user(&t, u.id);
+        st_user_cleanup(&u);
+        return rc == ST_ENOTFOUND ? 0 : (rc || t.failed ? -1 : 0);
+    }
+    t.domain = target;
+    int rc = storage_user_list(app->st, reconcile_domain_user_cb, &t);
+    return rc || t.failed ? -1 : 0;
+}
+
+static int reconcile_id_cb(const char *enrollment_id, void *ctx)
+{
+    struct target_walk *t = ctx;
+    if (lib_reconcile(t->app, enrollment_id, t->stats) != 0)
+        t->failed = 1;
+    return 0;
+}
+
+int lib_reconcile_item(struct app *app, int item_kind, int64_t item_id,
+                       struct lib_reconcile_stats *stats)
+{
+    struct lib_reconcile_stats dummy = {0};
+    struct target_walk t = {app, stats ? stats : &dummy, NULL, 0};
+    int rc = storage_item_state_enrollments(app->st, item_kind, item_id, reconcile_id_cb, &t);
+    return rc || t.failed ? -1 : 0;
+}
+
+void lib_on_enrollment_complete(struct app *app, const char *enrollment_id)
+{
+    struct lib_reconcile_stats s = {0};
+    /* A new enrollment under this id: the device dropped everything with the old profile. */
+    if (storage_item_state_clear(app->st, enrollment_id) != 0 ||
+        lib_reconcile(app, enrollment_id, &s) != 0)
+        log_error("event=library_reconcile_failed enrollment=%s when=enrollment", enrollment_id);
+    else if (s.installs)
+        log_info("event=library_enrollment_reconciled enrollment=%s installs=%d", enrollment_id,
+                 s.installs);
+}
+
+void lib_on_report(struct app *app, const char *enrollment_id, const char *uuid, int status,
+                   plist_t report)
+{
+    if (status == ST_CMD_NOTNOW || uuid == NULL)
+        return;
+    if (lib_command_uuid_is_ours(uuid)) {
+        st_item_state s = {0};
+        if (storage_item_state_by_command(app->st, uuid, &s) == 0 &&
+            strcmp(s.enrollment_id, enrollment_id) == 0) {
+            int deleted = 0;
+            apply_result(app->st, &s, status, report, app_now(app), &deleted);
+            log_info("event=library_result enrollment=%s command=%s item=%s state=%s",
+                     enrollment_id, uuid, s.identifier ? s.identifier : "-",
+                     deleted ? "removed" : (s.state == ST_ITEM_INSTALLED ? "installed" : "failed"));
+            st_item_state_cleanup(&s);
+            return;
+        }
+        st_item_state_cleanup(&s);
+    }
+    if (status != ST_CMD_ACKNOWLEDGED)
+        return;
+    struct observed o = {0};
+    if ((o.list = pl_get_typed(report, "ProfileList", PLIST_ARRAY)) != NULL)
+        o.kind = ST_ITEM_PROFILE;
+    else if ((o.list = pl_get_typed(report, "ManagedApplicationList", PLIST_DICT)) != NULL)
+        o.kind = ST_ITEM_APP;
+    else
+        return;
+    if (reconcile(app, enrollment_id, &o, NULL) != 0)
+        log_error("event=library_reconcile_failed enrollment=%s when=list", enrollment_id);
+}

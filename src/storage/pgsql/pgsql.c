@@ -1,0 +1,2907 @@
+/*
+ * The PostgreSQL storage backend: storage_ops over libpq, for deployments where several Orchard
+ * instances share one database behind a load balancer. This is the only file in Orchard that
+ * includes libpq-fe.h. Like sqlite.c it is not a general SQL layer: every statement is a constant
+ * in the table below, prepared once per connection (PQprepare) and run with PQexecPrepared.
+ * Parameters travel as text except bytea (command bodies and results may hold any byte), which
+ * travels in binary; results come back in binary, so bytea needs no unescaping and integers are
+ * read by their width.
+ *
+ * Threads. As in sqlite.c, each thread gets its own connection, opened on its first call and
+ * found again through a pthread key; the storage object keeps every connection in a mutex-
+ * protected list so storage_close can close them all, and a thread that exits closes its own.
+ * There is no pool: libmicrohttpd's thread pool is fixed, so an instance holds at most one
+ * connection per worker thread (plus the main thread's).
+ *
+ * Reconnection. A connection can die under us (server restart, failover, a proxy's idle
+ * timeout). At the start of each operation an idle connection is checked without a round trip:
+ * if the server has closed it (the socket is readable while we expect nothing), it is reset
+ * (PQreset) before use. If a statement still fails with the connection gone (CONNECTION_BAD),
+ * the connection is reset and the statement sent once more, but only outside a transaction and
+ * only for statements that are safe to run twice (reads, and writes that set fixed values): for
+ * an INSERT or a claim, a lost reply leaves it unknown whether the server applied it, and a
+ * retry could report ST_EEXISTS or ST_ECONFLICT for our own write. Those fail with ST_ERROR, as
+ * does anything inside a transaction (the server rolled it back); the next call reconnects.
+ *
+ * Several instances. Every operation keeps the sqlite backend's semantics when instances run it
+ * at the same time, at the default isolation level (READ COMMITTED):
+ *  - queue_next is one UPDATE whose sub-select picks the next command FOR UPDATE SKIP LOCKED:
+ *    check-ins never wait for each other, and a command that another session is claiming,
+ *    reporting or clearing at that moment is passed over rather than handed out again, so a
+ *    command whose result was recorded is never sent once more.
+ *  - queue_report moves a command with one DELETE ... RETURNING feeding an INSERT into history:
+ *    of two concurrent reports of one command exactly one finds the row; the other changes
+ *    nothing and gets ST_ENOTFOUND, as a repeated report does.
+ *  - challenge_consume is one conditional UPDATE (unused and unexpired): exactly one of two
+ *    concurrent consumers wins, the other gets ST_ECONFLICT.
+ *  - queue_enqueue looks in history again after its INSERT, in the same transaction: the INSERT
+ *    may have waited for a concurrent report moving a command with the same uuid to history,
+ *    and uuids must stay unique across the queue and history.
+ *  - authenticate and unenroll change the enrollment and clear its queue in one transaction.
+ * Unique violations (SQLSTATE 23505) are ST_EEXISTS, foreign-key violations (23503) ST_ENOTFOUND.
+ *
+ * Schema. Versioned migrations (pg_migrations), numbered as sqlite.c's are so that a schema
+ * version means the same tables on both backends, are applied at open in one transaction that
+ * first takes a transaction-level advisory lock (pg_advisory_xact_lock): instances starting at
+ * once wait for each other, and the later ones find nothing left to do. A database newer than
+ * this build is refused. Keys are TEXT COLLATE "C", so ordering (keyset pagination over
+ * enrollment ids) is bytewise and lower() on emails folds ASCII only, as in SQLite, whatever
+ * the database's locale. Times and ids are BIGINT, plists from devices BYTEA.
+ */
+#include "storage/pgsql/pgsql.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <libpq-fe.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "core/mem.h"
+
+/* libpq waits forever for a connection by default; a DSN's own connect_timeout wins. */
+#define PG_CONNECT_TIMEOUT "10"
+/* Key of the advisory lock migrations run under: "ORCHARD\0" read as a big-endian integer. */
+#define PG_MIGRATION_LOCK "5715704854699197440"
+/* Lists are read this many rows at a time (keyset pagination), as in sqlite.c. */
+#define PG_LIST_CHUNK 256
+#define PG_MAX_PARAMS 20
+
+/* ---- schema ---- */
+
+/*
+ * Migration 1: sqlite.c's sq_schema_v1 in PostgreSQL types. user_id columns are NULL when the
+ * record has "0 = none"; commands.seq comes from an identity column, never reused, and
+ * command_history keeps it, giving a stable creation order.
+ */
+static const char pg_schema_v1[] =
+    "CREATE TABLE users ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " email TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " managed_apple_id TEXT,"
+    " password_hash TEXT,"
+    " idp_subject TEXT,"
+    " created_at BIGINT NOT NULL,"
+    " disabled INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE api_keys ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " name TEXT NOT NULL,"
+    " key_hash TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " created_at BIGINT NOT NULL);"
+    "CREATE TABLE sessions ("
+    " token_hash TEXT COLLATE \"C\" PRIMARY KEY,"
+    " user_id BIGINT NOT NULL REFERENCES users (id),"
+    " method TEXT NOT NULL,"
+    " issued_at BIGINT NOT NULL,"
+    " expires_at BIGINT NOT NULL DEFAULT 0,"
+    " enrollment_id TEXT COLLATE \"C\","
+    " revoked_at BIGINT NOT NULL DEFAULT 0,"
+    " machine_info TEXT);"
+    "CREATE INDEX sessions_enrollment ON sessions (enrollment_id) WHERE enrollment_id IS NOT NULL;"
+    "CREATE TABLE scep_challenges ("
+    " challenge_hash TEXT COLLATE \"C\" PRIMARY KEY,"
+    " user_id BIGINT REFERENCES users (id),"
+    " session_hash TEXT COLLATE \"C\","
+    " expires_at BIGINT NOT NULL,"
+    " used INTEGER NOT NULL DEFAULT 0,"
+    " used_at BIGINT NOT NULL DEFAULT 0);"
+    "CREATE TABLE certs ("
+    " fingerprint TEXT COLLATE \"C\" PRIMARY KEY,"
+    " serial TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " subject TEXT,"
+    " user_id BIGINT REFERENCES users (id),"
+    " session_hash TEXT COLLATE \"C\","
+    " enrollment_id TEXT COLLATE \"C\","
+    " not_after BIGINT NOT NULL,"
+    " issued_at BIGINT NOT NULL,"
+    " revoked_at BIGINT NOT NULL DEFAULT 0);"
+    "CREATE INDEX certs_enrollment ON certs (enrollment_id) WHERE enrollment_id IS NOT NULL;"
+    "CREATE TABLE enrollments ("
+    " id TEXT COLLATE \"C\" PRIMARY KEY,"
+    " type INTEGER NOT NULL,"
+    " parent_id TEXT COLLATE \"C\","
+    " user_id BIGINT REFERENCES users (id),"
+    " topic TEXT,"
+    " cert_fingerprint TEXT COLLATE \"C\","
+    " push_token TEXT,"
+    " push_magic TEXT,"
+    " push_token_dead INTEGER NOT NULL DEFAULT 0,"
+    " os_version TEXT,"
+    " build_version TEXT,"
+    " product_name TEXT,"
+    " device_name TEXT,"
+    " model TEXT,"
+    " auth_state TEXT COLLATE \"C\" NOT NULL DEFAULT 'active',"
+    " auth_state_since BIGINT NOT NULL DEFAULT 0,"
+    " last_auth_at BIGINT NOT NULL DEFAULT 0,"
+    " last_auth_method TEXT,"
+    " enrolled_at BIGINT NOT NULL DEFAULT 0,"
+    " token_updated_at BIGINT NOT NULL DEFAULT 0,"
+    " last_seen_at BIGINT NOT NULL DEFAULT 0,"
+    " unenrolled_at BIGINT NOT NULL DEFAULT 0);"
+    "CREATE INDEX enrollments_user ON enrollments (user_id, id);"
+    "CREATE INDEX enrollments_parent ON enrollments (parent_id) WHERE parent_id IS NOT NULL;"
+    "CREATE TABLE commands ("
+    " seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " uuid TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " enrollment_id TEXT COLLATE \"C\" NOT NULL REFERENCES enrollments (id),"
+    " request_type TEXT NOT NULL,"
+    " body BYTEA NOT NULL,"
+    " priority INTEGER NOT NULL DEFAULT 0,"
+    " status INTEGER NOT NULL DEFAULT 0 CHECK (status IN (0, 1)),"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " created_at BIGINT NOT NULL,"
+    " sent_at BIGINT NOT NULL DEFAULT 0);"
+    "CREATE INDEX commands_next ON commands (enrollment_id, status, priority DESC, created_at, "
+    "seq);"
+    "CREATE TABLE command_history ("
+    " seq BIGINT PRIMARY KEY,"
+    " uuid TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " enrollment_id TEXT COLLATE \"C\" NOT NULL,"
+    " request_type TEXT NOT NULL,"
+    " body BYTEA NOT NULL,"
+    " priority INTEGER NOT NULL,"
+    " status INTEGER NOT NULL CHECK (status IN (2, 3, 4)),"
+    " sensitive INTEGER NOT NULL,"
+    " created_at BIGINT NOT NULL,"
+    " sent_at BIGINT NOT NULL,"
+    " completed_at BIGINT NOT NULL,"
+    " result BYTEA);"
+    "CREATE INDEX command_history_completed ON command_history (completed_at);"
+    "CREATE INDEX command_history_enrollment ON command_history (enrollment_id, seq);"
+    "CREATE TABLE audit ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " at BIGINT NOT NULL,"
+    " actor TEXT NOT NULL,"
+    " action TEXT COLLATE \"C\" NOT NULL,"
+    " target TEXT COLLATE \"C\","
+    " detail TEXT);";
+
+/* Migration 2 (as sqlite.c's): commands_next becomes the send order within an enrollment. */
+static const char pg_schema_v2[] =
+    "DROP INDEX commands_next;"
+    "CREATE INDEX commands_next ON commands (enrollment_id, priority DESC, created_at, seq);";
+
+/* Migration 3 (as sqlite.c's): the re-authentication policy counts failed sign-ins. */
+static const char pg_schema_v3[] =
+    "CREATE INDEX audit_action_target ON audit (action, target, at);";
+
+/*
+ * Migration 4 (as sqlite.c's): the push outbox, one row per enrollment, with a lease (claimed_by,
+ * claimed_until) so instances never push the same row at once; `again` flags a row enqueued
+ * while its push was in flight; enrollments.last_push_at paces the re-push sweeper.
+ */
+static const char pg_schema_v4[] =
+    "CREATE TABLE push_outbox ("
+    " enrollment_id TEXT COLLATE \"C\" PRIMARY KEY,"
+    " due_at BIGINT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " claimed_by TEXT COLLATE \"C\","
+    " claimed_until BIGINT NOT NULL DEFAULT 0,"
+    " again INTEGER NOT NULL DEFAULT 0,"
+    " created_at BIGINT NOT NULL);"
+    "CREATE INDEX push_outbox_due ON push_outbox (due_at);"
+    "ALTER TABLE enrollments ADD COLUMN last_push_at BIGINT NOT NULL DEFAULT 0;";
+
+/* Migration 5 (as sqlite.c's): organisation domains and federated sign-ins in progress. */
+static const char pg_schema_v5[] =
+    "CREATE TABLE domains ("
+    " name TEXT COLLATE \"C\" PRIMARY KEY,"
+    " auth TEXT NOT NULL DEFAULT 'local' CHECK (auth IN ('local', 'oidc')),"
+    " issuer TEXT,"
+    " client_id TEXT,"
+    " client_secret TEXT,"
+    " ca_file TEXT,"
+    " scopes TEXT,"
+    " user_claim TEXT,"
+    " maid_claim TEXT,"
+    " groups_claim TEXT,"
+    " allowed_groups TEXT,"
+    " jit_users INTEGER NOT NULL DEFAULT 0,"
+    " updated_at BIGINT NOT NULL);"
+    "CREATE TABLE oidc_pending ("
+    " state_hash TEXT COLLATE \"C\" PRIMARY KEY,"
+    " domain TEXT NOT NULL,"
+    " identifier TEXT NOT NULL,"
+    " nonce TEXT NOT NULL,"
+    " code_verifier TEXT NOT NULL,"
+    " created_at BIGINT NOT NULL,"
+    " expires_at BIGINT NOT NULL);"
+    "CREATE INDEX oidc_pending_expires ON oidc_pending (expires_at);";
+
+/*
+ * Migration 6 (as sqlite.c's): the profile and app library, assignments (pointing at an item by
+ * kind and id, without a foreign key) and per-enrollment installed state.
+ */
+static const char pg_schema_v6[] =
+    "CREATE TABLE profiles ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " identifier TEXT COLLATE \"C\" NOT NULL UNIQUE,"
+    " name TEXT,"
+    " platforms TEXT NOT NULL,"
+    " body BYTEA NOT NULL,"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " sign INTEGER NOT NULL DEFAULT 0,"
+    " created_at BIGINT NOT NULL);"
+    "CREATE TABLE apps ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " identifier TEXT,"
+    " itunes_store_id BIGINT NOT NULL DEFAULT 0,"
+    " manifest_url TEXT,"
+    " spec TEXT NOT NULL,"
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " created_at BIGINT NOT NULL);"
+    "CREATE TABLE assignments ("
+    " id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " item_kind INTEGER NOT NULL,"
+    " item_id BIGINT NOT NULL,"
+    " target_type INTEGER NOT NULL,"
+    " target TEXT COLLATE \"C\" NOT NULL,"
+    " created_at BIGINT NOT NULL,"
+    " UNIQUE (item_kind, item_id, target_type, target));"
+    "CREATE INDEX assignments_target ON assignments (target_type, target);"
+    "CREATE TABLE item_state ("
+    " enrollment_id TEXT COLLATE \"C\" NOT NULL,"
+    " item_kind INTEGER NOT NULL,"
+    " item_id BIGINT NOT NULL,"
+    " identifier TEXT,"
+    " state INTEGER NOT NULL,"
+    " command_uuid TEXT COLLATE \"C\","
+    " sensitive INTEGER NOT NULL DEFAULT 0,"
+    " detail TEXT,"
+    " updated_at BIGINT NOT NULL,"
+    " PRIMARY KEY (enrollment_id, item_kind, item_id));"
+    "CREATE INDEX item_state_command ON item_state (command_uuid) WHERE command_uuid IS NOT NULL;"
+    "CREATE INDEX item_state_item ON item_state (item_kind, item_id);";
+
+/*
+ * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
+ * creates. Never edit one that has shipped.
+ */
+static const char *const pg_migrations[] = {
+    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4, pg_schema_v5, pg_schema_v6,
+};
+#define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
+
+/* ---- statements ---- */
+
+enum pg_stmt_id {
+    PG_BEGIN,
+    PG_COMMIT,
+    PG_PING,
+    PG_SCHEMA_VERSION,
+    PG_USER_ADD,
+    PG_USER_GET_BY_EMAIL,
+    PG_USER_GET,
+    PG_USER_SET_PASSWORD,
+    PG_USER_LIST,
+    PG_APIKEY_ADD,
+    PG_APIKEY_FIND,
+    PG_SESSION_ADD,
+    PG_SESSION_GET,
+    PG_SESSION_BIND,
+    PG_SESSION_BOUND_TO,
+    PG_SESSION_SET_MACHINE_INFO,
+    PG_SESSION_REVOKE_ENROLLMENT,
+    PG_SESSION_REVOKE,
+    PG_CHALLENGE_ADD,
+    PG_CHALLENGE_CONSUME,
+    PG_CHALLENGE_GET,
+    PG_CERT_ADD,
+    PG_CERT_GET,
+    PG_CERT_SET_ENROLLMENT,
+    PG_CERT_REVOKE_ENROLLMENT,
+    PG_ENR_UPSERT,
+    PG_ENR_GET,
+    PG_ENR_TOKEN_UPDATE,
+    PG_ENR_SET_CERT,
+    PG_ENR_SET_AUTH_STATE,
+    PG_ENR_TRANSITION_AUTH_STATE,
+    PG_ENR_SET_LAST_AUTH,
+    PG_ENR_SET_PUSH_DEAD,
+    PG_ENR_UNENROLL,
+    PG_ENR_TOUCH,
+    PG_ENR_LIST,
+    PG_ENR_LIST_USER,
+    PG_CMD_ENQUEUE,
+    PG_CMD_IN_HISTORY,
+    PG_CMD_NEXT,
+    PG_CMD_MARK_NOTNOW,
+    PG_CMD_REPORT,
+    PG_CMD_GET,
+    PG_CMD_LIST,
+    PG_QUEUE_CLEAR,
+    PG_QUEUE_COUNT,
+    PG_HISTORY_PRUNE,
+    PG_AUDIT_ADD,
+    PG_AUDIT_LIST,
+    PG_AUDIT_COUNT,
+    PG_PUSH_ENQUEUE,
+    PG_PUSH_ENR_EXISTS,
+    PG_PUSH_FILTER_ALL,
+    PG_PUSH_FILTER_USER,
+    PG_PUSH_FILTER_DOMAIN,
+    PG_PUSH_SWEEP,
+    PG_PUSH_PRUNE,
+    PG_PUSH_CLAIM,
+    PG_PUSH_DEL_SENT,
+    PG_PUSH_REARM,
+    PG_PUSH_MARK_PUSHED,
+    PG_PUSH_RELEASE,
+    PG_PUSH_DEL_OWNED,
+    PG_PUSH_MARK_DEAD,
+    PG_PUSH_PENDING,
+    PG_DOMAIN_PUT,
+    PG_DOMAIN_GET,
+    PG_DOMAIN_LIST,
+    PG_OIDC_PENDING_ADD,
+    PG_OIDC_PENDING_PRUNE,
+    PG_OIDC_PENDING_TAKE,
+    PG_USER_SET_IDP_SUBJECT,
+    PG_LIB_PROFILE_ADD,
+    PG_LIB_PROFILE_GET,
+    PG_LIB_PROFILE_LIST,
+    PG_LIB_PROFILE_DELETE,
+    PG_LIB_APP_ADD,
+    PG_LIB_APP_GET,
+    PG_LIB_APP_LIST,
+    PG_LIB_APP_DELETE,
+    PG_LIB_ITEM_UNASSIGN,
+    PG_LIB_ASSIGN_ADD,
+    PG_LIB_ASSIGN_GET,
+    PG_LIB_ASSIGN_DELETE,
+    PG_LIB_ASSIGN_LIST,
+    PG_LIB_ASSIGN_ITEMS,
+    PG_LIB_STATE_PUT,
+    PG_LIB_STATE_DELETE,
+    PG_LIB_STATE_LIST,
+    PG_LIB_STATE_BY_COMMAND,
+    PG_LIB_STATE_CLEAR,
+    PG_LIB_STATE_ENROLLMENTS,
+    PG_NSTMT
+};
+
+#define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
+#define SESSION_COLS                                                                               \
+    "token_hash, user_id, method, issued_at, expires_at, enrollment_id, revoked_at, machine_info"
+#define CERT_COLS                                                                                  \
+    "serial, fingerprint, subject, user_id, session_hash, enrollment_id, not_after, issued_at, "   \
+    "revoked_at"
+#define ENR_COLS                                                                                   \
+    "id, type, parent_id, user_id, topic, cert_fingerprint, push_token, push_magic, "              \
+    "push_token_dead, os_version, build_version, product_name, device_name, model, auth_state, "   \
+    "auth_state_since, last_auth_at, last_auth_method, enrolled_at, token_updated_at, "            \
+    "last_seen_at, unenrolled_at"
+/* Pending and history rows read through the same row reader (read_command). */
+#define CMD_Q_COLS                                                                                 \
+    "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
+    "0::bigint AS completed_at, NULL::bytea AS result, seq"
+#define CMD_H_COLS                                                                                 \
+    "uuid, enrollment_id, request_type, body, priority, status, sensitive, created_at, sent_at, "  \
+    "completed_at, result, seq"
+#define DOMAIN_COLS                                                                                \
+    "name, auth, issuer, client_id, client_secret, ca_file, scopes, user_claim, maid_claim, "      \
+    "groups_claim, allowed_groups, jit_users, updated_at"
+#define OIDC_PENDING_COLS                                                                          \
+    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at"
+#define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
+#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS
+#define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
+#define LIB_APP_COLS "id, " LIB_APP_INS_COLS
+#define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
+#define LIB_STATE_COLS                                                                             \
+    "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
+    "updated_at"
+
+/* An enrollment that can be pushed to (sqlite.c's SQ_PUSHABLE); `e` is enrollments. */
+#define PUSHABLE "e.push_token IS NOT NULL AND e.push_token_dead = 0 AND e.unenrolled_at = 0"
+/* Coalescing: one row per enrollment keeps the earlier due time; a row in flight (its lease
+ * runs past now) is flagged to be pushed once more after the push in flight. */
+#define PUSH_UPSERT                                                                                \
+    " ON CONFLICT (enrollment_id) DO UPDATE SET"                                                   \
+    " due_at = least(push_outbox.due_at, excluded.due_at),"                                        \
+    " again = CASE WHEN push_outbox.claimed_until > excluded.due_at THEN 1"                        \
+    " ELSE push_outbox.again END"
+
+/* Safe to send again after a lost reply (see "Reconnection" above). */
+#define RETRY 1
+#define ONCE 0
+
+struct pg_stmt {
+    const char *sql;
+    int retry; /* RETRY or ONCE */
+};
+
+static const struct pg_stmt pg_stmts[PG_NSTMT] = {
+    [PG_BEGIN] = {"BEGIN", RETRY},
+    [PG_COMMIT] = {"COMMIT", ONCE},
+    [PG_PING] = {"SELECT 1", RETRY},
+    [PG_SCHEMA_VERSION] = {"SELECT coalesce(max(version), 0) FROM schema_migrations", RETRY},
+
+    [PG_USER_ADD] = {"INSERT INTO users (email, managed_apple_id, password_hash, idp_subject, "
+                     "created_at, disabled) VALUES (lower($1::text COLLATE \"C\"), $2, $3, $4, "
+                     "$5, $6) RETURNING id",
+                     ONCE},
+    [PG_USER_GET_BY_EMAIL] = {"SELECT " USER_COLS
+                              " FROM users WHERE email = lower($1::text COLLATE \"C\")",
+                              RETRY},
+    [PG_USER_GET] = {"SELECT " USER_COLS " FROM users WHERE id = $1", RETRY},
+    [PG_USER_SET_PASSWORD] = {"UPDATE users SET password_hash = $2 WHERE id = $1", RETRY},
+    [PG_USER_LIST] = {"SELECT " USER_COLS " FROM users WHERE id > $1 ORDER BY id LIMIT $2", RETRY},
+    [PG_APIKEY_ADD] = {"INSERT INTO api_keys (name, key_hash, created_at) VALUES ($1, $2, $3) "
+                       "RETURNING id",
+                       ONCE},
+    [PG_APIKEY_FIND] = {"SELECT id, name FROM api_keys WHERE key_hash = $1", RETRY},
+
+    [PG_SESSION_ADD] = {"INSERT INTO sessions (" SESSION_COLS
+                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        ONCE},
+    [PG_SESSION_GET] = {"SELECT " SESSION_COLS " FROM sessions WHERE token_hash = $1", RETRY},
+    [PG_SESSION_BIND] = {"UPDATE sessions SET enrollment_id = $2 WHERE token_hash = $1"
+                         " AND (enrollment_id IS NULL OR enrollment_id = $2)",
+                         RETRY},
+    [PG_SESSION_BOUND_TO] = {"SELECT enrollment_id FROM sessions WHERE token_hash = $1", RETRY},
+    [PG_SESSION_SET_MACHINE_INFO] = {"UPDATE sessions SET machine_info = $2 WHERE token_hash = $1",
+                                     RETRY},
+    [PG_SESSION_REVOKE_ENROLLMENT] = {"UPDATE sessions SET revoked_at = $2 WHERE enrollment_id = "
+                                      "$1 AND revoked_at = 0",
+                                      RETRY},
+    [PG_SESSION_REVOKE] = {"UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1"
+                           " AND revoked_at = 0",
+                           RETRY},
+
+    [PG_CHALLENGE_ADD] = {"INSERT INTO scep_challenges (challenge_hash, user_id, session_hash, "
+                          "expires_at) VALUES ($1, $2, $3, $4)",
+                          ONCE},
+    /* The claim: of concurrent consumers, the one whose UPDATE runs first wins. */
+    [PG_CHALLENGE_CONSUME] = {"UPDATE scep_challenges SET used = 1, used_at = $2"
+                              " WHERE challenge_hash = $1 AND used = 0 AND expires_at > $2"
+                              " RETURNING user_id, session_hash",
+                              ONCE},
+    [PG_CHALLENGE_GET] = {"SELECT used FROM scep_challenges WHERE challenge_hash = $1", RETRY},
+    [PG_CERT_ADD] = {"INSERT INTO certs (" CERT_COLS
+                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     ONCE},
+    [PG_CERT_GET] = {"SELECT " CERT_COLS " FROM certs WHERE fingerprint = $1", RETRY},
+    [PG_CERT_SET_ENROLLMENT] = {"UPDATE certs SET enrollment_id = $2 WHERE fingerprint = $1",
+                                RETRY},
+    [PG_CERT_REVOKE_ENROLLMENT] = {"UPDATE certs SET revoked_at = $2 WHERE enrollment_id = $1"
+                                   " AND revoked_at = 0",
+                                   RETRY},
+
+    /* Authenticate: insert, or replace the fields of a known enrollment and reset its push
+     * token, completion and unenrollment (the queue is cleared in the same transaction). */
+    [PG_ENR_UPSERT] =
+        {"INSERT INTO enrollments (id, type, parent_id, user_id, topic, cert_fingerprint, "
+         "os_version, build_version, product_name, device_name, model, auth_state, "
+         "auth_state_since, last_auth_at, last_auth_method, enrolled_at, last_seen_at) "
+         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, coalesce($12, 'active'), $13, "
+         "$14, $15, $16, $17) "
+         "ON CONFLICT (id) DO UPDATE SET type = excluded.type, parent_id = excluded.parent_id, "
+         "user_id = excluded.user_id, topic = excluded.topic, "
+         "cert_fingerprint = excluded.cert_fingerprint, os_version = excluded.os_version, "
+         "build_version = excluded.build_version, product_name = excluded.product_name, "
+         "device_name = excluded.device_name, model = excluded.model, "
+         "auth_state = excluded.auth_state, auth_state_since = excluded.auth_state_since, "
+         "last_auth_at = excluded.last_auth_at, last_auth_method = excluded.last_auth_method, "
+         "enrolled_at = excluded.enrolled_at, last_seen_at = excluded.last_seen_at, "
+         "push_token = NULL, push_magic = NULL, push_token_dead = 0, token_updated_at = 0, "
+         "unenrolled_at = 0",
+         ONCE},
+    [PG_ENR_GET] = {"SELECT " ENR_COLS " FROM enrollments WHERE id = $1", RETRY},
+    [PG_ENR_TOKEN_UPDATE] = {"UPDATE enrollments SET push_token = $2, push_magic = $3, "
+                             "push_token_dead = 0, token_updated_at = $4 WHERE id = $1",
+                             RETRY},
+    [PG_ENR_SET_CERT] = {"UPDATE enrollments SET cert_fingerprint = $2 WHERE id = $1", RETRY},
+    [PG_ENR_SET_AUTH_STATE] = {"UPDATE enrollments SET auth_state = $2, auth_state_since = $3 "
+                               "WHERE id = $1",
+                               RETRY},
+    /* A compare-and-set: a retry after a lost reply would see its own change as a conflict. */
+    [PG_ENR_TRANSITION_AUTH_STATE] = {"UPDATE enrollments SET auth_state = $3, "
+                                      "auth_state_since = $4 WHERE id = $1 AND auth_state = $2",
+                                      ONCE},
+    [PG_ENR_SET_LAST_AUTH] = {"UPDATE enrollments SET last_auth_at = $2, last_auth_method = $3 "
+                              "WHERE id = $1",
+                              RETRY},
+    [PG_ENR_SET_PUSH_DEAD] = {"UPDATE enrollments SET push_token_dead = $2 WHERE id = $1", RETRY},
+    /* Idempotent: a repeated CheckOut keeps the first unenrollment time. The push token is
+     * retired with the enrollment (PROTOCOL.md section 14). */
+    [PG_ENR_UNENROLL] =
+        {"UPDATE enrollments SET "
+         "auth_state_since = CASE WHEN unenrolled_at = 0 THEN $2 ELSE auth_state_since END, "
+         "unenrolled_at = CASE WHEN unenrolled_at = 0 THEN $2 ELSE unenrolled_at END, "
+         "auth_state = 'unenrolled', push_token = NULL, push_magic = NULL WHERE id = $1",
+         ONCE},
+    [PG_ENR_TOUCH] = {"UPDATE enrollments SET last_seen_at = $2 WHERE id = $1", RETRY},
+    [PG_ENR_LIST] = {"SELECT " ENR_COLS " FROM enrollments WHERE id > $1"
+                     " AND ($2::int <> 0 OR unenrolled_at = 0) ORDER BY id LIMIT $3",
+                     RETRY},
+    [PG_ENR_LIST_USER] = {"SELECT " ENR_COLS " FROM enrollments WHERE user_id = $4 AND id > $1"
+                          " AND ($2::int <> 0 OR unenrolled_at = 0) ORDER BY id LIMIT $3",
+                          RETRY},
+
+    /* A uuid may not repeat one in history either (see queue_enqueue for the second look). */
+    [PG_CMD_ENQUEUE] = {"INSERT INTO commands (uuid, enrollment_id, request_type, body, "
+                        "priority, sensitive, created_at) SELECT $1::text, $2::text, $3::text, "
+                        "$4::bytea, $5::int, $6::int, $7::bigint WHERE NOT EXISTS "
+                        "(SELECT 1 FROM command_history WHERE uuid = $1::text)",
+                        ONCE},
+    [PG_CMD_IN_HISTORY] = {"SELECT 1 FROM command_history WHERE uuid = $1", RETRY},
+    /* $2 = 0: QUEUED only; $2 = 1: QUEUED and NOTNOW. The claim walks commands_next in send
+     * order and skips rows another session holds. A repeat after a lost reply re-sends. */
+    [PG_CMD_NEXT] = {"UPDATE commands SET status = 0, sent_at = $3 WHERE seq = "
+                     "(SELECT seq FROM commands WHERE enrollment_id = $1 AND status <= $2::int"
+                     " ORDER BY priority DESC, created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                     " RETURNING " CMD_Q_COLS,
+                     RETRY},
+    [PG_CMD_MARK_NOTNOW] = {"UPDATE commands SET status = 1 WHERE uuid = $1 AND enrollment_id = $2",
+                            RETRY},
+    /* Only a pending row moves, so a repeated result finds nothing and changes nothing. */
+    [PG_CMD_REPORT] =
+        {"WITH moved AS (DELETE FROM commands WHERE uuid = $1 AND enrollment_id = $2 RETURNING "
+         "seq, uuid, enrollment_id, request_type, body, priority, sensitive, created_at, sent_at) "
+         "INSERT INTO command_history (seq, uuid, enrollment_id, request_type, body, priority, "
+         "status, sensitive, created_at, sent_at, completed_at, result) "
+         "SELECT seq, uuid, enrollment_id, request_type, body, priority, $3::int, sensitive, "
+         "created_at, sent_at, $4::bigint, $5::bytea FROM moved",
+         ONCE},
+    /* One statement, so a command moving to history in between cannot be missed. */
+    [PG_CMD_GET] = {"SELECT " CMD_Q_COLS " FROM commands WHERE uuid = $1 UNION ALL "
+                    "SELECT " CMD_H_COLS " FROM command_history WHERE uuid = $1 LIMIT 1",
+                    RETRY},
+    /* Keyset pagination over (part, seq): $2 is the part and $3 the seq of the last row read. */
+    [PG_CMD_LIST] = {"SELECT " CMD_Q_COLS ", 0 AS part FROM commands"
+                     " WHERE enrollment_id = $1 AND $2::int = 0 AND seq < $3::bigint UNION ALL "
+                     "SELECT " CMD_H_COLS ", 1 AS part FROM command_history"
+                     " WHERE enrollment_id = $1 AND ($2::int = 0 OR seq < $3::bigint)"
+                     " ORDER BY part, seq DESC LIMIT $4::bigint",
+                     RETRY},
+    [PG_QUEUE_CLEAR] = {"DELETE FROM commands WHERE enrollment_id = $1", RETRY},
+    [PG_QUEUE_COUNT] = {"SELECT count(*) FROM commands WHERE enrollment_id = $1", RETRY},
+    [PG_HISTORY_PRUNE] = {"DELETE FROM command_history WHERE completed_at < $1", RETRY},
+
+    [PG_AUDIT_ADD] = {"INSERT INTO audit (at, actor, action, target, detail) "
+                      "VALUES ($1, $2, $3, $4, $5)",
+                      ONCE},
+    [PG_AUDIT_LIST] = {"SELECT id, at, actor, action, target, detail FROM audit WHERE id < $1"
+                       " ORDER BY id DESC LIMIT $2",
+                       RETRY},
+    [PG_AUDIT_COUNT] = {"SELECT count(*) FROM audit WHERE action = $1 AND target = $2 AND at >= $3",
+                        RETRY},
+
+    /* ---- push outbox: only pushable enrollments get a row ---- */
+    [PG_PUSH_ENQUEUE] =
+        {"INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT e.id, "
+         "$2::bigint, $2::bigint FROM enrollments e WHERE e.id = $1::text AND " PUSHABLE
+             PUSH_UPSERT,
+         RETRY},
+    [PG_PUSH_ENR_EXISTS] = {"SELECT 1 FROM enrollments WHERE id = $1", RETRY},
+    [PG_PUSH_FILTER_ALL] =
+        {"INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT "
+         "e.id, $1::bigint, $1::bigint FROM enrollments e WHERE " PUSHABLE PUSH_UPSERT,
+         RETRY},
+    [PG_PUSH_FILTER_USER] = {"INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT "
+                             "e.id, $1::bigint, $1::bigint FROM enrollments e WHERE e.user_id = "
+                             "(SELECT id FROM users WHERE email = lower($2::text COLLATE \"C\")) "
+                             "AND " PUSHABLE PUSH_UPSERT,
+                             RETRY},
+    /* The user's email domain: the text after the last '@' (emails are stored lowercase). */
+    [PG_PUSH_FILTER_DOMAIN] = {"INSERT INTO push_outbox (enrollment_id, due_at, created_at) "
+                               "SELECT e.id, $1::bigint, $1::bigint FROM enrollments e WHERE "
+                               "e.user_id IN (SELECT id FROM users WHERE right(email, "
+                               "length($2::text) + 1) = '@' || lower($2::text COLLATE \"C\")) "
+                               "AND " PUSHABLE PUSH_UPSERT,
+                               RETRY},
+    /* Driven by the small pending-commands table, not by a scan of every enrollment. */
+    [PG_PUSH_SWEEP] = {"INSERT INTO push_outbox (enrollment_id, due_at, created_at) SELECT e.id, "
+                       "$2::bigint, $2::bigint FROM enrollments e WHERE e.id IN (SELECT "
+                       "enrollment_id FROM commands) AND e.last_seen_at < $1 AND "
+                       "e.last_push_at < $1 AND " PUSHABLE
+                       " ON CONFLICT (enrollment_id) DO NOTHING",
+                       RETRY},
+    /* Due, unleased rows whose enrollment can no longer be pushed are dropped before a claim. */
+    [PG_PUSH_PRUNE] = {"DELETE FROM push_outbox o WHERE o.due_at <= $1 AND o.claimed_until <= $1"
+                       " AND NOT EXISTS (SELECT 1 FROM enrollments e WHERE e.id = o.enrollment_id"
+                       " AND " PUSHABLE ")",
+                       RETRY},
+    /* The claim: SKIP LOCKED passes over rows another instance is claiming at this moment, and
+     * FOR UPDATE re-checks the lease of a row another instance claimed since our snapshot, so
+     * a row is never leased to two instances. */
+    [PG_PUSH_CLAIM] =
+        {"UPDATE push_outbox o SET claimed_by = $1, claimed_until = $3"
+         " FROM enrollments e WHERE e.id = o.enrollment_id AND o.enrollment_id IN"
+         " (SELECT p.enrollment_id FROM push_outbox p WHERE p.due_at <= $2 AND"
+         " p.claimed_until <= $2 ORDER BY p.due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
+         " RETURNING o.enrollment_id, o.attempts, e.push_token, e.push_magic, e.topic,"
+         " (" PUSHABLE ") AS pushable",
+         ONCE},
+    [PG_PUSH_DEL_SENT] = {"DELETE FROM push_outbox WHERE enrollment_id = $1 AND claimed_by = $2"
+                          " AND again = 0",
+                          RETRY},
+    [PG_PUSH_REARM] = {"UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
+                       "attempts = 0, due_at = $3 WHERE enrollment_id = $1 AND claimed_by = $2",
+                       RETRY},
+    [PG_PUSH_MARK_PUSHED] = {"UPDATE enrollments SET last_push_at = $2 WHERE id = $1", RETRY},
+    [PG_PUSH_RELEASE] = {"UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
+                         "due_at = $3, attempts = $4 WHERE enrollment_id = $1 AND claimed_by = $2",
+                         RETRY},
+    [PG_PUSH_DEL_OWNED] = {"DELETE FROM push_outbox WHERE enrollment_id = $1 AND claimed_by = $2",
+                           RETRY},
+    /* Only the token that failed: a TokenUpdate in between brought a fresh one. */
+    [PG_PUSH_MARK_DEAD] = {"UPDATE enrollments SET push_token_dead = 1 WHERE id = $1 AND "
+                           "push_token = $2",
+                           RETRY},
+    [PG_PUSH_PENDING] = {"SELECT count(*) FROM push_outbox", RETRY},
+
+    /* ---- organisation domains and federated sign-in ---- */
+    [PG_DOMAIN_PUT] = {"INSERT INTO domains (" DOMAIN_COLS ") VALUES (lower($1::text COLLATE "
+                       "\"C\"), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+                       "ON CONFLICT (name) DO UPDATE SET auth = excluded.auth, "
+                       "issuer = excluded.issuer, client_id = excluded.client_id, "
+                       "client_secret = excluded.client_secret, ca_file = excluded.ca_file, "
+                       "scopes = excluded.scopes, user_claim = excluded.user_claim, "
+                       "maid_claim = excluded.maid_claim, groups_claim = excluded.groups_claim, "
+                       "allowed_groups = excluded.allowed_groups, jit_users = excluded.jit_users, "
+                       "updated_at = excluded.updated_at",
+                       RETRY},
+    [PG_DOMAIN_GET] = {"SELECT " DOMAIN_COLS
+                       " FROM domains WHERE name = lower($1::text COLLATE \"C\")",
+                       RETRY},
+    [PG_DOMAIN_LIST] = {"SELECT " DOMAIN_COLS " FROM domains ORDER BY name LIMIT 10000", RETRY},
+    [PG_OIDC_PENDING_ADD] = {"INSERT INTO oidc_pending (" OIDC_PENDING_COLS
+                             ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                             ONCE},
+    [PG_OIDC_PENDING_PRUNE] = {"DELETE FROM oidc_pending WHERE expires_at <= $1", RETRY},
+    /* Two callbacks racing with the same state: one DELETE finds the row, the other nothing. */
+    [PG_OIDC_PENDING_TAKE] =
+        {"DELETE FROM oidc_pending WHERE state_hash = $1 RETURNING " OIDC_PENDING_COLS, ONCE},
+    [PG_USER_SET_IDP_SUBJECT] = {"UPDATE users SET idp_subject = $2 WHERE id = $1", RETRY},
+
+    /* ---- library: profiles, apps, assignments, installed state ---- */
+    [PG_LIB_PROFILE_ADD] = {"INSERT INTO profiles (" LIB_PROFILE_INS_COLS
+                            ") VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                            ONCE},
+    [PG_LIB_PROFILE_GET] = {"SELECT " LIB_PROFILE_COLS " FROM profiles WHERE id = $1", RETRY},
+    [PG_LIB_PROFILE_LIST] = {"SELECT " LIB_PROFILE_COLS
+                             " FROM profiles WHERE id > $1 ORDER BY id LIMIT $2",
+                             RETRY},
+    [PG_LIB_PROFILE_DELETE] = {"DELETE FROM profiles WHERE id = $1", ONCE},
+    [PG_LIB_APP_ADD] = {"INSERT INTO apps (" LIB_APP_INS_COLS
+                        ") VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                        ONCE},
+    [PG_LIB_APP_GET] = {"SELECT " LIB_APP_COLS " FROM apps WHERE id = $1", RETRY},
+    [PG_LIB_APP_LIST] = {"SELECT " LIB_APP_COLS " FROM apps WHERE id > $1 ORDER BY id LIMIT $2",
+                         RETRY},
+    [PG_LIB_APP_DELETE] = {"DELETE FROM apps WHERE id = $1", ONCE},
+    [PG_LIB_ITEM_UNASSIGN] = {"DELETE FROM assignments WHERE item_kind = $1 AND item_id = $2",
+                              ONCE},
+    /* The item must exist: no row inserted means ST_ENOTFOUND. FOR KEY SHARE holds the item
+     * until commit, so an item deleted at the same moment (item_delete removes the item before
+     * its assignments) either waits for this row and then removes it, or is gone first. */
+    [PG_LIB_ASSIGN_ADD] = {"INSERT INTO assignments (item_kind, item_id, target_type, target, "
+                           "created_at) SELECT $1::int, $2::bigint, $3::int, $4::text, $5::bigint"
+                           " WHERE ($1::int = 1 AND EXISTS (SELECT 1 FROM profiles WHERE id = "
+                           "$2::bigint FOR KEY SHARE)) OR ($1::int = 2 AND EXISTS (SELECT 1 FROM "
+                           "apps WHERE id = $2::bigint FOR KEY SHARE)) RETURNING id",
+                           ONCE},
+    [PG_LIB_ASSIGN_GET] = {"SELECT " LIB_ASSIGN_COLS " FROM assignments WHERE id = $1", RETRY},
+    [PG_LIB_ASSIGN_DELETE] = {"DELETE FROM assignments WHERE id = $1", ONCE},
+    [PG_LIB_ASSIGN_LIST] = {"SELECT " LIB_ASSIGN_COLS
+                            " FROM assignments WHERE id > $1 ORDER BY id LIMIT $2",
+                            RETRY},
+    [PG_LIB_ASSIGN_ITEMS] = {"SELECT DISTINCT item_kind, item_id FROM assignments WHERE "
+                             "(target_type = 1 AND target = $1) OR (target_type = 2 AND target = "
+                             "$2) OR (target_type = 3 AND target = $3) ORDER BY item_kind, item_id",
+                             RETRY},
+    /* Compare-and-set on command_uuid ($10); IS NOT DISTINCT FROM compares NULLs as equal. Of
+     * two concurrent puts on an absent row, the second finds the first's row and its CAS fails. */
+    [PG_LIB_STATE_PUT] = {"INSERT INTO item_state (" LIB_STATE_COLS
+                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                          "ON CONFLICT (enrollment_id, item_kind, item_id) DO UPDATE SET "
+                          "identifier = excluded.identifier, state = excluded.state, "
+                          "command_uuid = excluded.command_uuid, sensitive = excluded.sensitive, "
+                          "detail = excluded.detail, updated_at = excluded.updated_at "
+                          "WHERE item_state.command_uuid IS NOT DISTINCT FROM $10::text",
+                          ONCE},
+    [PG_LIB_STATE_DELETE] = {"DELETE FROM item_state WHERE enrollment_id = $1 AND item_kind = $2"
+                             " AND item_id = $3",
+                             RETRY},
+    [PG_LIB_STATE_LIST] = {"SELECT " LIB_STATE_COLS " FROM item_state WHERE enrollment_id = $1"
+                           " ORDER BY item_kind, item_id",
+                           RETRY},
+    [PG_LIB_STATE_BY_COMMAND] = {"SELECT " LIB_STATE_COLS
+                                 " FROM item_state WHERE command_uuid = $1 LIMIT 1",
+                                 RETRY},
+    [PG_LIB_STATE_CLEAR] = {"DELETE FROM item_state WHERE enrollment_id = $1", RETRY},
+    [PG_LIB_STATE_ENROLLMENTS] = {"SELECT DISTINCT enrollment_id FROM item_state"
+                                  " WHERE item_kind = $1 AND item_id = $2 ORDER BY enrollment_id",
+                                  RETRY},
+};
+
+/* ---- connections ---- */
+
+struct pgsql_storage;
+
+/* One thread's connection and which statements it has prepared. */
+struct pg_conn {
+    PGconn *db;
+    struct pgsql_storage *owner;
+    struct pg_conn *prev, *next; /* owner->conns, under owner->lock */
+    int doomed;                  /* the server announced it is closing the connection */
+    unsigned char prepared[PG_NSTMT];
+};
+
+struct pgsql_storage {
+    struct storage base; /* first: storage * <-> struct pgsql_storage * */
+    char *dsn;           /* may hold a password: never logged */
+    pthread_key_t key;   /* this thread's struct pg_conn */
+    int key_ok;
+    pthread_mutex_t lock; /* guards conns */
+    struct pg_conn *conns;
+    atomic_int step_fail_after; /* test hook, see storage_impl.h */
+};
+
+static const struct storage_ops pgsql_ops;
+
+/* Copies a libpq message onto one line (they end in newlines and may span several). */
+static const char *pg_oneline(const char *msg, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; msg != NULL && msg[i] != '\0' && j + 1 < n; i++) {
+        char ch = msg[i];
+        out[j++] = ch == '\n' || ch == '\r' || ch == '\t' ? ' ' : ch == '"' ? '\'' : ch;
+    }
+    while (j > 0 && out[j - 1] == ' ')
+        j--;
+    out[j] = '\0';
+    return out;
+}
+
+/*
+ * Server notices ("relation ... already exists, skipping") go to the debug log, not stderr. An
+ * error that arrives while the connection is idle is the server saying why it is about to
+ * close it (shutdown, pg_terminate_backend, idle_session_timeout: severity FATAL); libpq hands
+ * it to the notice receiver, and the connection is marked for a reset before its next use.
+ */
+static void pg_notice(void *arg, const PGresult *res)
+{
+    struct pg_conn *c = arg;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char line[512];
+    pg_oneline(PQresultErrorMessage(res), line, sizeof(line));
+    if (severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0)) {
+        c->doomed = 1;
+        log_info("event=storage_server_closing backend=pgsql msg=\"%s\"", line);
+        return;
+    }
+    log_debug("event=storage_notice backend=pgsql msg=\"%s\"", line);
+}
+
+static PGconn *pg_connect(const char *dsn)
+{
+    /* Entries before dbname can be overridden by the DSN, those after it cannot: Orchard's
+     * strings are UTF-8 whatever the DSN says. */
+    static const char *const keys[] = {"connect_timeout", "dbname", "fallback_application_name",
+                                       "client_encoding", NULL};
+    const char *const vals[] = {PG_CONNECT_TIMEOUT, dsn, "orchard", "UTF8", NULL};
+    return PQconnectdbParams(keys, vals, 1);
+}
+
+static void conn_free(struct pg_conn *c)
+{
+    if (c == NULL)
+        return;
+    PQfinish(c->db);
+    free(c);
+}
+
+/* The pthread key's destructor: a pool thread is exiting, close its connection. */
+static void conn_thread_exit(void *p)
+{
+    struct pg_conn *c = p;
+    struct pgsql_storage *ps = c->owner;
+    pthread_mutex_lock(&ps->lock);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        ps->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    pthread_mutex_unlock(&ps->lock);
+    conn_free(c);
+}
+
+static struct pg_conn *conn_open(struct pgsql_storage *ps, char *err, size_t err_len)
+{
+    struct pg_conn *c = xcalloc(1, sizeof(*c));
+    c->owner = ps;
+    c->db = pg_connect(ps->dsn);
+    if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
+        char line[512];
+        snprintf(err, err_len, "pgsql: cannot connect: %s",
+                 c->db ? pg_oneline(PQerrorMessage(c->db), line, sizeof(line)) : "out of memory");
+        conn_free(c);
+        return NULL;
+    }
+    PQsetNoticeReceiver(c->db, pg_notice, c);
+    return c;
+}
+
+static int conn_attach(struct pgsql_storage *ps, struct pg_conn *c)
+{
+    if (pthread_setspecific(ps->key, c) != 0)
+        return -1;
+    pthread_mutex_lock(&ps->lock);
+    c->next = ps->conns;
+    if (ps->conns != NULL)
+        ps->conns->prev = c;
+    ps->conns = c;
+    pthread_mutex_unlock(&ps->lock);
+    return 0;
+}
+
+/* Re-establishes a broken connection; its prepared statements died with the old session. */
+static void pg_reset(struct pg_conn *c)
+{
+    memset(c->prepared, 0, sizeof(c->prepared));
+    c->doomed = 0;
+    PQreset(c->db);
+    if (PQstatus(c->db) == CONNECTION_OK) {
+        log_info("event=storage_reconnected backend=pgsql");
+    } else {
+        char line[512];
+        log_error("event=storage_error backend=pgsql op=reconnect err=\"%s\"",
+                  pg_oneline(PQerrorMessage(c->db), line, sizeof(line)));
+    }
+}
+
+/* Rolls back the open transaction, if any. Never fault-injected: it is the recovery path. */
+static void pg_rollback(struct pg_conn *c)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c->db);
+    if (ts != PQTRANS_INTRANS && ts != PQTRANS_INERROR)
+        return;
+    PGresult *r = PQexec(c->db, "ROLLBACK");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        char line[512];
+        log_error("event=storage_error backend=pgsql op=rollback err=\"%s\"",
+                  pg_oneline(PQerrorMessage(c->db), line, sizeof(line)));
+    }
+    PQclear(r);
+}
+
+/*
+ * Readies this thread's connection for an operation, without a round trip: a transaction left
+ * open is rolled back (a bug elsewhere must not leak into this operation), and a connection the
+ * server has closed while it sat idle (restart, idle timeout, pg_terminate_backend) is reset.
+ * Such a server sends a FATAL message and closes the socket, so the socket reads as ready while
+ * libpq expects nothing; consuming the input hands the message to pg_notice (or makes libpq
+ * see the end of the connection).
+ */
+static void conn_check(struct pg_conn *c)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c->db);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        log_error("event=storage_error backend=pgsql op=check err=\"transaction left open\"");
+        pg_rollback(c);
+    }
+    for (int i = 0; i < 4 && PQstatus(c->db) == CONNECTION_OK; i++) {
+        struct pollfd pfd = {.fd = PQsocket(c->db), .events = POLLIN, .revents = 0};
+        if (pfd.fd < 0 || poll(&pfd, 1, 0) <= 0)
+            break;
+        if (!PQconsumeInput(c->db))
+            break;
+        PGnotify *n;
+        while ((n = PQnotifies(c->db)) != NULL)
+            PQfreemem(n);
+    }
+    if (PQstatus(c->db) != CONNECTION_OK || c->doomed)
+        pg_reset(c);
+}
+
+/* This thread's connection, opened on first use. NULL (logged) if it cannot be opened. */
+static struct pg_conn *conn_get(storage *st)
+{
+    struct pgsql_storage *ps = (struct pgsql_storage *)st;
+    struct pg_conn *c = pthread_getspecific(ps->key);
+    if (c != NULL) {
+        conn_check(c);
+        return c;
+    }
+    char err[600];
+    c = conn_open(ps, err, sizeof(err));
+    if (c == NULL) {
+        log_error("event=storage_error backend=pgsql op=connect err=\"%s\"", err);
+        return NULL;
+    }
+    if (conn_attach(ps, c) != 0) {
+        log_error("event=storage_error backend=pgsql op=connect err=pthread_setspecific");
+        conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- statement helpers ---- */
+
+/* Statement parameters: text, except bytea in binary; NULL values are SQL NULL. */
+struct pg_params {
+    int n;
+    int bad; /* a value could not be passed (a blob over INT_MAX bytes) */
+    const char *values[PG_MAX_PARAMS];
+    int lengths[PG_MAX_PARAMS];
+    int formats[PG_MAX_PARAMS];
+    char num[PG_MAX_PARAMS][24];
+};
+
+static void p_text(struct pg_params *p, const char *v)
+{
+    assert(p->n < PG_MAX_PARAMS);
+    p->values[p->n] = v;
+    p->lengths[p->n] = 0;
+    p->formats[p->n] = 0;
+    p->n++;
+}
+
+static void p_int(struct pg_params *p, int64_t v)
+{
+    assert(p->n < PG_MAX_PARAMS);
+    snprintf(p->num[p->n], sizeof(p->num[0]), "%lld", (long long)v);
+    p_text(p, p->num[p->n]);
+}
+
+/* A reference to a users row: 0 means none and is stored as NULL. */
+static void p_ref(struct pg_params *p, int64_t id)
+{
+    if (id != 0)
+        p_int(p, id);
+    else
+        p_text(p, NULL);
+}
+
+static void p_blob(struct pg_params *p, const void *v, size_t n)
+{
+    assert(p->n < PG_MAX_PARAMS);
+    if (n > INT_MAX)
+        p->bad = 1;
+    p->values[p->n] = v;
+    p->lengths[p->n] = n > INT_MAX ? 0 : (int)n;
+    p->formats[p->n] = 1;
+    p->n++;
+}
+
+/* Counts one database round trip against the test hook; true when it must fail. */
+static int pg_fault(struct pgsql_storage *ps)
+{
+    int n = atomic_load_explicit(&ps->step_fail_after, memory_order_relaxed);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(&ps->step_fail_after, &n, n - 1))
+            return n == 1;
+    }
+    return 0;
+}
+
+/* Logs a failed statement and maps it to an ST_E* code; constraint violations are not logged. */
+static int pg_error(struct pg_conn *c, const PGresult *r, const char *op)
+{
+    const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && strcmp(state, "23505") == 0)
+        return ST_EEXISTS;
+    if (state != NULL && strcmp(state, "23503") == 0)
+        return ST_ENOTFOUND; /* a referenced user or enrollment does not exist */
+    const char *msg = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    char line[512];
+    log_error("event=storage_error backend=pgsql op=%s sqlstate=%s err=\"%s\"", op,
+              state != NULL ? state : "-",
+              pg_oneline(msg != NULL ? msg : PQerrorMessage(c->db), line, sizeof(line)));
+    return ST_ERROR;
+}
+
+/* One attempt: prepares the statement on this connection if needed, then runs it. */
+static PGresult *pg_exec_once(struct pg_conn *c, enum pg_stmt_id id, const struct pg_params *p)
+{
+    char name[16];
+    snprintf(name, sizeof(name), "orchard_%d", (int)id);
+    if (!c->prepared[id]) {
+        PGresult *r = PQprepare(c->db, name, pg_stmts[id].sql, 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            return r;
+        PQclear(r);
+        c->prepared[id] = 1;
+    }
+    return PQexecPrepared(c->db, name, p->n, p->values, p->lengths, p->formats, 1);
+}
+
+/*
+ * Runs statement id with parameters p on c (NULL: the connection could not be had, already
+ * logged). On success returns ST_OK and *out holds the result (rows in binary; PQclear it);
+ * otherwise returns an ST_E* code with *out NULL. Reconnects and retries as described at the
+ * top of the file.
+ */
+static int pg_exec(struct pg_conn *c, enum pg_stmt_id id, const struct pg_params *p, const char *op,
+                   PGresult **out)
+{
+    *out = NULL;
+    if (c == NULL)
+        return ST_ERROR;
+    if (p->bad) {
+        log_error("event=storage_error backend=pgsql op=%s err=\"value too large\"", op);
+        return ST_ERROR;
+    }
+    if (pg_fault(c->owner)) {
+        log_error("event=storage_error backend=pgsql op=%s err=\"injected fault\"", op);
+        return ST_ERROR;
+    }
+    for (int attempt = 0;; attempt++) {
+        int in_txn = PQtransactionStatus(c->db) != PQTRANS_IDLE;
+        PGresult *r = pg_exec_once(c, id, p);
+        ExecStatusType s = PQresultStatus(r);
+        if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK) {
+            *out = r;
+            return ST_OK;
+        }
+        if (PQstatus(c->db) != CONNECTION_BAD) {
+            int rc = pg_error(c, r, op);
+            PQclear(r);
+            return rc;
+        }
+        PQclear(r);
+        int retry = attempt == 0 && !in_txn && pg_stmts[id].retry == RETRY;
+        log_warn("event=storage_connection_lost backend=pgsql op=%s retry=%d", op, retry);
+        pg_reset(c);
+        if (!retry || PQstatus(c->db) != CONNECTION_OK)
+            return ST_ERROR;
+    }
+}
+
+/* pg_exec for statements that return no rows. With must_change, no row changed is ST_ENOTFOUND. */
+static int pg_run(struct pg_conn *c, enum pg_stmt_id id, const struct pg_params *p, const char *op,
+                  int must_change, int64_t *changed)
+{
+    PGresult *r;
+    int rc = pg_exec(c, id, p, op, &r);
+    if (rc != ST_OK)
+        return rc;
+    int64_t n = strtoll(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    if (changed != NULL)
+        *changed = n;
+    return must_change && n == 0 ? ST_ENOTFOUND : ST_OK;
+}
+
+/*
+ * pg_exec for lookups: ST_OK with *out holding at least one row, ST_ENOTFOUND for none (*out
+ * NULL), or an error.
+ */
+static int pg_row(struct pg_conn *c, enum pg_stmt_id id, const struct pg_params *p, const char *op,
+                  PGresult **out)
+{
+    int rc = pg_exec(c, id, p, op, out);
+    if (rc == ST_OK && PQntuples(*out) == 0) {
+        PQclear(*out);
+        *out = NULL;
+        rc = ST_ENOTFOUND;
+    }
+    return rc;
+}
+
+static const struct pg_params pg_noparams;
+
+static int pg_begin(struct pg_conn *c, const char *op)
+{
+    return pg_run(c, PG_BEGIN, &pg_noparams, op, 0, NULL);
+}
+
+static int pg_commit(struct pg_conn *c, const char *op)
+{
+    return pg_run(c, PG_COMMIT, &pg_noparams, op, 0, NULL);
+}
+
+/* ---- row readers (binary results) ---- */
+
+/* An integer column of any width (int2, int4, int8); NULL reads as 0. */
+static int64_t col_int(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return 0;
+    const unsigned char *v = (const unsigned char *)PQgetvalue(r, row, col);
+    int n = PQgetlength(r, row, col);
+    uint64_t u = 0;
+    for (int i = 0; i < n && i < 8; i++)
+        u = u << 8 | v[i];
+    switch (n) {
+    case 8:
+        return (int64_t)u;
+    case 4:
+        return (int32_t)(uint32_t)u;
+    case 2:
+        return (int16_t)(uint16_t)u;
+    default:
+        return (int64_t)u;
+    }
+}
+
+/* A bytea or text column as a NUL-terminated copy (plists are text), with its length. */
+static char *col_blob(const PGresult *r, int row, int col, size_t *len)
+{
+    if (len != NULL)
+        *len = 0;
+    if (PQgetisnull(r, row, col))
+        return NULL;
+    size_t n = (size_t)PQgetlength(r, row, col);
+    char *out = xmalloc(n + 1);
+    if (n > 0)
+        memcpy(out, PQgetvalue(r, row, col), n);
+    out[n] = '\0';
+    if (len != NULL)
+        *len = n;
+    return out;
+}
+
+static char *col_text(const PGresult *r, int row, int col)
+{
+    return col_blob(r, row, col, NULL);
+}
+
+/* A text column borrowed from the result (valid until PQclear); NULL stays NULL. */
+static const char *col_str(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
+}
+
+static void read_user(const PGresult *r, int i, st_user *u)
+{
+    u->id = col_int(r, i, 0);
+    u->email = col_text(r, i, 1);
+    u->managed_apple_id = col_text(r, i, 2);
+    u->password_hash = col_text(r, i, 3);
+    u->idp_subject = col_text(r, i, 4);
+    u->created_at = col_int(r, i, 5);
+    u->disabled = (int)col_int(r, i, 6);
+}
+
+static void read_session(const PGresult *r, int i, st_session *x)
+{
+    x->token_hash = col_text(r, i, 0);
+    x->user_id = col_int(r, i, 1);
+    x->method = col_text(r, i, 2);
+    x->issued_at = col_int(r, i, 3);
+    x->expires_at = col_int(r, i, 4);
+    x->enrollment_id = col_text(r, i, 5);
+    x->revoked_at = col_int(r, i, 6);
+    x->machine_info = col_text(r, i, 7);
+}
+
+static void read_cert(const PGresult *r, int i, st_cert *c)
+{
+    c->serial = col_text(r, i, 0);
+    c->fingerprint = col_text(r, i, 1);
+    c->subject = col_text(r, i, 2);
+    c->user_id = col_int(r, i, 3);
+    c->session_hash = col_text(r, i, 4);
+    c->enrollment_id = col_text(r, i, 5);
+    c->not_after = col_int(r, i, 6);
+    c->issued_at = col_int(r, i, 7);
+    c->revoked_at = col_int(r, i, 8);
+}
+
+static void read_enrollment(const PGresult *r, int i, st_enrollment *e)
+{
+    e->id = col_text(r, i, 0);
+    e->type = (int)col_int(r, i, 1);
+    e->parent_id = col_text(r, i, 2);
+    e->user_id = col_int(r, i, 3);
+    e->topic = col_text(r, i, 4);
+    e->cert_fingerprint = col_text(r, i, 5);
+    e->push_token = col_text(r, i, 6);
+    e->push_magic = col_text(r, i, 7);
+    e->push_token_dead = (int)col_int(r, i, 8);
+    e->os_version = col_text(r, i, 9);
+    e->build_version = col_text(r, i, 10);
+    e->product_name = col_text(r, i, 11);
+    e->device_name = col_text(r, i, 12);
+    e->model = col_text(r, i, 13);
+    e->auth_state = col_text(r, i, 14);
+    e->auth_state_since = col_int(r, i, 15);
+    e->last_auth_at = col_int(r, i, 16);
+    e->last_auth_method = col_text(r, i, 17);
+    e->enrolled_at = col_int(r, i, 18);
+    e->token_updated_at = col_int(r, i, 19);
+    e->last_seen_at = col_int(r, i, 20);
+    e->unenrolled_at = col_int(r, i, 21);
+}
+
+/* Reads CMD_Q_COLS / CMD_H_COLS; returns the row's seq. */
+static int64_t read_command(const PGresult *r, int i, st_command *c)
+{
+    c->uuid = col_text(r, i, 0);
+    c->enrollment_id = col_text(r, i, 1);
+    c->request_type = col_text(r, i, 2);
+    c->body = col_blob(r, i, 3, &c->body_len);
+    c->priority = (int)col_int(r, i, 4);
+    c->status = (int)col_int(r, i, 5);
+    c->sensitive = (int)col_int(r, i, 6);
+    c->created_at = col_int(r, i, 7);
+    c->sent_at = col_int(r, i, 8);
+    c->completed_at = col_int(r, i, 9);
+    c->result = col_blob(r, i, 10, &c->result_len);
+    return col_int(r, i, 11);
+}
+
+static void read_audit(const PGresult *r, int i, st_audit *a)
+{
+    a->id = col_int(r, i, 0);
+    a->at = col_int(r, i, 1);
+    a->actor = col_text(r, i, 2);
+    a->action = col_text(r, i, 3);
+    a->target = col_text(r, i, 4);
+    a->detail = col_text(r, i, 5);
+}
+
+/* ---- lifecycle ---- */
+
+static void pg_close(storage *st)
+{
+    struct pgsql_storage *ps = (struct pgsql_storage *)st;
+    /* Deleting the key first means no thread-exit destructor runs for it any more. */
+    if (ps->key_ok)
+        pthread_key_delete(ps->key);
+    while (ps->conns != NULL) {
+        struct pg_conn *c = ps->conns;
+        ps->conns = c->next;
+        conn_free(c);
+    }
+    pthread_mutex_destroy(&ps->lock);
+    free(ps->dsn);
+    free(ps);
+}
+
+static int pg_ping(storage *st)
+{
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_PING, &pg_noparams, "ping", &r);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+}
+
+static int pg_schema_version(storage *st)
+{
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_SCHEMA_VERSION, &pg_noparams, "schema_version", &r);
+    if (rc != ST_OK)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    rc = (int)col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+/* Runs one utility statement (simple protocol) during open; fills err on failure. */
+static int pg_exec_simple(PGconn *db, const char *sql, const char *what, char *err, size_t err_len,
+                          PGresult **keep)
+{
+    PGresult *r = PQexec(db, sql);
+    ExecStatusType s = PQresultStatus(r);
+    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK) {
+        if (keep != NULL)
+            *keep = r;
+        else
+            PQclear(r);
+        return 0;
+    }
+    char line[512];
+    snprintf(err, err_len, "pgsql: %s failed: %s", what,
+             pg_oneline(PQerrorMessage(db), line, sizeof(line)));
+    PQclear(r);
+    return -1;
+}
+
+/*
+ * Applies pending migrations in one transaction under the migration advisory lock, so two
+ * instances starting at once do not race: the second waits, then finds the schema current.
+ * DDL is transactional in PostgreSQL, so a failed migration leaves the schema as it was.
+ */
+static int pg_migrate(PGconn *db, char *err, size_t err_len)
+{
+    PGresult *r = NULL;
+    int cur = 0;
+    if (pg_exec_simple(db, "BEGIN", "migration", err, err_len, NULL) != 0 ||
+        pg_exec_simple(db, "SELECT pg_advisory_xact_lock(" PG_MIGRATION_LOCK ")", "migration lock",
+                       err, err_len, NULL) != 0 ||
+        pg_exec_simple(db,
+                       "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                       " version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                       "creating schema_migrations", err, err_len, NULL) != 0 ||
+        pg_exec_simple(db, "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                       "reading the schema version", err, err_len, &r) != 0)
+        goto fail;
+    cur = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (cur > PG_NMIGRATIONS) {
+        snprintf(err, err_len, "pgsql: database schema version %d is newer than this build (%d)",
+                 cur, PG_NMIGRATIONS);
+        goto fail;
+    }
+    for (int v = cur + 1; v <= PG_NMIGRATIONS; v++) {
+        char what[64], sql[128];
+        snprintf(what, sizeof(what), "migration to version %d", v);
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO schema_migrations (version, applied_at) VALUES (%d, %lld)", v,
+                 (long long)time(NULL));
+        if (pg_exec_simple(db, pg_migrations[v - 1], what, err, err_len, NULL) != 0 ||
+            pg_exec_simple(db, sql, what, err, err_len, NULL) != 0)
+            goto fail;
+        log_info("event=storage_migrated backend=pgsql version=%d", v);
+    }
+    if (pg_exec_simple(db, "COMMIT", "migration commit", err, err_len, NULL) != 0)
+        goto fail;
+    return 0;
+fail:
+    if (PQtransactionStatus(db) == PQTRANS_INTRANS || PQtransactionStatus(db) == PQTRANS_INERROR)
+        PQclear(PQexec(db, "ROLLBACK"));
+    return -1;
+}
+
+storage *pgsql_storage_open(const char *dsn, const char *location, char *err, size_t err_len)
+{
+    (void)location;
+    if (!PQisthreadsafe()) {
+        snprintf(err, err_len, "pgsql: libpq was built without thread support");
+        return NULL;
+    }
+    struct pgsql_storage *ps = xcalloc(1, sizeof(*ps));
+    ps->base.ops = &pgsql_ops;
+    /* libpq recognises only the lowercase URI prefixes; storage_open matched the scheme in any
+     * case. */
+    ps->dsn = xstrdup(dsn);
+    for (char *p = ps->dsn; *p != '\0' && *p != ':'; p++)
+        *p = (char)tolower((unsigned char)*p);
+    atomic_init(&ps->step_fail_after, 0);
+    pthread_mutex_init(&ps->lock, NULL);
+    /* libpq's parse errors quote the whole URI, password included: say it in our words. */
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(ps->dsn, &perr);
+    PQfreemem(perr);
+    if (opts == NULL) {
+        snprintf(err, err_len,
+                 "pgsql: the DSN is not a valid libpq connection URI (postgresql://[user[:password]"
+                 "@][host][:port][/dbname][?param=value&...])");
+        goto fail;
+    }
+    PQconninfoFree(opts);
+    if (pthread_key_create(&ps->key, conn_thread_exit) != 0) {
+        snprintf(err, err_len, "pgsql: pthread_key_create failed");
+        goto fail;
+    }
+    ps->key_ok = 1;
+
+    struct pg_conn *c = conn_open(ps, err, err_len);
+    if (c == NULL)
+        goto fail;
+    if (conn_attach(ps, c) != 0) {
+        conn_free(c);
+        snprintf(err, err_len, "pgsql: pthread_setspecific failed");
+        goto fail;
+    }
+    if (pg_migrate(c->db, err, err_len) != 0)
+        goto fail;
+    return &ps->base;
+fail:
+    pg_close(&ps->base);
+    return NULL;
+}
+
+static void pg_fail_step_after(storage *st, int n)
+{
+    struct pgsql_storage *ps = (struct pgsql_storage *)st;
+    atomic_store(&ps->step_fail_after, n);
+}
+
+int pgsql_exec_for_test(storage *st, const char *sql, int64_t *out)
+{
+    assert(st != NULL && st->ops == &pgsql_ops);
+    if (out != NULL)
+        *out = 0;
+    struct pg_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    PGresult *r = PQexec(c->db, sql);
+    ExecStatusType s = PQresultStatus(r);
+    int rc = ST_OK;
+    if (s == PGRES_TUPLES_OK && out != NULL && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+        *out = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    else if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK)
+        rc = pg_error(c, r, "exec_for_test");
+    PQclear(r);
+    return rc;
+}
+
+/* ---- users and API keys ---- */
+
+static int pg_user_add(storage *st, st_user *u)
+{
+    struct pg_params p = {0};
+    p_text(&p, u->email);
+    p_text(&p, u->managed_apple_id);
+    p_text(&p, u->password_hash);
+    p_text(&p, u->idp_subject);
+    p_int(&p, u->created_at);
+    p_int(&p, u->disabled ? 1 : 0);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_USER_ADD, &p, "user_add", &r);
+    if (rc == ST_OK)
+        u->id = col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_user_get_one(storage *st, enum pg_stmt_id id, const struct pg_params *p, st_user *out)
+{
+    PGresult *r;
+    int rc = pg_row(conn_get(st), id, p, "user_get", &r);
+    if (rc == ST_OK)
+        read_user(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_user_get_by_email(storage *st, const char *email, st_user *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, email);
+    return pg_user_get_one(st, PG_USER_GET_BY_EMAIL, &p, out);
+}
+
+static int pg_user_get(storage *st, int64_t id, st_user *out)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    return pg_user_get_one(st, PG_USER_GET, &p, out);
+}
+
+static int pg_user_set_password(storage *st, int64_t id, const char *password_hash)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    p_text(&p, password_hash);
+    return pg_run(conn_get(st), PG_USER_SET_PASSWORD, &p, "user_set_password", 1, NULL);
+}
+
+/*
+ * The list functions read PG_LIST_CHUNK rows (keyset pagination) and call fn on each while
+ * holding only the client-side result: fn may call back into storage on this thread's
+ * connection, and no server-side cursor or snapshot stays open while it runs. Each chunk is its
+ * own snapshot, so a listing racing with writes sees each row at most once but not one
+ * consistent instant (as in sqlite.c).
+ */
+static int pg_user_list(storage *st, int (*fn)(const st_user *u, void *ctx), void *ctx)
+{
+    int64_t cursor = 0;
+    int ret = ST_OK;
+    for (;;) {
+        struct pg_params p = {0};
+        p_int(&p, cursor);
+        p_int(&p, PG_LIST_CHUNK);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), PG_USER_LIST, &p, "user_list", &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        for (int i = 0; i < n && ret == ST_OK; i++) {
+            st_user u = {0};
+            read_user(r, i, &u);
+            cursor = u.id;
+            ret = fn(&u, ctx);
+            st_user_cleanup(&u);
+        }
+        PQclear(r);
+        if (ret != ST_OK || n < PG_LIST_CHUNK)
+            break;
+    }
+    return ret;
+}
+
+static int pg_apikey_add(storage *st, const char *name, const char *key_hash, int64_t now,
+                         int64_t *id)
+{
+    struct pg_params p = {0};
+    p_text(&p, name);
+    p_text(&p, key_hash);
+    p_int(&p, now);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_APIKEY_ADD, &p, "apikey_add", &r);
+    if (rc == ST_OK)
+        *id = col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_apikey_find(storage *st, const char *key_hash, int64_t *id, char **name)
+{
+    struct pg_params p = {0};
+    p_text(&p, key_hash);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_APIKEY_FIND, &p, "apikey_find", &r);
+    if (rc == ST_OK) {
+        *id = col_int(r, 0, 0);
+        if (name != NULL)
+            *name = col_text(r, 0, 1);
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* ---- sessions ---- */
+
+static int pg_session_add(storage *st, const st_session *x)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->token_hash);
+    p_int(&p, x->user_id);
+    p_text(&p, x->method);
+    p_int(&p, x->issued_at);
+    p_int(&p, x->expires_at);
+    p_text(&p, x->enrollment_id);
+    p_int(&p, x->revoked_at);
+    p_text(&p, x->machine_info);
+    return pg_run(conn_get(st), PG_SESSION_ADD, &p, "session_add", 0, NULL);
+}
+
+static int pg_session_get(storage *st, const char *token_hash, st_session *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, token_hash);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_SESSION_GET, &p, "session_get", &r);
+    if (rc == ST_OK)
+        read_session(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_session_bind(storage *st, const char *token_hash, const char *enrollment_id)
+{
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_text(&p, token_hash);
+    p_text(&p, enrollment_id);
+    int rc = pg_run(c, PG_SESSION_BIND, &p, "session_bind", 1, NULL);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Nothing changed: either no such session, or it is bound to another enrollment. A
+     * binding is never undone, so this second look cannot race into a wrong answer. */
+    struct pg_params q = {0};
+    p_text(&q, token_hash);
+    PGresult *r;
+    rc = pg_row(c, PG_SESSION_BOUND_TO, &q, "session_bind", &r);
+    if (rc != ST_OK)
+        return rc;
+    rc = !PQgetisnull(r, 0, 0) && strcmp(PQgetvalue(r, 0, 0), enrollment_id) == 0 ? ST_OK
+                                                                                  : ST_ECONFLICT;
+    PQclear(r);
+    return rc;
+}
+
+static int pg_session_set_machine_info(storage *st, const char *token_hash, const char *plist)
+{
+    struct pg_params p = {0};
+    p_text(&p, token_hash);
+    p_text(&p, plist);
+    return pg_run(conn_get(st), PG_SESSION_SET_MACHINE_INFO, &p, "session_set_machine_info", 1,
+                  NULL);
+}
+
+static int pg_session_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_int(&p, now);
+    return pg_run(conn_get(st), PG_SESSION_REVOKE_ENROLLMENT, &p, "session_revoke_enrollment", 0,
+                  NULL);
+}
+
+static int pg_session_revoke(storage *st, const char *token_hash, int64_t now)
+{
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_text(&p, token_hash);
+    p_int(&p, now);
+    int rc = pg_run(c, PG_SESSION_REVOKE, &p, "session_revoke", 1, NULL);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Already revoked is success (the first revocation time is kept); unknown is not. */
+    struct pg_params q = {0};
+    p_text(&q, token_hash);
+    PGresult *r;
+    rc = pg_row(c, PG_SESSION_BOUND_TO, &q, "session_revoke", &r);
+    PQclear(r);
+    return rc;
+}
+
+/* ---- SCEP challenges and certificates ---- */
+
+static int pg_challenge_add(storage *st, const char *challenge_hash, int64_t user_id,
+                            const char *session_hash, int64_t expires_at)
+{
+    struct pg_params p = {0};
+    p_text(&p, challenge_hash);
+    p_ref(&p, user_id);
+    p_text(&p, session_hash);
+    p_int(&p, expires_at);
+    return pg_run(conn_get(st), PG_CHALLENGE_ADD, &p, "challenge_add", 0, NULL);
+}
+
+static int pg_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
+                                int64_t *user_id, char **session_hash)
+{
+    static const char op[] = "challenge_consume";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_text(&p, challenge_hash);
+    p_int(&p, now);
+    PGresult *r;
+    int rc = pg_row(c, PG_CHALLENGE_CONSUME, &p, op, &r);
+    if (rc == ST_OK) {
+        *user_id = col_int(r, 0, 0);
+        *session_hash = col_text(r, 0, 1);
+        PQclear(r);
+        return ST_OK;
+    }
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Not consumed: unknown, expired, or used. A replay is a conflict even after expiry: it is
+     * the more telling answer. */
+    struct pg_params q = {0};
+    p_text(&q, challenge_hash);
+    rc = pg_row(c, PG_CHALLENGE_GET, &q, op, &r);
+    if (rc == ST_OK)
+        rc = col_int(r, 0, 0) ? ST_ECONFLICT : ST_ENOTFOUND;
+    PQclear(r);
+    return rc;
+}
+
+static int pg_cert_add(storage *st, const st_cert *x)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->serial);
+    p_text(&p, x->fingerprint);
+    p_text(&p, x->subject);
+    p_ref(&p, x->user_id);
+    p_text(&p, x->session_hash);
+    p_text(&p, x->enrollment_id);
+    p_int(&p, x->not_after);
+    p_int(&p, x->issued_at);
+    p_int(&p, x->revoked_at);
+    return pg_run(conn_get(st), PG_CERT_ADD, &p, "cert_add", 0, NULL);
+}
+
+static int pg_cert_get_by_fingerprint(storage *st, const char *fingerprint, st_cert *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, fingerprint);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_CERT_GET, &p, "cert_get", &r);
+    if (rc == ST_OK)
+        read_cert(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_cert_set_enrollment(storage *st, const char *fingerprint, const char *enrollment_id)
+{
+    struct pg_params p = {0};
+    p_text(&p, fingerprint);
+    p_text(&p, enrollment_id);
+    return pg_run(conn_get(st), PG_CERT_SET_ENROLLMENT, &p, "cert_set_enrollment", 1, NULL);
+}
+
+static int pg_cert_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_int(&p, now);
+    return pg_run(conn_get(st), PG_CERT_REVOKE_ENROLLMENT, &p, "cert_revoke_enrollment", 0, NULL);
+}
+
+/* ---- enrollments ---- */
+
+static int pg_enrollment_authenticate(storage *st, const st_enrollment *e)
+{
+    static const char op[] = "enrollment_authenticate";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_text(&p, e->id);
+    p_int(&p, e->type);
+    p_text(&p, e->parent_id);
+    p_ref(&p, e->user_id);
+    p_text(&p, e->topic);
+    p_text(&p, e->cert_fingerprint);
+    p_text(&p, e->os_version);
+    p_text(&p, e->build_version);
+    p_text(&p, e->product_name);
+    p_text(&p, e->device_name);
+    p_text(&p, e->model);
+    p_text(&p, e->auth_state);
+    p_int(&p, e->auth_state_since);
+    p_int(&p, e->last_auth_at);
+    p_text(&p, e->last_auth_method);
+    p_int(&p, e->enrolled_at);
+    p_int(&p, e->last_seen_at);
+    rc = pg_run(c, PG_ENR_UPSERT, &p, op, 0, NULL);
+    if (rc != ST_OK)
+        goto out;
+    /* A (re-)Authenticate starts a new enrollment: nothing queued for the old one applies. */
+    struct pg_params q = {0};
+    p_text(&q, e->id);
+    rc = pg_run(c, PG_QUEUE_CLEAR, &q, op, 0, NULL);
+    if (rc != ST_OK)
+        goto out;
+    rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_enrollment_get(storage *st, const char *id, st_enrollment *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_ENR_GET, &p, "enrollment_get", &r);
+    if (rc == ST_OK)
+        read_enrollment(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_enrollment_token_update(storage *st, const char *id, const char *push_token,
+                                      const char *push_magic, int64_t now)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_text(&p, push_token);
+    p_text(&p, push_magic);
+    p_int(&p, now);
+    return pg_run(conn_get(st), PG_ENR_TOKEN_UPDATE, &p, "enrollment_token_update", 1, NULL);
+}
+
+static int pg_enrollment_set_cert(storage *st, const char *id, const char *fingerprint)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_text(&p, fingerprint);
+    return pg_run(conn_get(st), PG_ENR_SET_CERT, &p, "enrollment_set_cert", 1, NULL);
+}
+
+static int pg_enrollment_set_auth_state(storage *st, const char *id, const char *state,
+                                        int64_t since)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_text(&p, state);
+    p_int(&p, since);
+    return pg_run(conn_get(st), PG_ENR_SET_AUTH_STATE, &p, "enrollment_set_auth_state", 1, NULL);
+}
+
+static int pg_enrollment_transition_auth_state(storage *st, const char *id, const char *from,
+                                               const char *to, int64_t since)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_text(&p, from);
+    p_text(&p, to);
+    p_int(&p, since);
+    int rc = pg_run(conn_get(st), PG_ENR_TRANSITION_AUTH_STATE, &p,
+                    "enrollment_transition_auth_state", 1, NULL);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int pg_enrollment_set_last_auth(storage *st, const char *id, int64_t at, const char *method)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, at);
+    p_text(&p, method);
+    return pg_run(conn_get(st), PG_ENR_SET_LAST_AUTH, &p, "enrollment_set_last_auth", 1, NULL);
+}
+
+static int pg_enrollment_set_push_dead(storage *st, const char *id, int dead)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, dead);
+    return pg_run(conn_get(st), PG_ENR_SET_PUSH_DEAD, &p, "enrollment_set_push_dead", 1, NULL);
+}
+
+static int pg_enrollment_unenroll(storage *st, const char *id, int64_t now)
+{
+    static const char op[] = "enrollment_unenroll";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, now);
+    rc = pg_run(c, PG_ENR_UNENROLL, &p, op, 1, NULL);
+    if (rc != ST_OK)
+        goto out;
+    struct pg_params q = {0};
+    p_text(&q, id);
+    rc = pg_run(c, PG_QUEUE_CLEAR, &q, op, 0, NULL);
+    if (rc != ST_OK)
+        goto out;
+    rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_enrollment_touch(storage *st, const char *id, int64_t now)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, now);
+    return pg_run(conn_get(st), PG_ENR_TOUCH, &p, "enrollment_touch", 1, NULL);
+}
+
+static int pg_enrollment_list(storage *st, const st_enrollment_filter *f,
+                              int (*fn)(const st_enrollment *e, void *ctx), void *ctx)
+{
+    /* Ids are non-empty, so "" sorts before all of them. */
+    char *cursor = xstrdup(f->after_id != NULL ? f->after_id : "");
+    int64_t left = f->limit > 0 ? f->limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        int want = left < PG_LIST_CHUNK ? (int)left : PG_LIST_CHUNK;
+        struct pg_params p = {0};
+        p_text(&p, cursor);
+        p_int(&p, f->include_unenrolled ? 1 : 0);
+        p_int(&p, want);
+        if (f->user_id)
+            p_int(&p, f->user_id);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), f->user_id ? PG_ENR_LIST_USER : PG_ENR_LIST, &p,
+                      "enrollment_list", &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        for (int i = 0; i < n && ret == ST_OK; i++) {
+            st_enrollment e = {0};
+            read_enrollment(r, i, &e);
+            free(cursor);
+            cursor = xstrdup(e.id);
+            ret = fn(&e, ctx);
+            st_enrollment_cleanup(&e);
+        }
+        PQclear(r);
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(cursor);
+    return ret;
+}
+
+/* ---- command queue ---- */
+
+static int pg_queue_enqueue(storage *st, const st_command *x)
+{
+    static const char op[] = "queue_enqueue";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_text(&p, x->uuid);
+    p_text(&p, x->enrollment_id);
+    p_text(&p, x->request_type);
+    p_blob(&p, x->body, x->body_len);
+    p_int(&p, x->priority);
+    p_int(&p, x->sensitive ? 1 : 0);
+    p_int(&p, x->created_at);
+    /* Unknown enrollment: the foreign key fails (ST_ENOTFOUND); a pending uuid: the unique key
+     * (ST_EEXISTS). No row and no error: the NOT EXISTS found the uuid in history. */
+    int64_t n = 0;
+    rc = pg_run(c, PG_CMD_ENQUEUE, &p, op, 0, &n);
+    if (rc == ST_OK && n == 0)
+        rc = ST_EEXISTS;
+    if (rc != ST_OK)
+        goto out;
+    /* The second look, in a new snapshot: if the INSERT waited for a report moving a command
+     * with this uuid to history, that command is visible now. */
+    struct pg_params q = {0};
+    p_text(&q, x->uuid);
+    PGresult *r;
+    rc = pg_row(c, PG_CMD_IN_HISTORY, &q, op, &r);
+    PQclear(r);
+    if (rc == ST_OK)
+        rc = ST_EEXISTS;
+    else if (rc == ST_ENOTFOUND)
+        rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_queue_next(storage *st, const char *enrollment_id, int include_notnow, int64_t now,
+                         st_command *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_int(&p, include_notnow);
+    p_int(&p, now);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_CMD_NEXT, &p, "queue_next", &r);
+    if (rc == ST_OK)
+        read_command(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_queue_report(storage *st, const char *enrollment_id, const char *uuid, int status,
+                           const char *result, size_t result_len, int64_t now)
+{
+    static const char op[] = "queue_report";
+    struct pg_params p = {0};
+    p_text(&p, uuid);
+    p_text(&p, enrollment_id);
+    if (status == ST_CMD_NOTNOW) {
+        /* NotNow keeps the command pending; the device does not keep it (section 9.3). */
+        return pg_run(conn_get(st), PG_CMD_MARK_NOTNOW, &p, op, 1, NULL);
+    }
+    p_int(&p, status);
+    p_int(&p, now);
+    p_blob(&p, result, result_len);
+    return pg_run(conn_get(st), PG_CMD_REPORT, &p, op, 1, NULL);
+}
+
+static int pg_command_get(storage *st, const char *uuid, st_command *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, uuid);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_CMD_GET, &p, "command_get", &r);
+    if (rc == ST_OK)
+        read_command(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_command_list(storage *st, const char *enrollment_id, int limit,
+                           int (*fn)(const st_command *c, void *ctx), void *ctx)
+{
+    int64_t part = 0, seq = INT64_MAX;
+    int64_t left = limit > 0 ? limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        int want = left < PG_LIST_CHUNK ? (int)left : PG_LIST_CHUNK;
+        struct pg_params p = {0};
+        p_text(&p, enrollment_id);
+        p_int(&p, part);
+        p_int(&p, seq);
+        p_int(&p, want);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), PG_CMD_LIST, &p, "command_list", &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        for (int i = 0; i < n && ret == ST_OK; i++) {
+            st_command cmd = {0};
+            seq = read_command(r, i, &cmd);
+            part = col_int(r, i, 12);
+            ret = fn(&cmd, ctx);
+            st_command_cleanup(&cmd);
+        }
+        PQclear(r);
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    return ret;
+}
+
+static int pg_queue_clear(storage *st, const char *enrollment_id)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    return pg_run(conn_get(st), PG_QUEUE_CLEAR, &p, "queue_clear", 0, NULL);
+}
+
+static int pg_queue_count(storage *st, const char *enrollment_id, int64_t *count)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_QUEUE_COUNT, &p, "queue_count", &r);
+    if (rc == ST_OK)
+        *count = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+}
+
+static int pg_history_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    return pg_run(conn_get(st), PG_HISTORY_PRUNE, &p, "history_prune", 0, deleted);
+}
+
+/* ---- audit ---- */
+
+static int pg_audit_add(storage *st, const st_audit *a)
+{
+    struct pg_params p = {0};
+    p_int(&p, a->at);
+    p_text(&p, a->actor);
+    p_text(&p, a->action);
+    p_text(&p, a->target);
+    p_text(&p, a->detail);
+    return pg_run(conn_get(st), PG_AUDIT_ADD, &p, "audit_add", 0, NULL);
+}
+
+static int pg_audit_count(storage *st, const char *action, const char *target, int64_t since,
+                          int64_t *count)
+{
+    struct pg_params p = {0};
+    p_text(&p, action);
+    p_text(&p, target);
+    p_int(&p, since);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_AUDIT_COUNT, &p, "audit_count", &r);
+    if (rc == ST_OK)
+        *count = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+}
+
+static int pg_audit_list(storage *st, int64_t before_id, int limit,
+                         int (*fn)(const st_audit *a, void *ctx), void *ctx)
+{
+    int64_t cursor = before_id > 0 ? before_id : INT64_MAX;
+    int64_t left = limit > 0 ? limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        int want = left < PG_LIST_CHUNK ? (int)left : PG_LIST_CHUNK;
+        struct pg_params p = {0};
+        p_int(&p, cursor);
+        p_int(&p, want);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), PG_AUDIT_LIST, &p, "audit_list", &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        for (int i = 0; i < n && ret == ST_OK; i++) {
+            st_audit a = {0};
+            read_audit(r, i, &a);
+            cursor = a.id;
+            ret = fn(&a, ctx);
+            st_audit_cleanup(&a);
+        }
+        PQclear(r);
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    return ret;
+}
+
+/* ---- push outbox ---- */
+
+static int pg_push_enqueue(storage *st, const char *enrollment_id, int64_t now)
+{
+    static const char op[] = "push_enqueue";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_int(&p, now);
+    int64_t n = 0;
+    int rc = pg_run(c, PG_PUSH_ENQUEUE, &p, op, 0, &n);
+    if (rc != ST_OK || n > 0)
+        return rc;
+    /* No row: unknown, or not pushable. */
+    struct pg_params q = {0};
+    p_text(&q, enrollment_id);
+    PGresult *r;
+    rc = pg_row(c, PG_PUSH_ENR_EXISTS, &q, op, &r);
+    PQclear(r);
+    return rc == ST_OK ? ST_ECONFLICT : rc;
+}
+
+static int pg_push_enqueue_filter(storage *st, int scope, const char *value, int64_t now,
+                                  int64_t *queued)
+{
+    enum pg_stmt_id id = scope == ST_PUSH_USER     ? PG_PUSH_FILTER_USER
+                         : scope == ST_PUSH_DOMAIN ? PG_PUSH_FILTER_DOMAIN
+                                                   : PG_PUSH_FILTER_ALL;
+    struct pg_params p = {0};
+    p_int(&p, now);
+    if (scope != ST_PUSH_ALL)
+        p_text(&p, value);
+    return pg_run(conn_get(st), id, &p, "push_enqueue_filter", 0, queued);
+}
+
+static int pg_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queued)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    p_int(&p, now);
+    return pg_run(conn_get(st), PG_PUSH_SWEEP, &p, "push_sweep", 0, queued);
+}
+
+/*
+ * Claims in two statements, each atomic on its own: drop the due rows that can no longer be
+ * pushed, then lease up to `limit` due rows (see PG_PUSH_CLAIM). A row whose enrollment lost
+ * its token between the two is returned unpushable and dropped here. fn runs after both, with
+ * no statement open.
+ */
+static int pg_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                         int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed)
+{
+    static const char op[] = "push_claim";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_int(&p, now);
+    int rc = pg_run(c, PG_PUSH_PRUNE, &p, op, 0, NULL);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params q = {0};
+    p_text(&q, owner);
+    p_int(&q, now);
+    p_int(&q, now + lease);
+    p_int(&q, limit);
+    PGresult *r;
+    rc = pg_exec(c, PG_PUSH_CLAIM, &q, op, &r);
+    if (rc != ST_OK)
+        return rc;
+    int n = PQntuples(r);
+    for (int i = 0; i < n && rc == ST_OK; i++) {
+        if (col_int(r, i, 5))
+            continue;
+        struct pg_params d = {0};
+        p_text(&d, PQgetvalue(r, i, 0));
+        p_text(&d, owner);
+        rc = pg_run(c, PG_PUSH_DEL_OWNED, &d, op, 0, NULL);
+    }
+    for (int i = 0; i < n && rc == ST_OK; i++) {
+        if (!col_int(r, i, 5))
+            continue;
+        st_push x = {PQgetvalue(r, i, 0), PQgetvalue(r, i, 2), col_str(r, i, 3), col_str(r, i, 4),
+                     (int)col_int(r, i, 1)};
+        (*claimed)++;
+        if (fn(&x, ctx) != 0)
+            break;
+    }
+    PQclear(r);
+    return rc;
+}
+
+static int pg_push_done_one(struct pg_conn *c, const char *owner, int64_t now,
+                            const st_push_result *x)
+{
+    static const char op[] = "push_done";
+    struct pg_params p = {0};
+    p_text(&p, x->enrollment_id);
+    int rc;
+    int64_t n = 0;
+    switch (x->outcome) {
+    case ST_PUSH_SENT:
+        p_text(&p, owner);
+        rc = pg_run(c, PG_PUSH_DEL_SENT, &p, op, 0, &n);
+        if (rc == ST_OK && n == 0) {
+            /* Enqueued again while in flight: due again now. */
+            p_int(&p, now);
+            rc = pg_run(c, PG_PUSH_REARM, &p, op, 0, NULL);
+        }
+        if (rc != ST_OK)
+            return rc;
+        struct pg_params m = {0};
+        p_text(&m, x->enrollment_id);
+        p_int(&m, now);
+        return pg_run(c, PG_PUSH_MARK_PUSHED, &m, op, 0, NULL);
+    case ST_PUSH_RETRY:
+        p_text(&p, owner);
+        p_int(&p, x->due_at);
+        p_int(&p, x->attempts);
+        return pg_run(c, PG_PUSH_RELEASE, &p, op, 0, NULL);
+    case ST_PUSH_DEAD:
+        if (x->push_token != NULL) {
+            struct pg_params k = {0};
+            p_text(&k, x->enrollment_id);
+            p_text(&k, x->push_token);
+            rc = pg_run(c, PG_PUSH_MARK_DEAD, &k, op, 0, NULL);
+            if (rc != ST_OK)
+                return rc;
+        }
+        /* fall through */
+    default:
+        p_text(&p, owner);
+        return pg_run(c, PG_PUSH_DEL_OWNED, &p, op, 0, NULL);
+    }
+}
+
+static int pg_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
+                        size_t n)
+{
+    static const char op[] = "push_done";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    for (size_t i = 0; i < n && rc == ST_OK; i++)
+        rc = pg_push_done_one(c, owner, now, &r[i]);
+    if (rc == ST_OK)
+        rc = pg_commit(c, op);
+    if (rc != ST_OK && c != NULL)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_push_pending(storage *st, int64_t *count)
+{
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_PUSH_PENDING, &pg_noparams, "push_pending", &r);
+    if (rc == ST_OK)
+        *count = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+}
+
+/* ---- organisation domains and federated sign-in ---- */
+
+static void read_domain(const PGresult *r, int i, st_domain *d)
+{
+    d->name = col_text(r, i, 0);
+    d->auth = col_text(r, i, 1);
+    d->issuer = col_text(r, i, 2);
+    d->client_id = col_text(r, i, 3);
+    d->client_secret = col_text(r, i, 4);
+    d->ca_file = col_text(r, i, 5);
+    d->scopes = col_text(r, i, 6);
+    d->user_claim = col_text(r, i, 7);
+    d->maid_claim = col_text(r, i, 8);
+    d->groups_claim = col_text(r, i, 9);
+    d->allowed_groups = col_text(r, i, 10);
+    d->jit_users = (int)col_int(r, i, 11);
+    d->updated_at = col_int(r, i, 12);
+}
+
+static int pg_domain_put(storage *st, const st_domain *d)
+{
+    struct pg_params p = {0};
+    p_text(&p, d->name);
+    p_text(&p, d->auth);
+    p_text(&p, d->issuer);
+    p_text(&p, d->client_id);
+    p_text(&p, d->client_secret);
+    p_text(&p, d->ca_file);
+    p_text(&p, d->scopes);
+    p_text(&p, d->user_claim);
+    p_text(&p, d->maid_claim);
+    p_text(&p, d->groups_claim);
+    p_text(&p, d->allowed_groups);
+    p_int(&p, d->jit_users ? 1 : 0);
+    p_int(&p, d->updated_at);
+    return pg_run(conn_get(st), PG_DOMAIN_PUT, &p, "domain_put", 0, NULL);
+}
+
+static int pg_domain_get(storage *st, const char *name, st_domain *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, name);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_DOMAIN_GET, &p, "domain_get", &r);
+    if (rc == ST_OK)
+        read_domain(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+/* Domains are few (the statement caps them): one query, then fn on each row. */
+static int pg_domain_list(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx)
+{
+    PGresult *r;
+    int ret = pg_exec(conn_get(st), PG_DOMAIN_LIST, &pg_noparams, "domain_list", &r);
+    int n = ret == ST_OK ? PQntuples(r) : 0;
+    for (int i = 0; i < n && ret == ST_OK; i++) {
+        st_domain d = {0};
+        read_domain(r, i, &d);
+        ret = fn(&d, ctx);
+        st_domain_cleanup(&d);
+    }
+    PQclear(r);
+    return ret;
+}
+
+static int pg_oidc_pending_add(storage *st, const st_oidc_pending *x, int64_t now)
+{
+    static const char op[] = "oidc_pending_add";
+    struct pg_conn *c = conn_get(st);
+    /* Expired sign-ins (abandoned at the IdP) go first; the index makes this cheap. */
+    struct pg_params p = {0};
+    p_int(&p, now);
+    int rc = pg_run(c, PG_OIDC_PENDING_PRUNE, &p, op, 0, NULL);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params q = {0};
+    p_text(&q, x->state_hash);
+    p_text(&q, x->domain);
+    p_text(&q, x->identifier);
+    p_text(&q, x->nonce);
+    p_text(&q, x->code_verifier);
+    p_int(&q, x->created_at);
+    p_int(&q, x->expires_at);
+    return pg_run(c, PG_OIDC_PENDING_ADD, &q, op, 0, NULL);
+}
+
+static int pg_oidc_pending_take(storage *st, const char *state_hash, int64_t now,
+                                st_oidc_pending *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, state_hash);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_OIDC_PENDING_TAKE, &p, "oidc_pending_take", &r);
+    if (rc != ST_OK)
+        return rc;
+    /* Taken either way: an expired state is as used up as a used one. */
+    if (col_int(r, 0, 6) <= now) {
+        PQclear(r);
+        return ST_ENOTFOUND;
+    }
+    out->state_hash = col_text(r, 0, 0);
+    out->domain = col_text(r, 0, 1);
+    out->identifier = col_text(r, 0, 2);
+    out->nonce = col_text(r, 0, 3);
+    out->code_verifier = col_text(r, 0, 4);
+    out->created_at = col_int(r, 0, 5);
+    out->expires_at = col_int(r, 0, 6);
+    PQclear(r);
+    return ST_OK;
+}
+
+static int pg_user_set_idp_subject(storage *st, int64_t id, const char *idp_subject)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    p_text(&p, idp_subject);
+    return pg_run(conn_get(st), PG_USER_SET_IDP_SUBJECT, &p, "user_set_idp_subject", 1, NULL);
+}
+
+/* ---- library: profiles, apps, assignments, installed state ---- */
+
+/* One row of any library list, and how a list reads, hands out and frees it. */
+union pg_lib_row {
+    st_profile profile;
+    st_app app;
+    st_assignment assignment;
+    st_item_state state;
+    char *enrollment_id;
+};
+
+struct pg_lib_list {
+    int64_t (*read)(const PGresult *r, int i, union pg_lib_row *row); /* returns the row's id */
+    int (*emit)(const struct pg_lib_list *l, const union pg_lib_row *row);
+    void (*cleanup)(union pg_lib_row *row);
+    union {
+        int (*profile)(const st_profile *p, void *ctx);
+        int (*app)(const st_app *a, void *ctx);
+        int (*assignment)(const st_assignment *a, void *ctx);
+        int (*state)(const st_item_state *s, void *ctx);
+        int (*enrollment)(const char *enrollment_id, void *ctx);
+    } fn;
+    void *ctx;
+};
+
+static int64_t read_lib_profile(const PGresult *r, int i, union pg_lib_row *row)
+{
+    st_profile *p = &row->profile;
+    p->id = col_int(r, i, 0);
+    p->identifier = col_text(r, i, 1);
+    p->name = col_text(r, i, 2);
+    p->platforms = col_text(r, i, 3);
+    p->body = col_blob(r, i, 4, &p->body_len);
+    p->sensitive = (int)col_int(r, i, 5);
+    p->sign = (int)col_int(r, i, 6);
+    p->created_at = col_int(r, i, 7);
+    return p->id;
+}
+
+static int64_t read_lib_app(const PGresult *r, int i, union pg_lib_row *row)
+{
+    st_app *a = &row->app;
+    a->id = col_int(r, i, 0);
+    a->identifier = col_text(r, i, 1);
+    a->itunes_store_id = col_int(r, i, 2);
+    a->manifest_url = col_text(r, i, 3);
+    a->spec = col_text(r, i, 4);
+    a->sensitive = (int)col_int(r, i, 5);
+    a->created_at = col_int(r, i, 6);
+    return a->id;
+}
+
+static int64_t read_lib_assignment(const PGresult *r, int i, union pg_lib_row *row)
+{
+    st_assignment *a = &row->assignment;
+    a->id = col_int(r, i, 0);
+    a->item_kind = (int)col_int(r, i, 1);
+    a->item_id = col_int(r, i, 2);
+    a->target_type = (int)col_int(r, i, 3);
+    a->target = col_text(r, i, 4);
+    a->created_at = col_int(r, i, 5);
+    return a->id;
+}
+
+static int64_t read_lib_state(const PGresult *r, int i, union pg_lib_row *row)
+{
+    st_item_state *x = &row->state;
+    x->enrollment_id = col_text(r, i, 0);
+    x->item_kind = (int)col_int(r, i, 1);
+    x->item_id = col_int(r, i, 2);
+    x->identifier = col_text(r, i, 3);
+    x->state = (int)col_int(r, i, 4);
+    x->command_uuid = col_text(r, i, 5);
+    x->sensitive = (int)col_int(r, i, 6);
+    x->detail = col_text(r, i, 7);
+    x->updated_at = col_int(r, i, 8);
+    return 0;
+}
+
+static int64_t read_lib_enrollment_id(const PGresult *r, int i, union pg_lib_row *row)
+{
+    row->enrollment_id = col_text(r, i, 0);
+    return 0;
+}
+
+static int emit_profile(const struct pg_lib_list *l, const union pg_lib_row *row)
+{
+    return l->fn.profile(&row->profile, l->ctx);
+}
+
+static int emit_app(const struct pg_lib_list *l, const union pg_lib_row *row)
+{
+    return l->fn.app(&row->app, l->ctx);
+}
+
+static int emit_assignment(const struct pg_lib_list *l, const union pg_lib_row *row)
+{
+    return l->fn.assignment(&row->assignment, l->ctx);
+}
+
+static int emit_state(const struct pg_lib_list *l, const union pg_lib_row *row)
+{
+    return l->fn.state(&row->state, l->ctx);
+}
+
+static int emit_enrollment_id(const struct pg_lib_list *l, const union pg_lib_row *row)
+{
+    return l->fn.enrollment(row->enrollment_id, l->ctx);
+}
+
+static void cleanup_profile(union pg_lib_row *row)
+{
+    st_profile_cleanup(&row->profile);
+}
+
+static void cleanup_app(union pg_lib_row *row)
+{
+    st_app_cleanup(&row->app);
+}
+
+static void cleanup_assignment(union pg_lib_row *row)
+{
+    st_assignment_cleanup(&row->assignment);
+}
+
+static void cleanup_state(union pg_lib_row *row)
+{
+    st_item_state_cleanup(&row->state);
+}
+
+static void cleanup_enrollment_id(union pg_lib_row *row)
+{
+    free(row->enrollment_id);
+}
+
+/* Calls the list's callback on each row of r; returns ST_OK or the first non-zero answer. */
+static int pg_lib_emit_rows(const struct pg_lib_list *l, const PGresult *r, int64_t *last_id)
+{
+    int ret = ST_OK, n = PQntuples(r);
+    for (int i = 0; i < n && ret == ST_OK; i++) {
+        union pg_lib_row row;
+        memset(&row, 0, sizeof(row));
+        int64_t id = l->read(r, i, &row);
+        if (last_id != NULL)
+            *last_id = id;
+        ret = l->emit(l, &row);
+        l->cleanup(&row);
+    }
+    return ret;
+}
+
+/* Keyset pagination over "WHERE id > $1 ... LIMIT $2", as pg_user_list. */
+static int pg_lib_list_by_id(storage *st, enum pg_stmt_id id, const struct pg_lib_list *l,
+                             const char *op)
+{
+    int64_t cursor = 0;
+    int ret = ST_OK;
+    for (;;) {
+        struct pg_params p = {0};
+        p_int(&p, cursor);
+        p_int(&p, PG_LIST_CHUNK);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), id, &p, op, &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        ret = pg_lib_emit_rows(l, r, &cursor);
+        PQclear(r);
+        if (ret != ST_OK || n < PG_LIST_CHUNK)
+            break;
+    }
+    return ret;
+}
+
+/* Every row of one query (small per-enrollment or per-item sets). */
+static int pg_lib_list_all(storage *st, enum pg_stmt_id id, const struct pg_params *p,
+                           const struct pg_lib_list *l, const char *op)
+{
+    PGresult *r;
+    int ret = pg_exec(conn_get(st), id, p, op, &r);
+    if (ret == ST_OK)
+        ret = pg_lib_emit_rows(l, r, NULL);
+    PQclear(r);
+    return ret;
+}
+
+static int pg_lib_get_one(storage *st, enum pg_stmt_id id, const struct pg_params *p,
+                          int64_t (*read)(const PGresult *, int, union pg_lib_row *),
+                          union pg_lib_row *out, const char *op)
+{
+    PGresult *r;
+    int rc = pg_row(conn_get(st), id, p, op, &r);
+    if (rc == ST_OK)
+        read(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+/*
+ * Deletes an item row and its assignments in one transaction: the item first, so that an
+ * assignment being added at the same moment (which holds the item FOR KEY SHARE) either
+ * commits before our DELETE proceeds and is then removed with the others, or finds no item.
+ */
+static int pg_lib_item_delete(storage *st, enum pg_stmt_id del, int kind, int64_t id,
+                              const char *op)
+{
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_int(&p, id);
+    rc = pg_run(c, del, &p, op, 1, NULL);
+    if (rc != ST_OK)
+        goto out;
+    struct pg_params q = {0};
+    p_int(&q, kind);
+    p_int(&q, id);
+    rc = pg_run(c, PG_LIB_ITEM_UNASSIGN, &q, op, 0, NULL);
+    if (rc != ST_OK)
+        goto out;
+    rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_profile_add(storage *st, st_profile *x)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->identifier);
+    p_text(&p, x->name);
+    p_text(&p, x->platforms);
+    p_blob(&p, x->body, x->body_len);
+    p_int(&p, x->sensitive ? 1 : 0);
+    p_int(&p, x->sign ? 1 : 0);
+    p_int(&p, x->created_at);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_LIB_PROFILE_ADD, &p, "profile_add", &r);
+    if (rc == ST_OK)
+        x->id = col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_profile_get(storage *st, int64_t id, st_profile *out)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    union pg_lib_row row;
+    memset(&row, 0, sizeof(row));
+    int rc = pg_lib_get_one(st, PG_LIB_PROFILE_GET, &p, read_lib_profile, &row, "profile_get");
+    *out = row.profile;
+    return rc;
+}
+
+static int pg_profile_list(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx)
+{
+    struct pg_lib_list l = {read_lib_profile, emit_profile, cleanup_profile, {.profile = fn}, ctx};
+    return pg_lib_list_by_id(st, PG_LIB_PROFILE_LIST, &l, "profile_list");
+}
+
+static int pg_profile_delete(storage *st, int64_t id)
+{
+    return pg_lib_item_delete(st, PG_LIB_PROFILE_DELETE, ST_ITEM_PROFILE, id, "profile_delete");
+}
+
+static int pg_app_add(storage *st, st_app *a)
+{
+    struct pg_params p = {0};
+    p_text(&p, a->identifier);
+    p_int(&p, a->itunes_store_id);
+    p_text(&p, a->manifest_url);
+    p_text(&p, a->spec);
+    p_int(&p, a->sensitive ? 1 : 0);
+    p_int(&p, a->created_at);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_LIB_APP_ADD, &p, "app_add", &r);
+    if (rc == ST_OK)
+        a->id = col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_app_get(storage *st, int64_t id, st_app *out)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    union pg_lib_row row;
+    memset(&row, 0, sizeof(row));
+    int rc = pg_lib_get_one(st, PG_LIB_APP_GET, &p, read_lib_app, &row, "app_get");
+    *out = row.app;
+    return rc;
+}
+
+static int pg_app_list(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx)
+{
+    struct pg_lib_list l = {read_lib_app, emit_app, cleanup_app, {.app = fn}, ctx};
+    return pg_lib_list_by_id(st, PG_LIB_APP_LIST, &l, "app_list");
+}
+
+static int pg_app_delete(storage *st, int64_t id)
+{
+    return pg_lib_item_delete(st, PG_LIB_APP_DELETE, ST_ITEM_APP, id, "app_delete");
+}
+
+static int pg_assignment_add(storage *st, st_assignment *a)
+{
+    struct pg_params p = {0};
+    p_int(&p, a->item_kind);
+    p_int(&p, a->item_id);
+    p_int(&p, a->target_type);
+    p_text(&p, a->target);
+    p_int(&p, a->created_at);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_LIB_ASSIGN_ADD, &p, "assignment_add", &r);
+    if (rc == ST_OK)
+        a->id = col_int(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_assignment_get(storage *st, int64_t id, st_assignment *out)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    union pg_lib_row row;
+    memset(&row, 0, sizeof(row));
+    int rc = pg_lib_get_one(st, PG_LIB_ASSIGN_GET, &p, read_lib_assignment, &row, "assignment_get");
+    *out = row.assignment;
+    return rc;
+}
+
+static int pg_assignment_delete(storage *st, int64_t id)
+{
+    struct pg_params p = {0};
+    p_int(&p, id);
+    return pg_run(conn_get(st), PG_LIB_ASSIGN_DELETE, &p, "assignment_delete", 1, NULL);
+}
+
+static int pg_assignment_list(storage *st, int (*fn)(const st_assignment *a, void *ctx), void *ctx)
+{
+    struct pg_lib_list l = {
+        read_lib_assignment, emit_assignment, cleanup_assignment, {.assignment = fn}, ctx};
+    return pg_lib_list_by_id(st, PG_LIB_ASSIGN_LIST, &l, "assignment_list");
+}
+
+static int pg_assignment_items(storage *st, const char *email, const char *domain,
+                               const char *enrollment_id,
+                               int (*fn)(int item_kind, int64_t item_id, void *ctx), void *ctx)
+{
+    struct pg_params p = {0};
+    p_text(&p, email);
+    p_text(&p, domain);
+    p_text(&p, enrollment_id);
+    PGresult *r;
+    int ret = pg_exec(conn_get(st), PG_LIB_ASSIGN_ITEMS, &p, "assignment_items", &r);
+    int n = ret == ST_OK ? PQntuples(r) : 0;
+    for (int i = 0; i < n && ret == ST_OK; i++)
+        ret = fn((int)col_int(r, i, 0), col_int(r, i, 1), ctx);
+    PQclear(r);
+    return ret;
+}
+
+static int pg_item_state_put(storage *st, const st_item_state *x, const char *expect_command)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->enrollment_id);
+    p_int(&p, x->item_kind);
+    p_int(&p, x->item_id);
+    p_text(&p, x->identifier);
+    p_int(&p, x->state);
+    p_text(&p, x->command_uuid);
+    p_int(&p, x->sensitive ? 1 : 0);
+    p_text(&p, x->detail);
+    p_int(&p, x->updated_at);
+    p_text(&p, expect_command);
+    int rc = pg_run(conn_get(st), PG_LIB_STATE_PUT, &p, "item_state_put", 1, NULL);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int pg_item_state_delete(storage *st, const char *enrollment_id, int item_kind,
+                                int64_t item_id)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_int(&p, item_kind);
+    p_int(&p, item_id);
+    return pg_run(conn_get(st), PG_LIB_STATE_DELETE, &p, "item_state_delete", 0, NULL);
+}
+
+static int pg_item_state_list(storage *st, const char *enrollment_id,
+                              int (*fn)(const st_item_state *s, void *ctx), void *ctx)
+{
+    struct pg_lib_list l = {read_lib_state, emit_state, cleanup_state, {.state = fn}, ctx};
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    return pg_lib_list_all(st, PG_LIB_STATE_LIST, &p, &l, "item_state_list");
+}
+
+static int pg_item_state_by_command(storage *st, const char *command_uuid, st_item_state *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, command_uuid);
+    union pg_lib_row row;
+    memset(&row, 0, sizeof(row));
+    int rc = pg_lib_get_one(st, PG_LIB_STATE_BY_COMMAND, &p, read_lib_state, &row,
+                            "item_state_by_command");
+    *out = row.state;
+    return rc;
+}
+
+static int pg_item_state_clear(storage *st, const char *enrollment_id)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    return pg_run(conn_get(st), PG_LIB_STATE_CLEAR, &p, "item_state_clear", 0, NULL);
+}
+
+static int pg_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
+                                     int (*fn)(const char *enrollment_id, void *ctx), void *ctx)
+{
+    struct pg_lib_list l = {
+        read_lib_enrollment_id, emit_enrollment_id, cleanup_enrollment_id, {.enrollment = fn}, ctx};
+    struct pg_params p = {0};
+    p_int(&p, item_kind);
+    p_int(&p, item_id);
+    return pg_lib_list_all(st, PG_LIB_STATE_ENROLLMENTS, &p, &l, "item_state_enrollments");
+}
+
+static const struct storage_ops pgsql_ops = {
+    .name = "pgsql",
+    .close = pg_close,
+    .ping = pg_ping,
+    .schema_version = pg_schema_version,
+    .user_add = pg_user_add,
+    .user_get_by_email = pg_user_get_by_email,
+    .user_get = pg_user_get,
+    .user_set_password = pg_user_set_password,
+    .user_list = pg_user_list,
+    .apikey_add = pg_apikey_add,
+    .apikey_find = pg_apikey_find,
+    .session_add = pg_session_add,
+    .session_get = pg_session_get,
+    .session_bind = pg_session_bind,
+    .session_set_machine_info = pg_session_set_machine_info,
+    .session_revoke_enrollment = pg_session_revoke_enrollment,
+    .session_revoke = pg_session_revoke,
+    .challenge_add = pg_challenge_add,
+    .challenge_consume = pg_challenge_consume,
+    .cert_add = pg_cert_add,
+    .cert_get_by_fingerprint = pg_cert_get_by_fingerprint,
+    .cert_set_enrollment = pg_cert_set_enrollment,
+    .cert_revoke_enrollment = pg_cert_revoke_enrollment,
+    .enrollment_authenticate = pg_enrollment_authenticate,
+    .enrollment_get = pg_enrollment_get,
+    .enrollment_token_update = pg_enrollment_token_update,
+    .enrollment_set_cert = pg_enrollment_set_cert,
+    .enrollment_set_auth_state = pg_enrollment_set_auth_state,
+    .enrollment_transition_auth_state = pg_enrollment_transition_auth_state,
+    .enrollment_set_last_auth = pg_enrollment_set_last_auth,
+    .enrollment_set_push_dead = pg_enrollment_set_push_dead,
+    .enrollment_unenroll = pg_enrollment_unenroll,
+    .enrollment_touch = pg_enrollment_touch,
+    .enrollment_list = pg_enrollment_list,
+    .queue_enqueue = pg_queue_enqueue,
+    .queue_next = pg_queue_next,
+    .queue_report = pg_queue_report,
+    .command_get = pg_command_get,
+    .command_list = pg_command_list,
+    .queue_clear = pg_queue_clear,
+    .queue_count = pg_queue_count,
+    .history_prune = pg_history_prune,
+    .audit_add = pg_audit_add,
+    .audit_count = pg_audit_count,
+    .audit_list = pg_audit_list,
+    .push_enqueue = pg_push_enqueue,
+    .push_enqueue_filter = pg_push_enqueue_filter,
+    .push_sweep = pg_push_sweep,
+    .push_claim = pg_push_claim,
+    .push_done = pg_push_done,
+    .push_pending = pg_push_pending,
+    .domain_put = pg_domain_put,
+    .domain_get = pg_domain_get,
+    .domain_list = pg_domain_list,
+    .oidc_pending_add = pg_oidc_pending_add,
+    .oidc_pending_take = pg_oidc_pending_take,
+    .user_set_idp_subject = pg_user_set_idp_subject,
+    .profile_add = pg_profile_add,
+    .profile_get = pg_profile_get,
+    .profile_list = pg_profile_list,
+    .profile_delete = pg_profile_delete,
+    .app_add = pg_app_add,
+    .app_get = pg_app_get,
+    .app_list = pg_app_list,
+    .app_delete = pg_app_delete,
+    .assignment_add = pg_assignment_add,
+    .assignment_get = pg_assignment_get,
+    .assignment_delete = pg_assignment_delete,
+    .assignment_list = pg_assignment_list,
+    .assignment_items = pg_assignment_items,
+    .item_state_put = pg_item_state_put,
+    .item_state_delete = pg_item_state_delete,
+    .item_state_list = pg_item_state_list,
+    .item_state_by_command = pg_item_state_by_command,
+    .item_state_clear = pg_item_state_clear,
+    .item_state_enrollments = pg_item_state_enrollments,
+    .fail_step_after = pg_fail_step_after,
+};

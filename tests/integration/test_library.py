@@ -1,0 +1,368 @@
+#!/usr/bin/python3
+"""
+Issue 7 (managed apps and profiles under User Enrollment's rules) over real HTTPS against
+`orchard serve`, with devices enrolled by the simulator.
+
+Covers: the profile library API (valid upload -> 201 with id and warnings; forbidden payload,
+restriction or supervised-only key -> 422 naming the payload type and key; signed uploads;
+duplicates; the enrollment profile's identifier), `orchard profile add|template`, the app
+catalogue, assignments to a user / domain / enrollment with desired-state reconciliation
+(exactly the missing commands, nothing on a second run), the device receiving InstallProfile
+and InstallApplication with Configuration, the ManagedApplicationList result stored and
+visible, a profile missing from ProfileList reinstalled, RemoveApplication / RemoveProfile on
+unassign, and an enrollment that completes after the assignment getting its items at once.
+"""
+import base64
+import os
+import plistlib
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+import orchard  # noqa: E402
+from orchard import Server, eq, ok, status, test  # noqa: E402
+
+ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
+BOB = ("bob@example.com", "bob@appleid.example.com", "bob-Pa55word!")
+_srv = None
+
+
+def srv():
+    global _srv
+    if _srv is None:
+        _srv = Server(name="library")
+        _srv.add_user(*ALICE)
+        _srv.add_user(*BOB)
+        _srv.start()
+    return _srv
+
+
+def enrolled(who=ALICE, **kw):
+    s = srv()
+    d = sim.Device(s.url, who[0], who[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                   workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), auto_reauth=False, **kw)
+    return d.run_enrollment()
+
+
+def payload(ptype, ident, **keys):
+    p = {"PayloadType": ptype, "PayloadVersion": 1, "PayloadIdentifier": ident,
+         "PayloadUUID": "6C5A3B1E-1111-4A2B-9C3D-%012d" % (abs(hash(ident)) % 10 ** 12)}
+    p.update(keys)
+    return p
+
+
+def mobileconfig(ident, *payloads, **top):
+    p = {"PayloadType": "Configuration", "PayloadVersion": 1, "PayloadIdentifier": ident,
+         "PayloadUUID": "7C5A3B1E-1111-4A2B-9C3D-%012d" % (abs(hash(ident)) % 10 ** 12),
+         "PayloadDisplayName": ident, "PayloadContent": list(payloads)}
+    p.update(top)
+    return plistlib.dumps(p)
+
+
+def wifi_profile(ident):
+    return mobileconfig(ident, payload("com.apple.wifi.managed", ident + ".wifi", SSID_STR="Corp",
+                                       EncryptionType="WPA2", AutoJoin=True))
+
+
+def upload(s, body, query="", expect=201):
+    r = s.api("POST", "/api/v1/profiles" + query, body, headers={"Content-Type": "application/x-apple-aspen-config"})
+    status(r, expect, "upload profile %s" % query)
+    return r.json()
+
+
+def assign(s, body, expect=201):
+    r = s.api("POST", "/api/v1/assignments", body)
+    status(r, expect, "assign %r" % (body,))
+    return r.json()
+
+
+def answer(d, cmd, **keys):
+    """Acknowledges cmd; returns the next command (or None)."""
+    return d.report(cmd["CommandUUID"], "Acknowledged", **keys)
+
+
+def library(s, d):
+    r = s.api("GET", "/api/v1/enrollments/%s/library" % d.enrollment_id)
+    status(r, 200, "GET library state")
+    return r.json()
+
+
+def item(lib, kind, identifier):
+    for i in lib["items"]:
+        if i["kind"] == kind and i["identifier"] == identifier:
+            return i
+    return None
+
+
+@test("valid profile is stored: 201 with id, identifier, platforms, warnings")
+def t_upload_valid():
+    s = srv()
+    j = upload(s, wifi_profile("com.example.lib.wifi"))
+    ok(isinstance(j.get("id"), int), "201 without an integer id: %r" % j)
+    eq(j["identifier"], "com.example.lib.wifi", "identifier")
+    eq(j["platforms"], "ios,macos,visionos", "every platform with the payload")
+    ok(isinstance(j.get("warnings"), list), "warnings list")
+    r = s.api("GET", "/api/v1/profiles/%d" % j["id"])
+    status(r, 200, "GET profile")
+    ok("SSID_STR" in r.json()["profile"], "GET returns the profile")
+    r = s.api("GET", "/api/v1/profiles")
+    ok(any(p["id"] == j["id"] for p in r.json()["profiles"]), "listed")
+    # Ignored keys are accepted with a warning naming them.
+    j = upload(s, mobileconfig("com.example.lib.passcode",
+                               payload("com.apple.mobiledevice.passwordpolicy", "pc", minLength=8)),
+               "?platform=ios")
+    ok(any("minLength" in w for w in j["warnings"]), "warning names the ignored key: %r" % j["warnings"])
+    eq(j["platforms"], "ios", "explicit platform")
+
+
+@test("forbidden payloads and keys: 422 naming payload type and key")
+def t_upload_forbidden():
+    s = srv()
+    cases = [
+        (mobileconfig("com.example.bad.camera", payload("com.apple.applicationaccess", "r", allowCamera=False)),
+         "?platform=ios", ["com.apple.applicationaccess", "allowCamera"]),
+        (mobileconfig("com.example.bad.relay", payload("com.apple.applicationaccess", "r",
+                                                       allowCloudPrivateRelay=False)),
+         "?platform=visionos", ["allowCloudPrivateRelay", "supervised-only"]),
+        (mobileconfig("com.example.bad.relay2", payload("com.apple.applicationaccess", "r",
+                                                        allowCloudPrivateRelay=False)),
+         "?platform=ios", ["allowCloudPrivateRelay", "not allowed in User Enrollment"]),
+        (mobileconfig("com.example.bad.vpn", payload("com.apple.vpn.managed", "v", VPNType="IKEv2")), "",
+         ["com.apple.vpn.managed"]),
+        (mobileconfig("com.example.bad.wifi", payload("com.apple.wifi.managed", "w", SSID_STR="x",
+                                                      ProxyType="Auto")), "", ["ProxyType"]),
+        (mobileconfig("com.example.bad.type", payload("com.apple.applicationaccess", "r",
+                                                      allowScreenShot="no")), "?platform=ios",
+         ["allowScreenShot"]),
+        (mobileconfig("com.example.bad.top", payload("com.apple.airprint", "a"), PayloadRemovalDisallowed=True),
+         "?platform=ios", ["PayloadRemovalDisallowed"]),
+    ]
+    for body, q, words in cases:
+        j = upload(s, body, q, expect=422)
+        for w in words:
+            ok(w in j.get("error", ""), "422 error %r should name %r" % (j, w))
+    # Passcode on macOS: forbidden there; the answer says which platforms would do.
+    j = upload(s, mobileconfig("com.example.bad.pc", payload("com.apple.mobiledevice.passwordpolicy", "p")),
+               expect=422)
+    ok("macOS" in j["error"] and "platform=ios,visionos" in j["error"], "hint: %r" % j)
+    # The enrollment profile is never in the library; garbage is not a profile.
+    j = upload(s, mobileconfig("io.orchard.enrollment", payload("com.apple.airprint", "a")), expect=422)
+    ok("io.orchard.enrollment" in j["error"], j)
+    upload(s, b"not a plist", expect=422)
+    r = s.api("POST", "/api/v1/profiles?platform=tvos", wifi_profile("com.example.tv"))
+    status(r, 400, "tvOS has no User Enrollment")
+    r = s.api("POST", "/api/v1/profiles", wifi_profile("com.example.nokey"), key=None)
+    status(r, 401, "no API key")
+
+
+@test("signed .mobileconfig is accepted; duplicates are 409")
+def t_upload_signed():
+    s = srv()
+    plain = os.path.join(s.tmp, "p.mobileconfig")
+    signed = os.path.join(s.tmp, "p.signed")
+    with open(plain, "wb") as f:
+        f.write(wifi_profile("com.example.lib.signed"))
+    subprocess.run(["openssl", "cms", "-sign", "-nodetach", "-outform", "DER", "-in", plain, "-out", signed,
+                    "-signer", s.path("signing", "cert.pem"), "-inkey", s.path("signing", "key.pem"),
+                    "-binary"], check=True, capture_output=True)
+    with open(signed, "rb") as f:
+        body = f.read()
+    j = upload(s, body, "?sign=true&sensitive=true")
+    eq(j["identifier"], "com.example.lib.signed", "identifier from the signed content")
+    r = s.api("GET", "/api/v1/profiles/%d" % j["id"])
+    eq(r.json()["sign"], True, "sign flag")
+    eq(r.json()["sensitive"], True, "sensitive flag")
+    upload(s, body, expect=409)
+
+
+@test("orchard profile template and profile add")
+def t_cli():
+    s = srv()
+    p = s.cli("profile", "template")
+    for name in ("data-separation", "per-app-vpn", "wifi", "exchange", "mail", "certificate-root",
+                 "certificate-pkcs1", "passcode"):
+        ok(name in p.stdout, "template %s listed" % name)
+    p = s.cli("profile", "template", "data-separation")
+    t = plistlib.loads(p.stdout.encode())
+    r = t["PayloadContent"][0]
+    eq(r["PayloadType"], "com.apple.applicationaccess", "restrictions payload")
+    eq(r["allowOpenFromManagedToUnmanaged"], False, "managed open-in")
+    eq(r["allowOpenFromUnmanagedToManaged"], False, "unmanaged open-in")
+    eq(r["requireManagedPasteboard"], True, "managed pasteboard")
+    # Every template uploads through the API for its platforms.
+    for name, plat in (("data-separation", "ios,visionos"), ("exchange", "ios"), ("mail", ""),
+                       ("per-app-vpn", ""), ("certificate-root", ""), ("passcode", "ios,visionos")):
+        xml = s.cli("profile", "template", name).stdout.encode()
+        q = "?platform=" + plat if plat else ""
+        j = upload(s, xml.replace(b"com.example.orchard.", b"com.example.tpl."), q)
+        ok(j["id"] > 0, "template %s uploaded" % name)
+    path = os.path.join(s.tmp, "cli.mobileconfig")
+    with open(path, "wb") as f:
+        f.write(wifi_profile("com.example.cli.wifi"))
+    p = s.cli("profile", "add", "--data", s.data, path, "--platform", "ios", "--sensitive")
+    ok(p.stdout.strip().isdigit(), "profile add prints the id: %r" % p.stdout)
+    with open(path, "wb") as f:
+        f.write(mobileconfig("com.example.cli.bad", payload("com.apple.applicationaccess", "r", allowCamera=False)))
+    p = s.cli("profile", "add", "--data", s.data, path, "--platform", "ios", check=False)
+    ok(p.returncode != 0 and "allowCamera" in p.stderr, "CLI refusal names the key: %r" % p.stderr)
+
+
+@test("assign a profile to a user: the device installs it, second reconcile enqueues nothing")
+def t_profile_end_to_end():
+    s = srv()
+    d = enrolled(ALICE)
+    eq(d.idle(), None, "nothing queued before any assignment")
+    pid = upload(s, wifi_profile("com.example.e2e.wifi"))["id"]
+    j = assign(s, {"profile_id": pid, "user": "Alice@Example.com"})
+    eq(j["user"], "alice@example.com", "target stored lowercase")
+    eq(j["reconciled"]["installs"], 1, "one install enqueued")
+    aid = j["id"]
+    cmd = d.idle()
+    ok(cmd is not None, "the device gets a command")
+    eq(cmd["Command"]["RequestType"], "InstallProfile", "InstallProfile")
+    inner = plistlib.loads(cmd["Command"]["Payload"])
+    eq(inner["PayloadIdentifier"], "com.example.e2e.wifi", "the library profile")
+    eq(answer(d, cmd), None, "nothing else")
+    it = item(library(s, d), "profile", "com.example.e2e.wifi")
+    ok(it and it["state"] == "installed", "installed state: %r" % it)
+    r = s.api("POST", "/api/v1/enrollments/%s/reconcile" % d.enrollment_id)
+    status(r, 200, "reconcile")
+    eq(r.json()["reconciled"]["installs"] + r.json()["reconciled"]["removals"], 0, "idempotent")
+    eq(d.idle(), None, "no new command")
+    # The device lost the profile: ProfileList tells Orchard, which reinstalls it once.
+    r = s.api("POST", "/api/v1/enrollments/%s/reconcile?refresh=true" % d.enrollment_id)
+    status(r, 200, "refresh")
+    cmd = d.idle()
+    seen = []
+    while cmd is not None:
+        rt = cmd["Command"]["RequestType"]
+        seen.append(rt)
+        if rt == "ProfileList":
+            cmd = answer(d, cmd, ProfileList=[{"PayloadIdentifier": "io.orchard.enrollment"}])
+        elif rt == "ManagedApplicationList":
+            cmd = answer(d, cmd, ManagedApplicationList={})
+        else:
+            cmd = answer(d, cmd)
+    eq(sorted(seen), ["InstallProfile", "ManagedApplicationList", "ProfileList"], "reinstall after ProfileList")
+    ok(seen.index("InstallProfile") > seen.index("ProfileList"), "the reinstall follows the list: %r" % seen)
+    # Unassign: RemoveProfile of exactly that identifier.
+    r = s.api("DELETE", "/api/v1/assignments/%d" % aid)
+    status(r, 200, "unassign")
+    eq(r.json()["reconciled"]["removals"], 1, "one removal")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "RemoveProfile", "RemoveProfile")
+    eq(cmd["Command"]["Identifier"], "com.example.e2e.wifi", "its identifier")
+    eq(answer(d, cmd), None, "done")
+    ok(item(library(s, d), "profile", "com.example.e2e.wifi") is None, "state forgotten")
+
+
+@test("app with configuration: InstallApplication, ManagedApplicationList stored, removal on unassign")
+def t_app_end_to_end():
+    s = srv()
+    d = enrolled(ALICE)
+    r = s.api("POST", "/api/v1/apps", {"bundle_id": "com.example.docs", "remove_on_unenroll": True,
+                                        "configuration": {"ServerURL": "https://docs.example.com", "Port": 443},
+                                        "attributes": {"Removable": False}})
+    status(r, 201, "app created")
+    app_id = r.json()["id"]
+    # macOS drops ManagementFlags (forbidden in macOS UE by the schema): a warning says so.
+    ok(any("ManagementFlags" in w and "macOS" in w for w in r.json()["warnings"]), r.json())
+    status(s.api("POST", "/api/v1/apps", {"manifest_url": "http://insecure/x.plist"}), 422, "https only")
+    status(s.api("POST", "/api/v1/apps", {}), 422, "needs an id")
+    j = assign(s, {"app_id": app_id, "domain": "example.com"})
+    ok(j["reconciled"]["installs"] >= 1, "installs enqueued: %r" % j)
+    eq(j["reconciled"]["installs"], j["reconciled"]["enrollments"], "one per enrollment in the domain")
+    cmd = d.idle()
+    c = cmd["Command"]
+    eq(c["RequestType"], "InstallApplication", "InstallApplication")
+    eq(c["Identifier"], "com.example.docs", "bundle id")
+    eq(c["Configuration"], {"ServerURL": "https://docs.example.com", "Port": 443}, "managed app configuration")
+    eq(c["ManagementFlags"], 1, "remove when unenrolled")
+    eq(c["Options"]["PurchaseMethod"], 1, "PurchaseMethod 1 for UE on iOS")
+    eq(c["Attributes"], {"Removable": False}, "attributes")
+    eq(answer(d, cmd, Identifier="com.example.docs", State="Managed"), None, "ack")
+    # ManagedApplicationList, enqueued by the admin, answered by the device: stored and shown.
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % d.enrollment_id, {"request_type": "ManagedApplicationList"})
+    status(r, 201, "enqueue ManagedApplicationList")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "ManagedApplicationList", "list requested")
+    mal = {"com.example.docs": {"Status": "Managed", "ManagementFlags": 1, "HasConfiguration": True,
+                                "HasFeedback": False, "IsValidated": True}}
+    eq(answer(d, cmd, ManagedApplicationList=mal), None, "no reinstall: the app is there")
+    lib = library(s, d)
+    eq(lib["managed_application_list"]["com.example.docs"]["Status"], "Managed", "stored list visible")
+    it = item(lib, "app", "com.example.docs")
+    ok(it and it["state"] == "installed" and it["detail"] == "Managed", "app state: %r" % it)
+    r = s.api("GET", "/api/v1/commands/%s" % cmd["CommandUUID"])
+    eq(r.json()["result"]["ManagedApplicationList"]["com.example.docs"]["Status"], "Managed", "result stored")
+    # Unassign: RemoveApplication.
+    r = s.api("DELETE", "/api/v1/assignments/%d" % j["id"])
+    status(r, 200, "unassign")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "RemoveApplication", "RemoveApplication")
+    eq(cmd["Command"]["Identifier"], "com.example.docs", "its bundle id")
+    eq(answer(d, cmd), None, "done")
+    r = s.api("POST", "/api/v1/enrollments/%s/reconcile" % d.enrollment_id)
+    eq(r.json()["reconciled"], {"enrollments": 1, "installs": 0, "removals": 0, "errors": 0}, "idempotent")
+
+
+@test("an enrollment completing after the assignment gets its items at TokenUpdate")
+def t_enroll_after_assign():
+    s = srv()
+    pid = upload(s, wifi_profile("com.example.bob.wifi"))["id"]
+    j = assign(s, {"profile_id": pid, "user": BOB[0]})
+    eq(j["reconciled"]["enrollments"], 0, "bob has no enrollment yet")
+    d = enrolled(BOB)
+    cmds = d.run_commands()
+    eq([c["Command"]["RequestType"] for c in cmds], ["InstallProfile"], "installed at enrollment")
+    # Deleting the profile from the library removes it from devices.
+    r = s.api("DELETE", "/api/v1/profiles/%d" % pid)
+    status(r, 200, "delete profile")
+    eq(r.json()["reconciled"]["removals"], 1, "removal enqueued")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "RemoveProfile", "RemoveProfile after delete")
+    answer(d, cmd)
+    status(s.api("GET", "/api/v1/profiles/%d" % pid), 404, "gone")
+    status(s.api("POST", "/api/v1/assignments", {"profile_id": pid, "user": BOB[0]}), 404, "unknown profile")
+    status(s.api("POST", "/api/v1/assignments", {"profile_id": 1}), 400, "no target")
+
+
+@test("a profile marked sign and sensitive reaches the device signed, in a sensitive command")
+def t_signed_sensitive_delivery():
+    s = srv()
+    j = upload(s, wifi_profile("com.example.lib.signsens"), "?sign=true&sensitive=true&platform=ios")
+    d = enrolled(ALICE)
+    d.run_commands()  # whatever alice already has
+    a = assign(s, {"profile_id": j["id"], "enrollment_id": d.enrollment_id})
+    eq(a["reconciled"]["installs"], 1, "one install, only for this enrollment")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "InstallProfile", "InstallProfile")
+    der = cmd["Command"]["Payload"]
+    eq(der[:1], b"\x30", "a CMS SignedData payload")
+    path = os.path.join(s.tmp, "sent.der")
+    with open(path, "wb") as f:
+        f.write(der)
+    p = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-in", path, "-CAfile",
+                        s.path("signing", "ca.pem"), "-purpose", "any"], capture_output=True)
+    eq(p.returncode, 0, "signature verifies with the signing CA: %s" % p.stderr.decode(errors="replace"))
+    eq(plistlib.loads(p.stdout)["PayloadIdentifier"], "com.example.lib.signsens", "signed content")
+    r = s.api("GET", "/api/v1/commands/%s" % cmd["CommandUUID"])
+    eq(r.json()["sensitive"], True, "the command carries the sensitive flag")
+    answer(d, cmd)
+    it = item(library(s, d), "profile", "com.example.lib.signsens")
+    ok(it and it["sensitive"] and it["state"] == "installed", "state: %r" % it)
+
+
+@test("servers stop cleanly")
+def t_stop():
+    if _srv is not None:
+        eq(_srv.stop(), 0, "exit code of orchard serve")
+
+
+if __name__ == "__main__":
+    orchard.main()

@@ -1,0 +1,516 @@
+#!/usr/bin/python3
+"""
+Issue 6 (APNs push) over real HTTPS against `orchard serve`, with a local HTTP/2 TLS stand-in
+for Apple's push service (tests/push/apns_stub.mjs, Node's http2) that demands the push
+identity as client certificate, records every request and answers from a script.
+
+Covers: the exact request (path /3/device/<hex token>, headers, body), triggers (enqueue,
+"push": false, unenroll, POST /enrollments/{id}/push, bulk by user/domain/all), retry with
+backoff on 500/429/connection drop (the debug clock moves time), dead tokens (410, 400
+BadDeviceToken) until the next TokenUpdate, coalescing, the re-push sweeper (silent device,
+NotNow), the certificate endpoint and metrics, and a restart in the middle of a bulk push
+(every device pushed exactly once).
+"""
+import datetime
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+import orchard  # noqa: E402
+import pki  # noqa: E402
+from orchard import Server, eq, ok, status, test  # noqa: E402
+
+STUB = os.path.join(HERE, "..", "push", "apns_stub.mjs")
+ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
+
+
+class Stub:
+    """The APNs stand-in, using the server's TLS identity and trusting its push certificate."""
+
+    def __init__(self, s, fast=False):
+        args = ["node", STUB, "--cert", s.path("tls", "server.pem"), "--key", s.path("tls", "server.key"),
+                "--client-ca", s.path("push", "cert.pem")]
+        if fast:
+            args.append("--fast")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(os.path.join(s.tmp, "stub.log"), "ab"))
+        line = self.proc.stdout.readline()
+        ok(line, "the APNs stub did not start (see %s/stub.log)" % s.tmp)
+        info = json.loads(line)
+        self.url = "https://127.0.0.1:%d" % info["port"]
+        self.control = "http://127.0.0.1:%d" % info["control"]
+        orchard.on_exit(self.stop)
+
+    def _call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.control + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def requests(self):
+        return self._call("GET", "/requests")
+
+    def stats(self):
+        return self._call("GET", "/stats")
+
+    def script(self, default=None, queue=None, tokens=None):
+        self._call("POST", "/script", {"default": default or {"status": 200}, "queue": queue or [],
+                                       "tokens": tokens or {}})
+
+    def reset(self):
+        self._call("POST", "/reset", {})
+
+    def for_token(self, hex_token):
+        return [r for r in self.requests() if r["path"] == "/3/device/" + hex_token]
+
+    def wait_for(self, hex_token, n, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.for_token(hex_token)
+            if len(got) >= n and got[n - 1]["status"]:
+                return got
+            time.sleep(0.1)
+        raise AssertionError("expected %d push(es) to %s..., got %r" % (n, hex_token[:8], self.for_token(hex_token)))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+_srv = _stub = None
+
+
+def env():
+    return {"ORCHARD_DEBUG_CLOCK": "true"}
+
+
+def srv():
+    global _srv, _stub
+    if _srv is None:
+        _srv = Server(name="push", env=env())
+        _srv.add_user(*ALICE)
+        _stub = Stub(_srv)
+        _srv.start(env={"ORCHARD_APNS_URL": _stub.url, "ORCHARD_APNS_CA_FILE": _srv.ca_file})
+    return _srv
+
+
+def stub():
+    srv()
+    return _stub
+
+
+def enrolled(s=None):
+    s = s or srv()
+    d = sim.Device(s.url, ALICE[0], ALICE[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                   workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), auto_reauth=False)
+    return d.run_enrollment()
+
+
+def enqueue(s, d, push=None):
+    body = {"request_type": "ProfileList"}
+    if push is not None:
+        body["push"] = push
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % d.enrollment_id, body)
+    status(r, 201, "enqueue")
+    return r.json()["command_uuid"]
+
+
+def quiet(st, hex_token, n, seconds=2.0, what=""):
+    """Asserts the stub has exactly n requests for the token, and still has after `seconds`."""
+    time.sleep(seconds)
+    got = st.for_token(hex_token)
+    eq(len(got), n, "%s: pushes to the device" % what)
+
+
+# --- the request ---------------------------------------------------------------------------------
+
+@test
+def enqueueing_a_command_pushes_in_apns_format():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    t0 = s.api("POST", "/api/v1/debug/clock", {"advance": 0}).json()["now"]
+    enqueue(s, d)
+    r = st.wait_for(tok, 1)[0]
+    eq(r["method"], "POST", "method")
+    eq(r["path"], "/3/device/" + tok, "path (lowercase hex token)")
+    h = r["headers"]
+    eq(h.get("apns-push-type"), "mdm", "apns-push-type")
+    eq(h.get("apns-topic"), d.topic, "apns-topic")
+    ok(d.topic.startswith("com.apple.mgmt."), "topic %r" % d.topic)
+    eq(h.get("apns-priority"), "10", "apns-priority")
+    exp = int(h.get("apns-expiration"))
+    ok(t0 + 86400 - 5 <= exp <= t0 + 86400 + 30, "apns-expiration %d is not about now + 24h (%d)" % (exp, t0 + 86400))
+    eq(r["body"], json.dumps({"mdm": d.push_magic}, separators=(",", ":")), "body")
+    ok("aps" not in json.loads(r["body"]), "no aps key")
+    ok(r["client_subject"] and r["client_subject"].get("UID") == d.topic,
+       "client certificate is the push identity: %r" % r["client_subject"])
+    log = s.log_text()
+    ok(d.push_magic not in log and tok not in log, "the server log leaks the PushMagic or the token")
+    # The device answers: queue drained, no more pushes.
+    d.run_commands()
+    quiet(st, tok, 1, 1.5, "after the device checked in")
+
+
+@test
+def push_false_opts_out_and_the_push_endpoint_pushes():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    enqueue(s, d, push=False)
+    quiet(st, tok, 0, 1.5, "push: false")
+    r = s.api("POST", "/api/v1/enrollments/%s/push" % d.enrollment_id)
+    status(r, 202, "POST push")
+    st.wait_for(tok, 1)
+    status(s.api("POST", "/api/v1/enrollments/%s/push" % uuid.uuid4()), 404, "push to an unknown enrollment")
+    status(s.api("POST", "/api/v1/enrollments/%s/push" % d.enrollment_id, key=None), 401, "push without a key")
+    # Enrolled but no TokenUpdate yet: nothing to push to.
+    d2 = sim.Device(s.url, ALICE[0], ALICE[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                    workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), auto_reauth=False)
+    d2.run_enrollment(check_in=False)
+    d2.authenticate()
+    status(s.api("POST", "/api/v1/enrollments/%s/push" % d2.enrollment_id), 409, "push before TokenUpdate")
+
+
+@test
+def five_commands_in_a_burst_cost_one_push():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    threads = [threading.Thread(target=enqueue, args=(s, d)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st.wait_for(tok, 1)
+    quiet(st, tok, 1, 1.5, "5 commands enqueued together")
+    eq(len(d.run_commands()), 5, "commands delivered after one push")
+
+
+@test
+def unenroll_pushes():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/unenroll" % d.enrollment_id), 202, "unenroll")
+    st.wait_for(d.push_token.hex(), 1)
+
+
+# --- retries -------------------------------------------------------------------------------------
+
+@test
+def server_errors_and_throttling_are_retried_with_backoff():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    st.script(tokens={tok: [{"status": 500, "reason": "InternalServerError"},
+                            {"status": 429, "reason": "TooManyRequests"}]})
+    try:
+        enqueue(s, d)
+        st.wait_for(tok, 1)
+        quiet(st, tok, 1, 2.0, "no immediate retry after a 500")
+        s.advance_clock(20)  # first backoff is 30 s +-20 %: not yet
+        quiet(st, tok, 1, 1.5, "20 s after the 500")
+        s.advance_clock(20)  # 40 s: due
+        got = st.wait_for(tok, 2)
+        eq(got[1]["status"], 429, "second attempt answered 429")
+        s.advance_clock(60)  # second backoff is 2 min +-20 %
+        quiet(st, tok, 2, 1.5, "60 s after the 429")
+        s.advance_clock(100)
+        got = st.wait_for(tok, 3)
+        eq(got[2]["status"], 200, "third attempt")
+        eq(got[2]["body"], got[0]["body"], "retries send the same body")
+        m = s.get("/metrics").text
+        ok('orchard_pushes_total{outcome="retry"}' in m, "metrics lack the retry counter")
+    finally:
+        st.script()
+
+
+@test
+def a_dropped_connection_is_retried_on_a_new_connection():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    st.script(tokens={tok: [{"drop": True}]})
+    try:
+        enqueue(s, d)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not st.for_token(tok):
+            time.sleep(0.1)
+        eq(len(st.for_token(tok)), 1, "first attempt reached the stub")
+        quiet(st, tok, 1, 1.5, "no immediate retry after a connection loss")
+        s.advance_clock(40)
+        got = st.wait_for(tok, 2)
+        eq(got[1]["status"], 200, "retry answered")
+        ok(got[1]["session"] != got[0]["session"], "the retry used a new connection")
+    finally:
+        st.script()
+
+
+# --- dead tokens ---------------------------------------------------------------------------------
+
+def _dead_token_case(answer):
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    st.script(tokens={tok: [answer]})
+    try:
+        enqueue(s, d)
+        st.wait_for(tok, 1)
+        time.sleep(0.5)
+        status(s.api("POST", "/api/v1/enrollments/%s/push" % d.enrollment_id), 409, "push to a dead token")
+        enqueue(s, d)
+        s.advance_clock(3600)
+        quiet(st, tok, 1, 1.5, "no pushes to a dead token")
+        # A new TokenUpdate revives the channel.
+        d.token_update()
+        status(s.api("POST", "/api/v1/enrollments/%s/push" % d.enrollment_id), 202, "push after TokenUpdate")
+        st.wait_for(tok, 2)
+    finally:
+        st.script()
+
+
+@test
+def unregistered_410_marks_the_token_dead_until_the_next_token_update():
+    _dead_token_case({"status": 410, "reason": "Unregistered"})
+
+
+@test
+def bad_device_token_400_marks_the_token_dead():
+    _dead_token_case({"status": 400, "reason": "BadDeviceToken"})
+
+
+# --- re-push sweeper -----------------------------------------------------------------------------
+
+@test
+def silent_devices_with_pending_commands_are_pushed_again_including_after_notnow():
+    s, st = srv(), stub()
+    d = enrolled(s)
+    tok = d.push_token.hex()
+    u = enqueue(s, d)
+    st.wait_for(tok, 1)
+    cmd = d.idle()
+    eq(cmd["CommandUUID"], u, "command handed out")
+    d.report(u, "NotNow")
+    s.advance_clock(3600)
+    quiet(st, tok, 1, 2.0, "1 h after NotNow")
+    s.advance_clock(24 * 3600)
+    st.wait_for(tok, 2, timeout=10)
+    # Pushed just now: not again until another repush_interval of silence.
+    s.advance_clock(3600)
+    quiet(st, tok, 2, 2.0, "1 h after the re-push")
+    d.run_commands()
+    s.advance_clock(25 * 3600)
+    quiet(st, tok, 2, 2.0, "nothing pending")
+
+
+# --- certificate ---------------------------------------------------------------------------------
+
+@test
+def pushcert_endpoint_and_metrics():
+    s = srv()
+    r = s.api("GET", "/api/v1/pushcert")
+    status(r, 200, "GET pushcert")
+    j = r.json()
+    ok(j["topic"].startswith("com.apple.mgmt."), "topic %r" % j["topic"])
+    ok(j["days_left"] > 30 and j["not_after"] > time.time(), "validity %r" % j)
+    ok("UID=" + j["topic"] in j["subject"] or j["topic"] in j["subject"], "subject %r" % j["subject"])
+    status(s.api("GET", "/api/v1/pushcert", key=None), 401, "pushcert without a key")
+    m = s.get("/metrics").text
+    line = [l for l in m.splitlines() if l.startswith("orchard_push_certificate_expiry_seconds ")]
+    ok(line and int(line[0].split()[1]) > 30 * 86400, "expiry gauge: %r" % line)
+    ok("orchard_push_outbox " in m, "outbox gauge")
+
+
+# --- bulk + restart ------------------------------------------------------------------------------
+
+def seed(s, users):
+    """Adds users and pushable enrollments straight into the (stopped or idle) SQLite store.
+    users: {email: n}. Returns {email: [hex tokens]}."""
+    db = sqlite3.connect(s.path("orchard.db"), timeout=10)
+    topic = json.loads(s.api("GET", "/api/v1/pushcert").body)["topic"] if s.running() else None
+    out = {}
+    with db:
+        for email, n in users.items():
+            cur = db.execute("INSERT INTO users (email, managed_apple_id, created_at) VALUES (?, ?, 1)",
+                             (email, "m-" + email))
+            uid = cur.lastrowid
+            out[email] = []
+            for _ in range(n):
+                tok = os.urandom(32).hex()
+                db.execute("INSERT INTO enrollments (id, type, user_id, topic, push_token, push_magic, "
+                           "token_updated_at, last_seen_at) VALUES (?, 1, ?, ?, ?, ?, 1, 1)",
+                           (str(uuid.uuid4()).upper(), uid, topic, tok, str(uuid.uuid4()).upper()))
+                out[email].append(tok)
+    db.close()
+    return out
+
+
+@test
+def bulk_push_filters_and_a_restart_in_the_middle_pushes_everyone_exactly_once():
+    s = Server(name="push-bulk", env=env())
+    st = Stub(s)
+    st.script(default={"status": 200, "delay_ms": 150})
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file, "ORCHARD_PUSH_BATCH": "40"})
+    try:
+        toks = seed(s, {"u1@example.com": 200, "u2@example.com": 50, "u3@other.test": 250})
+        status(s.api("POST", "/api/v1/push", {"nope": 1}), 400, "bulk without a filter")
+        status(s.api("POST", "/api/v1/push", {"user": "a@b", "all": True}), 400, "two filters")
+        status(s.api("POST", "/api/v1/push", {"all": False}), 400, "all: false")
+        r = s.api("POST", "/api/v1/push", {"domain": "other.test"})
+        status(r, 202, "bulk by domain")
+        eq(r.json(), {"queued": 250}, "queued by domain")
+        r = s.api("POST", "/api/v1/push", {"user": "U1@example.com"})
+        status(r, 202, "bulk by user")
+        eq(r.json(), {"queued": 200}, "queued by user")
+        want = set(toks["u3@other.test"]) | set(toks["u1@example.com"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and st.stats()["answered"] < 120:
+            time.sleep(0.05)
+        before = st.stats()["answered"]
+        ok(120 <= before < 450, "stopped in the middle (%d of 450 answered)" % before)
+        eq(s.stop(), 0, "graceful stop during the bulk push")
+        s.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and st.stats()["answered"] < 450:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        reqs = st.requests()
+        paths = [r["path"][len("/3/device/"):] for r in reqs]
+        eq(len(paths), 450, "requests in total (both runs)")
+        eq(set(paths), want, "every targeted device, and only those")
+        eq(len(set(paths)), len(paths), "nobody pushed twice")
+        ok(all(r["status"] == 200 for r in reqs), "all answered 200")
+        sessions = {r["session"] for r in reqs}
+        eq(len(sessions), 2, "one connection per server run")
+        r = s.api("POST", "/api/v1/push", {"all": True})
+        eq(r.json(), {"queued": 500}, "queued for all")
+    finally:
+        s.stop()
+
+
+# --- orchard pushcert ------------------------------------------------------------------------------
+
+def push_cert(key, topic, days=365, issuer_key=None):
+    """A certificate shaped like Apple's MDM push certificate (UID = topic)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    subj = x509.Name([x509.NameAttribute(NameOID.USER_ID, topic),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "APSP:" + topic.rsplit(".", 1)[-1])])
+    n = pki.now()
+    return (x509.CertificateBuilder().subject_name(subj).issuer_name(pki.name("Apple test CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(n - datetime.timedelta(days=10)).not_valid_after(n + datetime.timedelta(days=days))
+            .sign(issuer_key or pki.new_key(), hashes.SHA256()))
+
+
+def pem(obj, password=None, fmt=None):
+    from cryptography.hazmat.primitives import serialization as ser
+    if hasattr(obj, "public_bytes"):
+        return obj.public_bytes(ser.Encoding.PEM)
+    enc = ser.BestAvailableEncryption(password.encode()) if password else ser.NoEncryption()
+    return obj.private_bytes(ser.Encoding.PEM, fmt or ser.PrivateFormat.PKCS8, enc)
+
+
+@test
+def pushcert_csr_import_keeps_the_topic_and_accepts_pem_pkcs1_pkcs8_encrypted_and_pkcs12():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    s = Server(name="pushcert")
+    d = tempfile.mkdtemp(dir=s.tmp)
+    topic = s.cli("pushcert", "show", "--data", s.data).stdout.split("topic:")[1].split()[0]
+    ok(topic.startswith("com.apple.mgmt."), "show prints the topic: %r" % topic)
+
+    # csr: a pending key (0600) and a CSR signed by it.
+    out = os.path.join(d, "req.csr")
+    s.cli("pushcert", "csr", "--data", s.data, "--out", out)
+    pending = s.path("push", "pending.key")
+    eq(os.stat(pending).st_mode & 0o777, 0o600, "pending key mode")
+    csr = x509.load_pem_x509_csr(open(out, "rb").read())
+    ok(csr.is_signature_valid, "CSR signature")
+    key = ser.load_pem_private_key(open(pending, "rb").read(), None)
+    eq(csr.public_key().public_numbers(), key.public_key().public_numbers(), "CSR carries the pending key")
+    p = s.cli("pushcert", "csr", "--data", s.data)
+    ok("BEGIN CERTIFICATE REQUEST" in p.stdout, "csr without --out prints the CSR")
+    key = ser.load_pem_private_key(open(pending, "rb").read(), None)
+
+    # import the certificate "Apple" returned for the pending key: same topic.
+    cpath = os.path.join(d, "MDM_Orchard_Certificate.pem")
+    open(cpath, "wb").write(pem(push_cert(key, topic)))
+    s.cli("pushcert", "import", "--data", s.data, "--cert", cpath)
+    ok(not os.path.exists(pending), "the pending key is consumed by import")
+    eq(os.stat(s.path("push", "key.pem")).st_mode & 0o777, 0o600, "installed key mode")
+    installed = x509.load_pem_x509_certificate(open(s.path("push", "cert.pem"), "rb").read())
+    eq(installed.public_key().public_numbers(), key.public_key().public_numbers(), "installed certificate")
+
+    # A different topic orphans devices: refused unless --force.
+    other = "com.apple.mgmt.External." + str(uuid.uuid4())
+    k2 = pki.new_key()
+    open(os.path.join(d, "other.pem"), "wb").write(pem(push_cert(k2, other)))
+    open(os.path.join(d, "other.key"), "wb").write(pem(k2, fmt=ser.PrivateFormat.TraditionalOpenSSL))
+    p = s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "other.pem"), "--key",
+              os.path.join(d, "other.key"), check=False)
+    eq(p.returncode, 1, "different topic refused")
+    ok("orphan" in p.stderr, "explains why: %r" % p.stderr)
+    ok(topic in s.cli("pushcert", "show", "--data", s.data).stdout, "still the old topic")
+
+    # Key mismatch, expired certificate, not a push certificate.
+    p = s.cli("pushcert", "import", "--data", s.data, "--cert", cpath, "--key", os.path.join(d, "other.key"),
+              check=False)
+    eq(p.returncode, 1, "key of another certificate refused")
+    k3 = pki.new_key()
+    open(os.path.join(d, "old.pem"), "wb").write(pem(push_cert(k3, topic, days=-1)))
+    open(os.path.join(d, "k3.key"), "wb").write(pem(k3))
+    p = s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "old.pem"), "--key",
+              os.path.join(d, "k3.key"), check=False)
+    eq(p.returncode, 1, "expired certificate refused")
+
+    # Renewal with an encrypted PKCS#8 key, then a PKCS#1 key (same topic).
+    k4 = pki.new_key()
+    open(os.path.join(d, "renew.pem"), "wb").write(pem(push_cert(k4, topic)))
+    open(os.path.join(d, "renew.key"), "wb").write(pem(k4, password="s3cret"))
+    p = s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "renew.pem"), "--key",
+              os.path.join(d, "renew.key"), check=False)
+    eq(p.returncode, 1, "encrypted key without a password")
+    s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "renew.pem"), "--key",
+          os.path.join(d, "renew.key"), "--password-stdin", input="s3cret\n")
+    open(os.path.join(d, "renew1.key"), "wb").write(pem(k4, fmt=ser.PrivateFormat.TraditionalOpenSSL))
+    s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "renew.pem"), "--key",
+          os.path.join(d, "renew1.key"))
+
+    # PKCS#12 with the key inside, password on stdin; a wrong password fails.
+    k5 = pki.new_key()
+    p12 = pkcs12.serialize_key_and_certificates(b"orchard", k5, push_cert(k5, topic), None,
+                                                ser.BestAvailableEncryption(b"p12pass"))
+    open(os.path.join(d, "push.p12"), "wb").write(p12)
+    p = s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "push.p12"), "--password-stdin",
+              input="wrong\n", check=False)
+    eq(p.returncode, 1, "wrong PKCS#12 password")
+    s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "push.p12"), "--password-stdin",
+          input="p12pass\n")
+    installed = x509.load_pem_x509_certificate(open(s.path("push", "cert.pem"), "rb").read())
+    eq(installed.public_key().public_numbers(), k5.public_key().public_numbers(), "PKCS#12 installed")
+
+    # --force replaces the topic; the server then serves the new one.
+    s.cli("pushcert", "import", "--data", s.data, "--cert", os.path.join(d, "other.pem"), "--key",
+          os.path.join(d, "other.key"), "--force")
+    s.start()
+    eq(s.api("GET", "/api/v1/pushcert").json()["topic"], other, "the server uses the imported certificate")
+    s.stop()
+
+
+if __name__ == "__main__":
+    orchard.main()
