@@ -47,14 +47,14 @@ suite() {
 }
 
 # A real PostgreSQL server for the storage conformance suite and the integration tests
-# (scripts/test-pg.sh: a throwaway cluster in build/pgdata on a private unix socket), stopped on
-# exit whatever happens. A caller may bring its own server by exporting ORCHARD_TEST_PG_DSN. If
+# (scripts/test-pg.sh: a throwaway cluster under build/pgdata on a private unix socket), stopped
+# on exit whatever happens. A caller may bring its own server by exporting ORCHARD_TEST_PG_DSN. If
 # the server cannot start, the variable stays unset and the PostgreSQL suites FAIL, never skip.
 if [ -z "${ORCHARD_TEST_PG_DSN:-}" ] &&
     { [ "$group" = all ] || [ "$group" = unit ] || [ "$group" = integration ]; }; then
-    if pg_env=$(scripts/test-pg.sh start 2>"$LOG_DIR/test-pg.log"); then
+    if pg_env=$(ORCHARD_TEST_PG_OWNER_PID=$$ scripts/test-pg.sh start 2>"$LOG_DIR/test-pg.log"); then
         eval "$pg_env"
-        trap 'scripts/test-pg.sh stop >/dev/null 2>&1' EXIT
+        trap 'scripts/test-pg.sh stop "$ORCHARD_TEST_PG_RUN" >/dev/null 2>&1' EXIT
         echo "== PostgreSQL started for the tests ($(tail -1 "$LOG_DIR/test-pg.log"))"
     else
         echo "== PostgreSQL did not start; its suites will fail (log: $LOG_DIR/test-pg.log)"

@@ -1,9 +1,9 @@
 /*
- * cms.h over OpenSSL's CMS API. Messages are parsed straight from the caller's buffer with
- * d2i_CMS_ContentInfo, which accepts BER (indefinite lengths, constructed OCTET STRINGs) like
- * d2i_CMS_bio does but without the BIO's buffering copy; detached content is handed to
- * CMS_verify as a read-only memory BIO over the body, so verifying an Mdm-Signature copies
- * nothing but the signer certificate reference.
+ * cms.h over OpenSSL's CMS API (except cms_verify_detached's fast path, in cms_detached.c).
+ * Messages are parsed straight from the caller's buffer with d2i_CMS_ContentInfo, which
+ * accepts BER (indefinite lengths, constructed OCTET STRINGs) like d2i_CMS_bio does but
+ * without the BIO's buffering copy; detached content is handed to CMS_verify as a read-only
+ * memory BIO over the body.
  */
 #include "crypto/cms.h"
 

@@ -60,7 +60,9 @@ int cms_attached_verify(const uint8_t *der, size_t len, uint8_t **content, size_
  * body the exact HTTP body bytes. Requires exactly one signer whose certificate is in the
  * message; on success *signer_out (may be NULL) is a new reference to it. No chain or time
  * checks (see above). CRYPTO_EINPUT for malformed or attached-content input, CRYPTO_EVERIFY
- * when the signature does not match the body.
+ * when the signature does not match the body. Runs on every signed device request: the common
+ * shape is checked by a fast path with a per-thread cache of signer certificates (~25 us for
+ * RSA-2048, most of it the RSA operation), anything else by OpenSSL's CMS_verify (~250 us).
  */
 int cms_verify_detached(const uint8_t *sig, size_t sig_len, const uint8_t *body, size_t body_len,
                         crypto_cert **signer_out);

@@ -334,8 +334,11 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         observed_has(r->obs, kind, w && w->s.identifier ? w->s.identifier : identifier, &status);
     if (w && w->pending && w->s.state == ST_ITEM_INSTALLING)
         goto out; /* being installed; a pending removal is followed by a new install */
-    if (seen == 1 && (w == NULL || w->s.state != ST_ITEM_INSTALLED ||
-                      (status && (!w->s.detail || strcmp(w->s.detail, status) != 0)))) {
+    /* A removal still queued will take it off the device: install again after it. */
+    int removing = w && w->pending && w->s.state == ST_ITEM_REMOVING;
+    if (seen == 1 && !removing &&
+        (w == NULL || w->s.state != ST_ITEM_INSTALLED ||
+         (status && (!w->s.detail || strcmp(w->s.detail, status) != 0)))) {
         /* The device has it: record that instead of installing it again. */
         st_item_state s = {.enrollment_id = r->e.id,
                            .item_kind = kind,
@@ -349,7 +352,7 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
         goto out;
     }
-    if (w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
+    if (!removing && w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
         goto out; /* installed, and no list says otherwise */
     if (w && w->s.state == ST_ITEM_FAILED)
         goto out; /* refused by the device: not retried automatically (no command storms) */
@@ -370,7 +373,8 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         r->stats->errors++;
         goto out;
     }
-    claim_and_enqueue(r, w, kind, id, identifier, ST_ITEM_INSTALLING, sensitive, cmd);
+    claim_and_enqueue(r, w, kind, id, w && w->s.identifier ? w->s.identifier : identifier,
+                      ST_ITEM_INSTALLING, sensitive, cmd);
 out:
     plist_free(cmd);
     st_profile_cleanup(&p);

@@ -275,6 +275,26 @@ TEST(unassign_before_install_acknowledged)
     ASSERT_STR_EQ(queue_of("E1"), "");
 }
 
+TEST(reassign_while_removal_queued)
+{
+    ASSERT_INT_EQ(setup(), 0);
+    ASSERT_INT_EQ(enroll("E1", "iPhone14,5"), 0);
+    int64_t p = add_profile("corp", 0);
+    int64_t a = assign(ST_ITEM_PROFILE, p, ST_TARGET_USER, "alice@example.com");
+    ASSERT_INT_EQ(answer_all("E1", ST_CMD_ACKNOWLEDGED, NULL), 1);
+    unassign(a);
+    assign(ST_ITEM_PROFILE, p, ST_TARGET_USER, "alice@example.com");
+    /* The queued removal runs first; the profile is installed again after it. */
+    ASSERT_STR_EQ(queue_of("E1"), "RemoveProfile:com.example.corp\nInstallProfile\n");
+    /* Even if the device still lists it before the removal ran. */
+    static const char *const have[] = {"com.example.corp", NULL};
+    profile_list("E1", have);
+    ASSERT_STR_EQ(queue_of("E1"), "RemoveProfile:com.example.corp\nInstallProfile\n");
+    ASSERT_INT_EQ(answer_all("E1", ST_CMD_ACKNOWLEDGED, NULL), 2);
+    ASSERT_INT_EQ(lib_reconcile(&app, "E1", NULL), 0);
+    ASSERT_STR_EQ(queue_of("E1"), "");
+}
+
 TEST(profile_missing_from_profile_list_is_reinstalled)
 {
     ASSERT_INT_EQ(setup(), 0);
@@ -471,6 +491,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(assign_profile_to_user),
         TEST_ENTRY(unassign_removes),
         TEST_ENTRY(unassign_before_install_acknowledged),
+        TEST_ENTRY(reassign_while_removal_queued),
         TEST_ENTRY(profile_missing_from_profile_list_is_reinstalled),
         TEST_ENTRY(profile_list_learns_installed),
         TEST_ENTRY(reenroll_starts_over),
