@@ -23,8 +23,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     st_app a;
     if (lib_profile_prepare(data, size, 0, ignore, NULL, &p, err, sizeof(err)) == 0)
         st_profile_cleanup(&p);
-    if (lib_profile_prepare(data, size, LIB_OS_BIT(UE_OS_IOS), NULL, NULL, &p, err,
-                            sizeof(err)) == 0)
+    if (lib_profile_prepare(data, size, LIB_OS_BIT(UE_OS_IOS), NULL, NULL, &p, err, sizeof(err)) ==
+        0)
         st_profile_cleanup(&p);
     if (lib_app_prepare((const char *)data, size, ignore, NULL, &a, err, sizeof(err)) == 0)
         st_app_cleanup(&a);

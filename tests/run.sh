@@ -63,7 +63,7 @@ if [ -z "${ORCHARD_TEST_PG_DSN:-}" ] &&
 fi
 
 if [ "$group" = all ] || [ "$group" = unit ]; then
-    for t in $(find build/san/tests -type f -name 'test_*' | sort); do
+    for t in $(find build/san/tests -type f -name 'test_*' ! -name '*.d' | sort); do
         suite "unit/${t#build/san/tests/}" "$t"
     done
 fi

@@ -12,6 +12,7 @@
 #include "enroll/enroll.h"
 #include "mdm/command.h"
 #include "plist/pl.h"
+#include "push/pusher.h"
 
 static int is_user_enrollment(int type)
 {
@@ -240,6 +241,8 @@ static void apply_failure_action(struct app *app, const st_enrollment *e, const 
     }
     snprintf(detail, sizeof(detail), "reason=%s action=%s commands=%d", reason, action, n);
     audit_record(app, "system", "reauth.failed", e->id, detail);
+    if (n > 0)
+        push_enrollment(app, e->id); /* wake the device so the removals are fetched */
 }
 
 int reauth_enforcing(const struct app *app, const st_enrollment *e)
@@ -254,6 +257,8 @@ void reauth_completed(struct app *app, const st_enrollment *e, const char *metho
     int n = 0;
     if (was_failed && strcmp(config_get(app->cfg, "reauth_failure_action"), "remove-sensitive") == 0)
         n = walk_sensitive(app, e, 1);
+    if (n > 0)
+        push_enrollment(app, e->id);
     char detail[96];
     snprintf(detail, sizeof(detail), "method=%s reinstalled=%d", method ? method : "-", n);
     audit_record(app, "device", "reauth.complete", e->id, detail);

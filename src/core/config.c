@@ -326,6 +326,48 @@ const char *config_data_dir(const config *c)
     return c->data_dir;
 }
 
+/*
+ * Appends a value that may be a URL carrying a password, the storage DSN above all
+ * ("postgresql://user:PASSWORD@host/db", "...?password=PASSWORD&..."), with the password
+ * replaced by "(redacted)".
+ */
+static void dump_url_value(buf *b, const char *v)
+{
+    const char *auth = strstr(v, "://");
+    if (auth == NULL) {
+        buf_puts(b, v);
+        return;
+    }
+    auth += 3;
+    const char *auth_end = auth + strcspn(auth, "/?#");
+    const char *at = NULL, *colon = NULL;
+    for (const char *p = auth; p < auth_end; p++)
+        if (*p == '@')
+            at = p;
+    for (const char *p = auth; at != NULL && p < at && colon == NULL; p++)
+        if (*p == ':')
+            colon = p;
+    const char *p = v;
+    if (colon != NULL) {
+        buf_append(b, v, (size_t)(colon + 1 - v));
+        buf_puts(b, "(redacted)");
+        p = at;
+    }
+    while (*p != '\0') {
+        const char *q = strstr(p, "password=");
+        if (q == NULL || q <= v || (q[-1] != '?' && q[-1] != '&')) {
+            size_t n = q == NULL ? strlen(p) : (size_t)(q - p) + 1;
+            buf_append(b, p, n);
+            p += n;
+            continue;
+        }
+        q += strlen("password=");
+        buf_append(b, p, (size_t)(q - p));
+        buf_puts(b, "(redacted)");
+        p = q + strcspn(q, "&#");
+    }
+}
+
 char *config_dump(const config *c)
 {
     buf b;
@@ -334,7 +376,9 @@ char *config_dump(const config *c)
         const char *v = c->values[i];
         if (config_keys[i].type == CONFIG_SECRET && v[0])
             v = "(redacted)";
-        buf_printf(&b, "%s = %s\n", config_keys[i].name, v);
+        buf_printf(&b, "%s = ", config_keys[i].name);
+        dump_url_value(&b, v);
+        buf_puts(&b, "\n");
     }
     return buf_steal(&b, NULL);
 }

@@ -62,7 +62,9 @@ TEST(config_file_env_precedence)
     char dir[] = "/tmp/orchard-cfg-XXXXXX";
     ASSERT_NOT_NULL(mkdtemp(dir));
     char *path = xasprintf("%s/orchard.conf", dir);
-    const char *text = "# comment\nlisten = 127.0.0.1:9000\nmetrics_token = s3cret\n";
+    const char *text = "# comment\nlisten = 127.0.0.1:9000\nmetrics_token = s3cret\n"
+                       "storage = postgresql://orchard:pw1@db.example:5432/orchard?sslmode=require"
+                       "&password=pw2&connect_timeout=5\n";
     ASSERT_INT_EQ(fs_write_file(path, text, strlen(text), 0600), 0);
     setenv("ORCHARD_LISTEN", "127.0.0.1:9001", 1);
     char err[256];
@@ -73,6 +75,10 @@ TEST(config_file_env_precedence)
     char *dump = config_dump(c);
     ASSERT(strstr(dump, "s3cret") == NULL);
     ASSERT(strstr(dump, "metrics_token = (redacted)") != NULL);
+    /* A DSN's passwords, in the userinfo or as a parameter, are secrets too. */
+    ASSERT(strstr(dump, "pw1") == NULL && strstr(dump, "pw2") == NULL);
+    ASSERT(strstr(dump, "storage = postgresql://orchard:(redacted)@db.example:5432/orchard?"
+                        "sslmode=require&password=(redacted)&connect_timeout=5\n") != NULL);
     free(dump);
     config_free(c);
     unlink(path);

@@ -1,0 +1,218 @@
+#!/usr/bin/python3
+"""
+The PostgreSQL backend against the real binary: `orchard init --storage postgres://...` migrates
+a fresh database and creates no SQLite file, `orchard serve` on it enrolls a simulated device and
+runs its commands, and two `orchard serve` instances on one database behave as one server behind
+a load balancer (the device's requests alternate between them; either admin API sees everything).
+
+The server is ORCHARD_TEST_PG_DSN (tests/run.sh starts one with scripts/test-pg.sh). Each run
+creates its own database orchard_it_<random> with psql and drops it at exit. Without the variable
+every test FAILs: PostgreSQL is never skipped silently.
+"""
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+import orchard  # noqa: E402
+from orchard import Server, eq, ok, on_exit, status, test  # noqa: E402
+
+PG_DSN = os.environ.get("ORCHARD_TEST_PG_DSN") or ""
+ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
+_db = None  # (name, dsn) of this run's database
+
+
+def dsn_for(base, dbname):
+    """The libpq URI `base` with its database replaced: postgresql://[auth]/DBNAME[?params]."""
+    scheme, rest = base.split("://", 1)
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    auth, tail = rest[:cut], rest[cut:]
+    if tail.startswith("/"):
+        q = tail.find("?")
+        tail = tail[q:] if q >= 0 else ""
+    return "%s://%s/%s%s" % (scheme, auth, dbname, tail)
+
+
+def psql(dsn, sql):
+    """Runs sql with psql; returns the unaligned output lines."""
+    p = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise AssertionError("psql %r failed (%d): %s" % (sql, p.returncode, p.stderr.strip()))
+    return [line for line in p.stdout.splitlines() if line]
+
+
+def database():
+    """This run's database, created on first use: (name, dsn)."""
+    global _db
+    ok(PG_DSN.startswith(("postgres://", "postgresql://")),
+       "PostgreSQL was not started: ORCHARD_TEST_PG_DSN is not set (tests/run.sh starts a "
+       "server with scripts/test-pg.sh; by hand: eval \"$(scripts/test-pg.sh start)\")")
+    if _db is None:
+        name = "orchard_it_" + secrets.token_hex(6)
+        psql(PG_DSN, "CREATE DATABASE %s" % name)
+        _db = (name, dsn_for(PG_DSN, name))
+    return _db
+
+
+@on_exit
+def _drop_database():
+    if _db is not None:
+        # main() has stopped every server by now; FORCE covers a server that would not stop.
+        psql(PG_DSN, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % _db[0])
+
+
+def scalar(sql):
+    rows = psql(database()[1], sql)
+    return rows[0] if rows else None
+
+
+_srv = None
+
+
+def srv():
+    """Instance A: initialised on this run's database (init=False: the harness's init has no
+    --storage), with Alice added through the CLI, which writes to PostgreSQL too."""
+    global _srv
+    if _srv is None:
+        _, dsn = database()
+        s = Server(init=False, name="pg-a")
+        s.cli("init", "--data", s.data, "--public-url", s.url, "--domain", "example.com",
+              "--storage", dsn)
+        s.add_user(*ALICE)
+        s.start()
+        _srv = s
+    return _srv
+
+
+def new_device(s, who=ALICE):
+    return sim.Device(s.url, who[0], who[2], ca_file=s.ca_file, signing_ca=s.path("signing", "ca.pem"),
+                      workdir=tempfile.mkdtemp(prefix="dev-", dir=s.tmp), auto_reauth=False)
+
+
+def enqueue(s, eid, request_type="ProfileList"):
+    r = s.api("POST", "/api/v1/enrollments/%s/commands" % eid, {"request_type": request_type})
+    status(r, 201, "enqueue %s on %s" % (request_type, s.url))
+    return r.json()["command_uuid"]
+
+
+def command_status(s, u):
+    r = s.api("GET", "/api/v1/commands/%s" % u)
+    status(r, 200, "GET command %s on %s" % (u, s.url))
+    return r.json()["status"]
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+@test
+def init_with_a_postgres_dsn_migrates_the_database_and_creates_no_sqlite_file():
+    s = srv()
+    ok(not os.path.exists(s.path("orchard.db")), "init --storage postgres:// must not create orchard.db")
+    with open(s.path("orchard.conf")) as f:
+        conf = f.read()
+    ok("storage = " + database()[1] in conf, "orchard.conf must name the DSN:\n" + conf)
+    version = int(scalar("SELECT max(version) FROM schema_migrations"))
+    ok(version >= 1, "schema_migrations must record the migrations, got %r" % version)
+    eq(int(scalar("SELECT count(*) FROM schema_migrations")), version, "each migration recorded once")
+    eq(scalar("SELECT email FROM users"), ALICE[0], "the user added through the CLI is in PostgreSQL")
+    eq(int(scalar("SELECT count(*) FROM api_keys")), 1, "the harness's API key is in PostgreSQL")
+
+
+@test
+def init_against_an_unreachable_server_fails_without_echoing_the_password():
+    s = Server(init=False, name="pg-bad")
+    p = s.cli("init", "--data", s.data, "--public-url", s.url, "--domain", "example.com", "--storage",
+              "postgresql://orchard:hunter2-secret@/orchard?host=/nonexistent-dir&connect_timeout=2",
+              check=False)
+    ok(p.returncode != 0, "init must fail when the database cannot be reached")
+    out = p.stdout + p.stderr
+    ok("pgsql" in out, "the error must name the backend: %r" % out)
+    ok("hunter2-secret" not in out, "the error must not echo the password: %r" % out)
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+_dev = None
+
+
+def enrolled():
+    global _dev
+    if _dev is None:
+        _dev = new_device(srv()).run_enrollment()
+    return _dev
+
+
+@test
+def serve_on_postgres_enrolls_a_device_and_runs_its_commands():
+    s = srv()
+    r = s.get("/healthz")
+    status(r, 200, "healthz on PostgreSQL")
+    d = enrolled()
+    eq(scalar("SELECT count(*) FROM enrollments WHERE id = '%s'" % d.enrollment_id), "1",
+       "the enrollment is a row in PostgreSQL")
+    ok(scalar("SELECT push_token FROM enrollments WHERE id = '%s'" % d.enrollment_id),
+       "TokenUpdate stored the push token")
+    u1, u2 = enqueue(s, d.enrollment_id), enqueue(s, d.enrollment_id)
+    done = d.run_commands()
+    eq([c["CommandUUID"] for c in done], [u1, u2], "both commands, in order")
+    eq(command_status(s, u1), "acknowledged", "status of the first command")
+    eq(command_status(s, u2), "acknowledged", "status of the second command")
+    eq(d.idle(), None, "nothing left to send")
+    eq(int(scalar("SELECT count(*) FROM command_history WHERE enrollment_id = '%s'" % d.enrollment_id)),
+       2, "both results are in history")
+    r = s.api("GET", "/api/v1/enrollments/%s" % d.enrollment_id)
+    status(r, 200, "the enrollment through the API")
+
+
+@test
+def two_instances_on_one_database_serve_one_device_alternately():
+    a = srv()
+    d = enrolled()
+    # Instance B: the same data directory (identities, config: what a second host behind the
+    # load balancer would have) and so the same database, on its own port.
+    b = Server(init=False, name="pg-b")
+    b.data = a.data
+    b._api_key = a.api_key
+    b.start()
+    try:
+        status(b.get("/healthz"), 200, "healthz on B")
+        r = b.api("GET", "/api/v1/enrollments")
+        status(r, 200, "list on B")
+        ok(d.enrollment_id in r.text, "B lists the device enrolled through A: %s" % r.text[:300])
+
+        # The device's requests alternate between the instances, as a load balancer would send
+        # them; commands are enqueued on either one.
+        urls = {"a": (d.server_url, d.checkin_url)}
+        urls["b"] = tuple(u.replace(a.url, b.url) for u in urls["a"])
+        d.run_commands()  # whatever an earlier failed test left behind
+        uuids = [enqueue(a if i % 2 else b, d.enrollment_id) for i in range(6)]
+        got, i = [], 0
+        d.server_url, d.checkin_url = urls["a"]
+        cmd = d.idle()
+        while cmd is not None and len(got) < 20:
+            got.append(cmd["CommandUUID"])
+            i += 1
+            d.server_url, d.checkin_url = urls["b" if i % 2 else "a"]
+            cmd = d.report(cmd["CommandUUID"], "Acknowledged")
+        d.server_url, d.checkin_url = urls["a"]
+        eq(got, uuids, "every command exactly once, in order, across both instances")
+        for u in uuids:
+            eq(command_status(a, u), "acknowledged", "A sees the result of %s" % u)
+            eq(command_status(b, u), "acknowledged", "B sees the result of %s" % u)
+        # A check-in through B updates the row A reads.
+        d.server_url, d.checkin_url = urls["b"]
+        d.token_update()
+        d.server_url, d.checkin_url = urls["a"]
+        eq(d.idle(), None, "nothing left on either instance")
+    finally:
+        eq(b.stop(), 0, "B exits cleanly on SIGTERM")
+
+
+if __name__ == "__main__":
+    orchard.main()
