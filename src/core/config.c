@@ -63,6 +63,9 @@ const struct config_key config_keys[] = {
       "apns-expiration of MDM pushes, relative to sending."),
     D("repush_interval", CONFIG_DURATION, "24h", 60, 365 * DAY, NULL,
       "Push again devices with pending commands silent for this long."),
+    D("required_app_id", CONFIG_INT, "0", 0, 99999999999LL, NULL,
+      "App Store ID of the app the server may install without asking (RequiredAppIDForMDM, shown "
+      "to the user at enrollment); 0 = none."),
     D("scheduler_interval", CONFIG_DURATION, "30s", 1, 3600, NULL,
       "How often background policies run (re-authentication, history retention)."),
     D("push_batch", CONFIG_INT, "1000", 1, 100000, NULL,

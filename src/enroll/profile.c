@@ -74,6 +74,11 @@ static plist_t mdm_payload(const struct app *app, const st_user *user, const cha
     plist_array_append_item(caps, plist_new_string("com.apple.mdm.per-user-connections"));
     plist_array_append_item(caps, plist_new_string("com.apple.mdm.token"));
     plist_dict_set_item(p, "ServerCapabilities", caps);
+    /* iOS 15.1+, account-driven only (PROTOCOL.md 13.5): the user sees the app at enrollment and
+     * a later InstallApplication of it needs no confirmation. Frozen: set it before enrolling. */
+    int64_t required_app = config_get_int(app->cfg, "required_app_id");
+    if (required_app > 0)
+        pl_set_uint(p, "RequiredAppIDForMDM", (uint64_t)required_app);
     return p;
 }
 

@@ -339,6 +339,26 @@ def signin_rate_limit_answers_429_even_with_the_right_password():
 # --- 5/6. tokens and the profile -----------------------------------------------------------------
 
 @test
+def required_app_id_is_announced_in_the_profile():
+    """PROTOCOL 13.5: with required_app_id set, the MDM payload carries RequiredAppIDForMDM
+    (an integer); without it the key is absent."""
+    d = signed_in(srv())
+    d.fetch_profile()
+    d.verify_profile()
+    ok("RequiredAppIDForMDM" not in d.mdm_payload, "absent by default")
+    s = Server(name="reqapp", env={"ORCHARD_REQUIRED_APP_ID": "1234567890"})
+    try:
+        s.add_user(*ALICE)
+        s.start()
+        d = signed_in(s)
+        d.fetch_profile()
+        d.verify_profile()
+        eq(d.mdm_payload.get("RequiredAppIDForMDM"), 1234567890, "RequiredAppIDForMDM")
+    finally:
+        s.stop()
+
+
+@test
 def profile_is_a_signed_byod_enrollment_profile():
     s = srv()
     d = signed_in(s)
