@@ -1,8 +1,9 @@
 /*
  * Runs the storage conformance suite against a real PostgreSQL server, plus what only a shared
  * server has: DSN forms, two Orchard instances (two storage handles) on one database handing out
- * and completing one queue concurrently, concurrent challenge claims, several instances
- * migrating one empty database at once, and reconnection after the server drops connections.
+ * and completing one queue concurrently, concurrent challenge claims and push-outbox leases,
+ * several instances migrating one empty database at once, and reconnection after the server
+ * drops connections.
  *
  * The server comes from ORCHARD_TEST_PG_DSN (tests/run.sh starts one with scripts/test-pg.sh).
  * Without it the binary prints a FAIL line and exits 1: CI must never skip PostgreSQL silently.
@@ -396,6 +397,81 @@ TEST(pg_two_instances_claim_challenges_once)
         ASSERT_INT_EQ(atomic_load(&wins[i]), 1);
 }
 
+/* ---- two instances leasing the push outbox ---- */
+
+#define PG_PUSH_ROWS 120
+#define PG_PUSHERS 4
+
+struct pg_pusher {
+    storage *st;
+    char owner[32];
+    atomic_int *leased; /* per row: how many pushers were handed it */
+    int errors;
+};
+
+static int pg_pusher_cb(const st_push *p, void *ctx)
+{
+    struct pg_pusher *w = ctx;
+    int i = -1;
+    if (sscanf(p->enrollment_id, "PU%d", &i) == 1 && i >= 0 && i < PG_PUSH_ROWS &&
+        p->push_token != NULL && p->topic != NULL)
+        atomic_fetch_add(&w->leased[i], 1);
+    else
+        w->errors++;
+    return 0;
+}
+
+static void *pg_pusher_main(void *arg)
+{
+    struct pg_pusher *w = arg;
+    for (int idle = 0; idle < 3;) {
+        int claimed = 0;
+        /* Every lease is still live (now 1000, lease 600): a row may go to one pusher only. */
+        int rc = storage_push_claim(w->st, w->owner, 1000, 600, 7, pg_pusher_cb, w, &claimed);
+        if (rc != ST_OK)
+            w->errors++;
+        idle = claimed == 0 ? idle + 1 : 0;
+    }
+    return NULL;
+}
+
+TEST(pg_two_instances_lease_push_rows_once)
+{
+    storage *a = pg_open_fresh();
+    ASSERT_NOT_NULL(a);
+    storage *b = pg_reopen();
+    ASSERT_NOT_NULL(b);
+    char id[32];
+    for (int i = 0; i < PG_PUSH_ROWS; i++) {
+        snprintf(id, sizeof(id), "PU%03d", i);
+        ASSERT_INT_EQ(conf_enroll(a, id, 0), ST_OK);
+        ASSERT_INT_EQ(storage_enrollment_token_update(a, id, "ab01", "MAGIC", 100), ST_OK);
+        ASSERT_INT_EQ(storage_push_enqueue(i % 2 ? a : b, id, 500), ST_OK);
+    }
+    static atomic_int leased[PG_PUSH_ROWS];
+    for (int i = 0; i < PG_PUSH_ROWS; i++)
+        atomic_init(&leased[i], 0);
+    struct pg_pusher w[PG_PUSHERS];
+    pthread_t tids[PG_PUSHERS];
+    for (int i = 0; i < PG_PUSHERS; i++) {
+        w[i].st = i % 2 ? a : b;
+        snprintf(w[i].owner, sizeof(w[i].owner), "pusher-%d", i);
+        w[i].leased = leased;
+        w[i].errors = 0;
+        ASSERT_INT_EQ(pthread_create(&tids[i], NULL, pg_pusher_main, &w[i]), 0);
+    }
+    for (int i = 0; i < PG_PUSHERS; i++)
+        pthread_join(tids[i], NULL);
+    int pending = conf_pending(b);
+    storage_close(a);
+    storage_close(b);
+    for (int i = 0; i < PG_PUSHERS; i++)
+        ASSERT_INT_EQ(w[i].errors, 0);
+    for (int i = 0; i < PG_PUSH_ROWS; i++)
+        ASSERT_INT_EQ(atomic_load(&leased[i]), 1);
+    ASSERT_INT_EQ(pending, PG_PUSH_ROWS); /* leased, not done: the rows stay until push_done */
+}
+
 /* ---- the server drops our connections ---- */
 
 /* Terminates every other connection to st's database and waits until they are gone. */
@@ -544,6 +620,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(pg_concurrent_migrations),
         TEST_ENTRY(pg_two_instances_share_one_queue),
         TEST_ENTRY(pg_two_instances_claim_challenges_once),
+        TEST_ENTRY(pg_two_instances_lease_push_rows_once),
         TEST_ENTRY(pg_reconnects_after_the_server_drops_connections),
         TEST_ENTRY(pg_binary_bodies_and_results),
         TEST_ENTRY(pg_ordering_and_case_folding_are_bytewise),
