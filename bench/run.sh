@@ -43,5 +43,5 @@ printf "  baseline (empty 200, libmicrohttpd+TLS): %10.0f req/s  p99 %s\n" "$b" 
 printf "  orchard  (signed Idle, token, queue):    %10.0f req/s  p99 %s\n" "$o" "$(p99 "$WORK/idle.txt")"
 awk -v o="$o" -v b="$b" 'BEGIN { printf "  ratio orchard/baseline: %.3f   target: >= 20000 req/s\n", o / b }'
 
-# Second part: APNs push fan-out (bench/push.sh).
-./bench/push.sh
+# Second part: APNs push fan-out (bench/push.sh); BENCH_PUSH=0 skips it.
+[ "${BENCH_PUSH:-1}" = 0 ] || ./bench/push.sh

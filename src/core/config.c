@@ -28,7 +28,7 @@ const struct config_key config_keys[] = {
       "Organisation name shown on sign-in pages and in profiles."),
     D("tls_cert", CONFIG_STRING, "tls/server.pem", 0, 0, NULL, "Server certificate chain (PEM)."),
     D("tls_key", CONFIG_STRING, "tls/server.key", 0, 0, NULL, "Server private key (PEM)."),
-    D("threads", CONFIG_INT, "0", 0, 256, NULL, "HTTP worker threads; 0 = number of cores."),
+    D("threads", CONFIG_INT, "0", 0, 256, NULL, "HTTP worker threads; 0 = four per core."),
     D("max_body", CONFIG_INT, "4194304", 4096, 268435456, NULL,
       "Largest request body accepted, in bytes (413 beyond)."),
     D("log_level", CONFIG_ENUM, "info", 0, 0, "debug info warn error", "Least severe level logged."),

@@ -16,6 +16,9 @@
 struct crypto_cert {
     X509 *x509;
     uint8_t sha256[32]; /* of the DER encoding: the fingerprint, computed once */
+    /* Validity as Unix times, decoded once: checked on every device request. 0/0 if the
+     * certificate's times cannot be decoded (then it is never valid). */
+    time_t not_before, not_after;
 };
 
 struct crypto_key {

@@ -72,11 +72,16 @@ int crypto_fail(const char *op, int code)
     return code;
 }
 
+static int time_to_time_t(const ASN1_TIME *t, time_t *out);
+
 crypto_cert *crypto_cert_wrap_hashed(X509 *x509, const uint8_t sha256[32])
 {
     crypto_cert *cert = xmalloc(sizeof *cert);
     cert->x509 = x509;
     memcpy(cert->sha256, sha256, sizeof cert->sha256);
+    if (time_to_time_t(X509_get0_notBefore(x509), &cert->not_before) != 0 ||
+        time_to_time_t(X509_get0_notAfter(x509), &cert->not_after) != 0)
+        cert->not_before = cert->not_after = 0;
     return cert;
 }
 
@@ -465,11 +470,10 @@ char *crypto_cert_topic(const crypto_cert *cert)
     return crypto_asn1_string_utf8(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)));
 }
 
-static int valid_at(const X509 *x, time_t now)
+/* Same semantics as X509_cmp_time: valid when notBefore <= now < notAfter. */
+static int valid_at(const crypto_cert *c, time_t now)
 {
-    /* X509_cmp_time: -1 when the certificate time is <= now, 1 when later, 0 on error. */
-    return X509_cmp_time(X509_get0_notBefore(x), &now) == -1 &&
-           X509_cmp_time(X509_get0_notAfter(x), &now) == 1;
+    return c->not_after != 0 && c->not_before <= now && now < c->not_after;
 }
 
 int crypto_cert_verify_issued_by(const crypto_cert *cert, const crypto_cert *ca, time_t now)
@@ -485,7 +489,7 @@ int crypto_cert_verify_issued_by(const crypto_cert *cert, const crypto_cert *ca,
             return crypto_fail("cert_verify", CRYPTO_EVERIFY);
         crypto_issued_memo_add(cert, ca);
     }
-    if (now != 0 && (!valid_at(cert->x509, now) || !valid_at(ca->x509, now)))
+    if (now != 0 && (!valid_at(cert, now) || !valid_at(ca, now)))
         return crypto_fail("cert_verify_time", CRYPTO_EVERIFY);
     return 0;
 }

@@ -16,6 +16,7 @@
 #include "core/buf.h"
 
 #define HTTP_MAX_PARAMS 4
+#define HTTP_THREADS_PER_CORE 4
 #define HTTP_MAX_HEADERS 8
 
 typedef struct http_request {
@@ -77,7 +78,7 @@ struct http_server_options {
     const char *listen; /* HOST:PORT */
     const char *cert_pem, *key_pem;
     const char *client_ca_pem; /* if set, TLS client certificates are requested */
-    int threads;               /* 0 = cores */
+    int threads;               /* 0 = HTTP_THREADS_PER_CORE per core */
     size_t max_body;
     int access_log;
     const struct http_route *routes; /* terminated by a NULL pattern; not copied */

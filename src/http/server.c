@@ -387,8 +387,12 @@ http_server *http_server_start(const struct http_server_options *o, char *err, s
     if (getentropy(&seed, sizeof(seed)) != 0)
         seed = (unsigned long long)time(NULL);
     atomic_store(&s->next_id, seed & 0xffffffff00000000ULL);
+    /* Four workers per core: a handler regularly waits on SQLite's file locks and OpenSSL's
+     * internal locks, and a worker that waits would otherwise leave its core idle (measured with
+     * bench/run.sh: 2 workers on 2 cores kept the process near 100% CPU of 200%). */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned int threads = (unsigned int)(o->threads > 0 ? o->threads : (cores > 0 ? cores : 1));
+    unsigned int threads =
+        (unsigned int)(o->threads > 0 ? o->threads : HTTP_THREADS_PER_CORE * (cores > 0 ? cores : 1));
     unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TLS | MHD_USE_ITC |
                          MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     struct MHD_OptionItem opts[] = {
