@@ -66,9 +66,15 @@ static void seed_one(storage *st, int i, int64_t user_id, const crypto_cert *ca,
     }
     int64_t now = time(NULL);
     st_session s = {.token_hash = hash, .user_id = user_id, .method = "local", .issued_at = now};
-    st_enrollment e = {.id = id, .type = ST_ENR_USER, .user_id = user_id, .topic = (char *)topic,
-                       .cert_fingerprint = fp, .product_name = "iPhone14,5",
-                       .os_version = "18.2", .auth_state = "active", .enrolled_at = now,
+    st_enrollment e = {.id = id,
+                       .type = ST_ENR_USER,
+                       .user_id = user_id,
+                       .topic = (char *)topic,
+                       .cert_fingerprint = fp,
+                       .product_name = "iPhone14,5",
+                       .os_version = "18.2",
+                       .auth_state = "active",
+                       .enrolled_at = now,
                        .last_seen_at = now + 3600};
     if (storage_session_add(st, &s) || storage_enrollment_authenticate(st, &e) ||
         storage_session_bind(st, hash, id)) {
@@ -78,7 +84,8 @@ static void seed_one(storage *st, int i, int64_t user_id, const crypto_cert *ca,
     if (cert) {
         char *body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\">"
                                "<dict><key>EnrollmentID</key><string>%s</string><key>Status</key>"
-                               "<string>Idle</string></dict></plist>\n", id);
+                               "<string>Idle</string></dict></plist>\n",
+                               id);
         uint8_t *sig = NULL;
         size_t sig_len = 0;
         cms_sign_detached(cert, key, (const uint8_t *)body, strlen(body), &sig, &sig_len);
@@ -116,7 +123,8 @@ int main(int argc, char **argv)
     crypto_key_from_pem(kpem, NULL, &ca_key);
     crypto_cert_from_pem(ppem, &push);
     char *topic = crypto_cert_topic(push);
-    st_user u = {.email = "bench@example.com", .managed_apple_id = "bench@example.com",
+    st_user u = {.email = "bench@example.com",
+                 .managed_apple_id = "bench@example.com",
                  .created_at = time(NULL)};
     if (storage_user_add(st, &u) != 0)
         return 1;

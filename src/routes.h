@@ -8,8 +8,8 @@
 
 #include "http/http.h"
 
-#define PATH_ENROLL "/enroll/"      /* + organisation domain: the BaseURL */
-#define PATH_SIGNIN "/auth/signin"  /* apple-as-web url */
+#define PATH_ENROLL "/enroll/"                   /* + organisation domain: the BaseURL */
+#define PATH_SIGNIN "/auth/signin"               /* apple-as-web url */
 #define PATH_OIDC_CALLBACK "/auth/oidc/callback" /* OIDC redirect_uri (auth/oidc.c) */
 #define PATH_SCEP "/scep"
 #define PATH_CHECKIN "/mdm/checkin"

@@ -89,8 +89,7 @@ void api_handle_metrics(void *ctx, http_request *req, http_response *res)
 
 static const char *type_name(int type)
 {
-    static const char *const names[] = {"unknown", "user", "user_channel", "device",
-                                        "device_user"};
+    static const char *const names[] = {"unknown", "user", "user_channel", "device", "device_user"};
     return type >= 1 && type <= 4 ? names[type] : names[0];
 }
 
@@ -109,18 +108,16 @@ static json_t *enrollment_json(struct app *app, const st_enrollment *e)
     json_t *j = json_pack(
         "{s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:o, s:o, s:I, s:I, s:I, "
         "s:I, s:b, s:I}",
-        "id", e->id, "type", type_name(e->type), "user", str_or_null(u.email),
-        "managed_apple_id", str_or_null(u.managed_apple_id), "product_name",
-        str_or_null(e->product_name), "model", str_or_null(e->model), "os_version",
-        str_or_null(e->os_version), "build_version", str_or_null(e->build_version),
-        "device_name", str_or_null(e->device_name), "platform",
+        "id", e->id, "type", type_name(e->type), "user", str_or_null(u.email), "managed_apple_id",
+        str_or_null(u.managed_apple_id), "product_name", str_or_null(e->product_name), "model",
+        str_or_null(e->model), "os_version", str_or_null(e->os_version), "build_version",
+        str_or_null(e->build_version), "device_name", str_or_null(e->device_name), "platform",
         json_string(ue_os_name(mdm_os_of_product(e->product_name, e->model))), "auth_state",
-        str_or_null(state), "auth_state_since", (json_int_t)e->auth_state_since,
-        "last_auth_method", str_or_null(e->last_auth_method), "parent_id",
-        str_or_null(e->parent_id), "last_auth_at", (json_int_t)e->last_auth_at, "enrolled_at",
-        (json_int_t)e->enrolled_at, "last_seen_at", (json_int_t)e->last_seen_at,
-        "unenrolled_at", (json_int_t)e->unenrolled_at, "push_token", e->push_token != NULL,
-        "pending_commands", (json_int_t)pending);
+        str_or_null(state), "auth_state_since", (json_int_t)e->auth_state_since, "last_auth_method",
+        str_or_null(e->last_auth_method), "parent_id", str_or_null(e->parent_id), "last_auth_at",
+        (json_int_t)e->last_auth_at, "enrolled_at", (json_int_t)e->enrolled_at, "last_seen_at",
+        (json_int_t)e->last_seen_at, "unenrolled_at", (json_int_t)e->unenrolled_at, "push_token",
+        e->push_token != NULL, "pending_commands", (json_int_t)pending);
     st_user_cleanup(&u);
     return j;
 }
@@ -158,8 +155,7 @@ void api_handle_enrollments(void *ctx, http_request *req, http_response *res)
 }
 
 /* Loads the enrollment named by the first path parameter; answers 404 if unknown. */
-static int load_enrollment(struct app *app, http_request *req, http_response *res,
-                           st_enrollment *e)
+static int load_enrollment(struct app *app, http_request *req, http_response *res, st_enrollment *e)
 {
     int rc = storage_enrollment_get(app->st, req->params[0], e);
     if (rc == ST_ENOTFOUND)
@@ -199,12 +195,12 @@ static json_t *command_json(const st_command *c)
             plist_free(p);
         }
     }
-    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:b, s:I, s:I, s:I, s:o}", "command_uuid",
-                     c->uuid, "enrollment_id", c->enrollment_id, "request_type",
-                     c->request_type, "status", status_name(c->status), "priority", c->priority,
-                     "sensitive", c->sensitive, "created_at", (json_int_t)c->created_at,
-                     "sent_at", (json_int_t)c->sent_at, "completed_at",
-                     (json_int_t)c->completed_at, "result", result ? result : json_null());
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:b, s:I, s:I, s:I, s:o}", "command_uuid", c->uuid,
+                     "enrollment_id", c->enrollment_id, "request_type", c->request_type, "status",
+                     status_name(c->status), "priority", c->priority, "sensitive", c->sensitive,
+                     "created_at", (json_int_t)c->created_at, "sent_at", (json_int_t)c->sent_at,
+                     "completed_at", (json_int_t)c->completed_at, "result",
+                     result ? result : json_null());
 }
 
 static int add_command(const st_command *c, void *ctx)
@@ -227,20 +223,26 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
     int ue = e.type == ST_ENR_USER || e.type == ST_ENR_USER_CHANNEL;
     if (mdm_command_from_body(req->body, req->body_len, mdm_os_of_product(e.product_name, e.model),
                               ue, &cmd, err, sizeof(err)) != 0) {
-        log_info("event=command_refused rid=%s enrollment=%s reason=\"%s\"", req->request_id,
-                 e.id, err);
+        log_info("event=command_refused rid=%s enrollment=%s reason=\"%s\"", req->request_id, e.id,
+                 err);
         http_response_error(res, 422, err);
         goto out;
     }
     if (cmd.sensitive && strcmp(e.auth_state ? e.auth_state : "", "active") != 0) {
         /* Sensitive content only goes to devices whose user has proven who they are. */
-        http_response_error(res, 409, "the enrollment must re-authenticate before it can "
-                                      "receive sensitive content");
+        http_response_error(res, 409,
+                            "the enrollment must re-authenticate before it can "
+                            "receive sensitive content");
         goto out;
     }
-    st_command c = {.uuid = cmd.uuid, .enrollment_id = e.id, .request_type = cmd.request_type,
-                    .body = cmd.xml, .body_len = cmd.xml_len, .priority = cmd.priority,
-                    .sensitive = cmd.sensitive, .created_at = app_now(app)};
+    st_command c = {.uuid = cmd.uuid,
+                    .enrollment_id = e.id,
+                    .request_type = cmd.request_type,
+                    .body = cmd.xml,
+                    .body_len = cmd.xml_len,
+                    .priority = cmd.priority,
+                    .sensitive = cmd.sensitive,
+                    .created_at = app_now(app)};
     if (storage_queue_enqueue(app->st, &c) != 0) {
         http_response_error(res, 503, "storage unavailable");
         goto out;
@@ -299,8 +301,8 @@ void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
     else if (rc != 0)
         http_response_error(res, 503, "storage unavailable");
     else
-        send_json(res, 202, json_pack("{s:s, s:s}", "id", req->params[0], "auth_state",
-                                      "reauth_required"));
+        send_json(res, 202,
+                  json_pack("{s:s, s:s}", "id", req->params[0], "auth_state", "reauth_required"));
 }
 
 /* {id} is the numeric user id or the user's email. */
@@ -333,16 +335,21 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
     st_enrollment e = {0};
     struct mdm_command cmd = {0};
     char err[256];
-    static const char body[] = "{\"request_type\":\"RemoveProfile\",\"Identifier\":\"" ENROLL_PROFILE_ID "\"}";
+    static const char body[] =
+        "{\"request_type\":\"RemoveProfile\",\"Identifier\":\"" ENROLL_PROFILE_ID "\"}";
     if (load_enrollment(app, req, res, &e) != 0)
         goto out;
-    if (mdm_command_from_body(body, sizeof(body) - 1, mdm_os_of_product(e.product_name, e.model),
-                              0, &cmd, err, sizeof(err)) != 0) {
+    if (mdm_command_from_body(body, sizeof(body) - 1, mdm_os_of_product(e.product_name, e.model), 0,
+                              &cmd, err, sizeof(err)) != 0) {
         http_response_error(res, 500, err);
         goto out;
     }
-    st_command c = {.uuid = cmd.uuid, .enrollment_id = e.id, .request_type = cmd.request_type,
-                    .body = cmd.xml, .body_len = cmd.xml_len, .priority = 100,
+    st_command c = {.uuid = cmd.uuid,
+                    .enrollment_id = e.id,
+                    .request_type = cmd.request_type,
+                    .body = cmd.xml,
+                    .body_len = cmd.xml_len,
+                    .priority = 100,
                     .created_at = app_now(app)};
     if (storage_queue_enqueue(app->st, &c) != 0) {
         http_response_error(res, 503, "storage unavailable");
@@ -358,10 +365,9 @@ out:
 
 static int add_audit(const st_audit *a, void *ctx)
 {
-    json_array_append_new(ctx, json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "id",
-                                         (json_int_t)a->id, "at", (json_int_t)a->at, "actor",
-                                         a->actor, "action", a->action, "target", a->target,
-                                         "detail", a->detail));
+    json_array_append_new(ctx, json_pack("{s:I, s:I, s:s, s:s, s:s, s:s}", "id", (json_int_t)a->id,
+                                         "at", (json_int_t)a->at, "actor", a->actor, "action",
+                                         a->action, "target", a->target, "detail", a->detail));
     return 0;
 }
 

@@ -6,8 +6,11 @@
 void audit_record(struct app *app, const char *actor, const char *action, const char *target,
                   const char *detail)
 {
-    st_audit a = {.at = app_now(app), .actor = (char *)actor, .action = (char *)action,
-                  .target = (char *)(target ? target : ""), .detail = (char *)(detail ? detail : "")};
+    st_audit a = {.at = app_now(app),
+                  .actor = (char *)actor,
+                  .action = (char *)action,
+                  .target = (char *)(target ? target : ""),
+                  .detail = (char *)(detail ? detail : "")};
     log_info("event=audit actor=%s action=%s target=%s detail=\"%s\"", actor, action, a.target,
              a.detail);
     if (storage_audit_add(app->st, &a) != 0)

@@ -19,8 +19,7 @@ static int is_user_enrollment(int type)
     return type == ST_ENR_USER || type == ST_ENR_USER_CHANNEL;
 }
 
-int reauth_require(struct app *app, const char *enrollment_id, const char *actor,
-                   const char *why)
+int reauth_require(struct app *app, const char *enrollment_id, const char *actor, const char *why)
 {
     st_enrollment e = {0};
     int rc = storage_enrollment_get(app->st, enrollment_id, &e);
@@ -74,7 +73,8 @@ static char *profile_identifier(plist_t cmd)
     uint8_t *content = NULL;
     size_t content_len = 0;
     char err[64], *id = NULL;
-    if (data && len && data[0] == 0x30 && cms_attached_content(data, len, &content, &content_len) == 0) {
+    if (data && len && data[0] == 0x30 &&
+        cms_attached_content(data, len, &content, &content_len) == 0) {
         data = content;
         len = content_len;
     }
@@ -135,9 +135,13 @@ static int enqueue_json(struct app *app, const st_enrollment *e, const char *jso
         log_error("event=reauth_enqueue_failed enrollment=%s err=\"%s\"", e->id, err);
         return -1;
     }
-    st_command c = {.uuid = cmd.uuid, .enrollment_id = e->id, .request_type = cmd.request_type,
-                    .body = cmd.xml, .body_len = cmd.xml_len,
-                    .priority = REAUTH_ENFORCEMENT_PRIORITY, .sensitive = sensitive,
+    st_command c = {.uuid = cmd.uuid,
+                    .enrollment_id = e->id,
+                    .request_type = cmd.request_type,
+                    .body = cmd.xml,
+                    .body_len = cmd.xml_len,
+                    .priority = REAUTH_ENFORCEMENT_PRIORITY,
+                    .sensitive = sensitive,
                     .created_at = app_now(app)};
     rc = storage_queue_enqueue(app->st, &c);
     mdm_command_cleanup(&cmd);
@@ -156,8 +160,13 @@ static int requeue(struct app *app, const st_enrollment *e, const st_command *ol
     size_t len = 0;
     char *xml = pl_to_xml(root, &len);
     plist_free(root);
-    st_command c = {.uuid = uuid, .enrollment_id = e->id, .request_type = old->request_type,
-                    .body = xml, .body_len = len, .priority = old->priority, .sensitive = 1,
+    st_command c = {.uuid = uuid,
+                    .enrollment_id = e->id,
+                    .request_type = old->request_type,
+                    .body = xml,
+                    .body_len = len,
+                    .priority = old->priority,
+                    .sensitive = 1,
                     .created_at = app_now(app)};
     int rc = storage_queue_enqueue(app->st, &c);
     free(xml);
@@ -176,10 +185,10 @@ static void handle_sensitive(struct sensitive_walk *w, const st_command *c, plis
     if (w->reinstall) {
         rc = requeue(w->app, w->e, c);
     } else {
-        char *json = is_profile
-                         ? xasprintf("{\"request_type\":\"RemoveProfile\",\"Identifier\":\"%s\"}", id)
-                         : xasprintf("{\"request_type\":\"RemoveApplication\",\"Identifier\":\"%s\"}",
-                                     id);
+        char *json =
+            is_profile
+                ? xasprintf("{\"request_type\":\"RemoveProfile\",\"Identifier\":\"%s\"}", id)
+                : xasprintf("{\"request_type\":\"RemoveApplication\",\"Identifier\":\"%s\"}", id);
         rc = enqueue_json(w->app, w->e, json, 0);
         free(json);
     }
@@ -255,7 +264,8 @@ void reauth_completed(struct app *app, const st_enrollment *e, const char *metho
 {
     int was_failed = e->auth_state && strcmp(e->auth_state, "reauth_failed") == 0;
     int n = 0;
-    if (was_failed && strcmp(config_get(app->cfg, "reauth_failure_action"), "remove-sensitive") == 0)
+    if (was_failed &&
+        strcmp(config_get(app->cfg, "reauth_failure_action"), "remove-sensitive") == 0)
         n = walk_sensitive(app, e, 1);
     if (n > 0)
         push_enrollment(app, e->id);

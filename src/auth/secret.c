@@ -59,8 +59,7 @@ int secret_token_well_formed(const char *s)
 char *secret_password_hash(const char *password)
 {
     char out[crypto_pwhash_STRBYTES];
-    if (crypto_pwhash_str_alg(out, password, strlen(password),
-                              crypto_pwhash_OPSLIMIT_INTERACTIVE,
+    if (crypto_pwhash_str_alg(out, password, strlen(password), crypto_pwhash_OPSLIMIT_INTERACTIVE,
                               crypto_pwhash_MEMLIMIT_INTERACTIVE, crypto_pwhash_ALG_ARGON2ID13))
         return NULL;
     return xstrdup(out);

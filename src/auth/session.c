@@ -34,8 +34,7 @@ static enum session_status check_age(struct app *app, const st_session *s)
     return SESSION_OK;
 }
 
-enum session_status session_from_request(struct app *app, const http_request *req,
-                                         st_session *out)
+enum session_status session_from_request(struct app *app, const http_request *req, st_session *out)
 {
     memset(out, 0, sizeof(*out));
     const char *h = http_request_header(req, "Authorization");
@@ -63,7 +62,9 @@ int session_issue(struct app *app, int64_t user_id, const char *method, char *to
     char hash[SECRET_HASH_LEN + 1];
     secret_new_token(token);
     secret_hash(token, hash);
-    st_session s = {.token_hash = hash, .user_id = user_id, .method = (char *)method,
+    st_session s = {.token_hash = hash,
+                    .user_id = user_id,
+                    .method = (char *)method,
                     .issued_at = app_now(app)};
     return storage_session_add(app->st, &s);
 }

@@ -27,8 +27,7 @@ const char *session_status_name(enum session_status s);
  * Looks up the bearer token of the request. Fills out (caller cleans up) for every status but
  * MISSING/MALFORMED/UNKNOWN/ERROR, so callers can still inspect an expired or revoked session.
  */
-enum session_status session_from_request(struct app *app, const http_request *req,
-                                         st_session *out);
+enum session_status session_from_request(struct app *app, const http_request *req, st_session *out);
 
 /* Issues a new token for the user; writes it (SECRET_TOKEN_LEN + 1 bytes) into token. */
 int session_issue(struct app *app, int64_t user_id, const char *method, char *token);

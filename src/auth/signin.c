@@ -78,27 +78,25 @@ static void render_form(struct app *app, http_response *res, int status, const c
         buf_puts(&e, "</div>");
         error_html = buf_steal(&e, NULL);
     }
-    const char *kv[] = {"org", config_get(app->cfg, "org_name"),
-                        "lead", "Sign in with your work account to manage the work side of this "
-                                "device.",
-                        "error_html", error_html ? error_html : "",
-                        "action", PATH_SIGNIN,
-                        "csrf", csrf,
-                        "identifier", identifier ? identifier : "",
-                        "password_autofocus", identifier && identifier[0] ? "autofocus" : "",
+    const char *kv[] = {"org", config_get(app->cfg, "org_name"), "lead",
+                        "Sign in with your work account to manage the work side of this "
+                        "device.",
+                        "error_html", error_html ? error_html : "", "action", PATH_SIGNIN, "csrf",
+                        csrf, "identifier", identifier ? identifier : "", "password_autofocus",
+                        identifier && identifier[0] ? "autofocus" : "",
                         /* The device typed the identifier; keep it (a typo means "Not you?"). */
-                        "identifier_readonly", identifier && identifier[0] ? "readonly" : "",
-                        NULL};
+                        "identifier_readonly", identifier && identifier[0] ? "readonly" : "", NULL};
     buf_reset(&res->body);
     template_render(&res->body, asset_find("signin.html")->data, kv);
     res->status = status;
     res->content_type = "text/html; charset=utf-8";
     http_response_set_header(res, "Set-Cookie", cookie);
     http_response_set_header(res, "Cache-Control", "no-store");
-    http_response_set_header(res, "Content-Security-Policy",
-                             /* form-action also governs the redirects that follow the POST: allow our own scheme's. */
-                             "default-src 'none'; style-src 'unsafe-inline'; "
-                             "form-action 'self' apple-remotemanagement-user-login:");
+    http_response_set_header(
+        res, "Content-Security-Policy",
+        /* form-action also governs the redirects that follow the POST: allow our own scheme's. */
+        "default-src 'none'; style-src 'unsafe-inline'; "
+        "form-action 'self' apple-remotemanagement-user-login:");
     http_response_set_header(res, "X-Frame-Options", "DENY");
     free(cookie);
     free(error_html);
@@ -147,7 +145,8 @@ void signin_finish(struct app *app, http_response *res, const st_user *user, con
 {
     char token[SECRET_TOKEN_LEN + 1];
     if (session_issue(app, user->id, method, token) != 0) {
-        signin_render_message(res, 503, "Try again later", "The server could not complete sign-in.");
+        signin_render_message(res, 503, "Try again later",
+                              "The server could not complete sign-in.");
         return;
     }
     char *actor = xasprintf("user:%s", user->email);
@@ -176,7 +175,7 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
         log_warn("event=signin_refused rid=%s reason=csrf remote=%s", req->request_id,
                  req->remote_addr);
         signin_render_message(res, 403, "Session expired",
-                       "This sign-in page has expired. Go back and start again.");
+                              "This sign-in page has expired. Go back and start again.");
         goto out;
     }
     if (!ident || !password || strlen(ident) > MAX_IDENTIFIER || strlen(password) > MAX_PASSWORD) {

@@ -34,13 +34,26 @@ static int parse_admin(int argc, char **argv, struct admin_opts *o)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", data_opts, NULL)) != -1) {
         switch (c) {
-        case 'd': o->data = optarg; break;
-        case 'e': o->email = optarg; break;
-        case 'm': o->maid = optarg; break;
-        case 'n': o->name = optarg; break;
-        case 'p': o->password_stdin = 1; break;
-        case 'h': o->help = 1; break;
-        default: return -1;
+        case 'd':
+            o->data = optarg;
+            break;
+        case 'e':
+            o->email = optarg;
+            break;
+        case 'm':
+            o->maid = optarg;
+            break;
+        case 'n':
+            o->name = optarg;
+            break;
+        case 'p':
+            o->password_stdin = 1;
+            break;
+        case 'h':
+            o->help = 1;
+            break;
+        default:
+            return -1;
         }
     }
     return 0;
@@ -86,8 +99,10 @@ static int user_add(struct admin_opts *o)
         free(password);
         return 1;
     }
-    st_user u = {.email = lowercase(o->email), .managed_apple_id = xstrdup(o->maid),
-                 .password_hash = secret_password_hash(password), .created_at = time(NULL)};
+    st_user u = {.email = lowercase(o->email),
+                 .managed_apple_id = xstrdup(o->maid),
+                 .password_hash = secret_password_hash(password),
+                 .created_at = time(NULL)};
     free(password);
     int rc = storage_user_add(st, &u);
     if (rc == ST_EEXISTS)

@@ -27,12 +27,13 @@ struct init_opts {
 
 static void init_usage(FILE *f)
 {
-    fprintf(f, "usage: orchard init --data DIR --public-url https://HOST[:PORT] [--domain DOMAIN "
-               "...] [--storage DSN] [--force]\n\n"
-               "Creates DIR with orchard.conf, the database, a TLS CA and server certificate for\n"
-               "HOST (DIR/tls/ca.pem), the SCEP CA, the profile-signing identity and a development\n"
-               "push identity. --domain (repeatable) adds an organisation domain served by service\n"
-               "discovery (default: HOST). Refuses to overwrite an existing DIR without --force.\n");
+    fprintf(f,
+            "usage: orchard init --data DIR --public-url https://HOST[:PORT] [--domain DOMAIN "
+            "...] [--storage DSN] [--force]\n\n"
+            "Creates DIR with orchard.conf, the database, a TLS CA and server certificate for\n"
+            "HOST (DIR/tls/ca.pem), the SCEP CA, the profile-signing identity and a development\n"
+            "push identity. --domain (repeatable) adds an organisation domain served by service\n"
+            "discovery (default: HOST). Refuses to overwrite an existing DIR without --force.\n");
 }
 
 static int write_pem(const char *dir, const char *rel, const char *pem, int secret)
@@ -164,18 +165,28 @@ static int init_database(const char *dir)
 
 static int parse_init(int argc, char **argv, struct init_opts *o)
 {
-    static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},    {"public-url", required_argument, NULL, 'u'},
-        {"domain", required_argument, NULL, 'D'},  {"storage", required_argument, NULL, 's'},
-        {"force", no_argument, NULL, 'f'},         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
+                                             {"public-url", required_argument, NULL, 'u'},
+                                             {"domain", required_argument, NULL, 'D'},
+                                             {"storage", required_argument, NULL, 's'},
+                                             {"force", no_argument, NULL, 'f'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': o->data = optarg; break;
-        case 'u': o->public_url = optarg; break;
-        case 's': o->storage = optarg; break;
-        case 'f': o->force = 1; break;
+        case 'd':
+            o->data = optarg;
+            break;
+        case 'u':
+            o->public_url = optarg;
+            break;
+        case 's':
+            o->storage = optarg;
+            break;
+        case 'f':
+            o->force = 1;
+            break;
         case 'D':
             if (o->ndomains == MAX_DOMAINS) {
                 fprintf(stderr, "orchard init: at most %d domains\n", MAX_DOMAINS);
@@ -183,8 +194,12 @@ static int parse_init(int argc, char **argv, struct init_opts *o)
             }
             o->domains[o->ndomains++] = optarg;
             break;
-        case 'h': init_usage(stdout); return 0;
-        default: init_usage(stderr); return 2;
+        case 'h':
+            init_usage(stdout);
+            return 0;
+        default:
+            init_usage(stderr);
+            return 2;
         }
     }
     if (o->data == NULL || o->public_url == NULL) {
@@ -210,8 +225,10 @@ int cli_init(int argc, char **argv)
     int exists = fs_exists(conf);
     free(conf);
     if (exists && !o.force) {
-        fprintf(stderr, "orchard init: %s already holds an Orchard data directory; use --force "
-                        "to overwrite it\n", o.data);
+        fprintf(stderr,
+                "orchard init: %s already holds an Orchard data directory; use --force "
+                "to overwrite it\n",
+                o.data);
         return 1;
     }
     crypto_init();
@@ -235,8 +252,8 @@ int cli_init(int argc, char **argv)
         free(wal);
         free(shm);
     }
-    if (make_tls(o.data, host) || make_ca(o.data, "Orchard Device Identity CA", DATA_SCEP_CA,
-                                          DATA_SCEP_CA_KEY, NULL, NULL) ||
+    if (make_tls(o.data, host) ||
+        make_ca(o.data, "Orchard Device Identity CA", DATA_SCEP_CA, DATA_SCEP_CA_KEY, NULL, NULL) ||
         make_signer(o.data) || make_push(o.data) || write_conf(&o, host, port) ||
         init_database(o.data)) {
         fprintf(stderr, "orchard init: failed\n");

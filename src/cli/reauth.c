@@ -30,11 +30,21 @@ int cli_reauth(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': data = optarg; break;
-        case 'e': enrollment = optarg; break;
-        case 'u': user = optarg; break;
-        case 'h': reauth_usage(stdout); return 0;
-        default: reauth_usage(stderr); return 2;
+        case 'd':
+            data = optarg;
+            break;
+        case 'e':
+            enrollment = optarg;
+            break;
+        case 'u':
+            user = optarg;
+            break;
+        case 'h':
+            reauth_usage(stdout);
+            return 0;
+        default:
+            reauth_usage(stderr);
+            return 2;
         }
     }
     if (data == NULL || (enrollment == NULL) == (user == NULL)) {

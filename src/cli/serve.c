@@ -109,12 +109,15 @@ static int start_http(struct app *app)
         fprintf(stderr, "orchard: cannot read %s\n", cert ? key_path : cert_path);
         goto out;
     }
-    struct http_server_options o = {
-        .listen = config_get(app->cfg, "listen"), .cert_pem = cert, .key_pem = key,
-        .client_ca_pem = app->scep_ca_pem, .threads = (int)config_get_int(app->cfg, "threads"),
-        .max_body = (size_t)config_get_int(app->cfg, "max_body"),
-        .access_log = (int)config_get_int(app->cfg, "access_log"), .routes = orchard_routes,
-        .ctx = app};
+    struct http_server_options o = {.listen = config_get(app->cfg, "listen"),
+                                    .cert_pem = cert,
+                                    .key_pem = key,
+                                    .client_ca_pem = app->scep_ca_pem,
+                                    .threads = (int)config_get_int(app->cfg, "threads"),
+                                    .max_body = (size_t)config_get_int(app->cfg, "max_body"),
+                                    .access_log = (int)config_get_int(app->cfg, "access_log"),
+                                    .routes = orchard_routes,
+                                    .ctx = app};
     app->http = http_server_start(&o, err, sizeof(err));
     if (app->http == NULL) {
         fprintf(stderr, "orchard: %s\n", err);
@@ -168,10 +171,18 @@ int cli_serve(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': data = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return 2;
+        case 'd':
+            data = optarg;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
         }
     }
     if (data == NULL) {
@@ -190,8 +201,8 @@ int cli_serve(int argc, char **argv)
     int rc = 1;
     if (app_setup(&app, data, listen) != 0 || start_pusher(&app) != 0 || start_http(&app) != 0)
         goto out;
-    log_info("event=serving listen=%s public_url=%s port=%d topic=%s", config_get(app.cfg, "listen"),
-             app.public_url, http_server_port(app.http), app.topic);
+    log_info("event=serving listen=%s public_url=%s port=%d topic=%s",
+             config_get(app.cfg, "listen"), app.public_url, http_server_port(app.http), app.topic);
     jobs *background = jobs_start(&app);
     int sig = wait_for_signal();
     log_info("event=stopping signal=%d", sig);

@@ -79,12 +79,23 @@ int buf_put_html(buf *b, const char *s)
     for (; *s; s++) {
         const char *esc = NULL;
         switch (*s) {
-        case '&': esc = "&amp;"; break;
-        case '<': esc = "&lt;"; break;
-        case '>': esc = "&gt;"; break;
-        case '"': esc = "&quot;"; break;
-        case '\'': esc = "&#39;"; break;
-        default: break;
+        case '&':
+            esc = "&amp;";
+            break;
+        case '<':
+            esc = "&lt;";
+            break;
+        case '>':
+            esc = "&gt;";
+            break;
+        case '"':
+            esc = "&quot;";
+            break;
+        case '\'':
+            esc = "&#39;";
+            break;
+        default:
+            break;
         }
         int rc = esc ? buf_puts(b, esc) : buf_append(b, s, 1);
         if (rc != 0)

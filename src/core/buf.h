@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 typedef struct buf {
-    char *data;   /* NUL-terminated; NULL until the first append */
+    char *data; /* NUL-terminated; NULL until the first append */
     size_t len;
     size_t cap;
     size_t limit; /* 0 = unlimited; appends past it fail with -1 */

@@ -13,7 +13,10 @@
 #include "core/buf.h"
 #include "core/mem.h"
 
-#define D(n, t, def, lo, hi, ch, help) {n, t, def, lo, hi, ch, help}
+#define D(n, t, def, lo, hi, ch, help)                                                             \
+    {                                                                                              \
+        n, t, def, lo, hi, ch, help                                                                \
+    }
 #define DAY (24 * 3600)
 
 const struct config_key config_keys[] = {
@@ -31,7 +34,8 @@ const struct config_key config_keys[] = {
     D("threads", CONFIG_INT, "0", 0, 256, NULL, "HTTP worker threads; 0 = four per core."),
     D("max_body", CONFIG_INT, "4194304", 4096, 268435456, NULL,
       "Largest request body accepted, in bytes (413 beyond)."),
-    D("log_level", CONFIG_ENUM, "info", 0, 0, "debug info warn error", "Least severe level logged."),
+    D("log_level", CONFIG_ENUM, "info", 0, 0, "debug info warn error",
+      "Least severe level logged."),
     D("access_log", CONFIG_BOOL, "true", 0, 1, NULL, "Log one line per HTTP request."),
     D("trusted_proxies", CONFIG_STRING, "", 0, 0, NULL,
       "Addresses of TLS-terminating proxies allowed to pass client certificates in headers."),
@@ -177,8 +181,8 @@ static int parse_value(const struct config_key *k, const char *v, int64_t *num, 
         break;
     }
     if (*num < k->min || *num > k->max) {
-        snprintf(err, err_len, "%s: %s is out of range [%lld, %lld]", k->name, v,
-                 (long long)k->min, (long long)k->max);
+        snprintf(err, err_len, "%s: %s is out of range [%lld, %lld]", k->name, v, (long long)k->min,
+                 (long long)k->max);
         return -1;
     }
     return 0;

@@ -12,7 +12,7 @@
 
 enum config_type {
     CONFIG_STRING,
-    CONFIG_SECRET,   /* a string redacted by `config show` */
+    CONFIG_SECRET, /* a string redacted by `config show` */
     CONFIG_INT,
     CONFIG_BOOL,
     CONFIG_DURATION, /* seconds; written as 30, 30s, 15m, 72h, 30d; 0 = off */

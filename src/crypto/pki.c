@@ -630,8 +630,7 @@ static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
 
 static void b64_table_init(void)
 {
-    static const char digits[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     memset(b64_table, B64_BAD, sizeof(b64_table));
     for (int i = 0; i < 64; i++)
         b64_table[(unsigned char)digits[i]] = (unsigned char)i;

@@ -74,8 +74,7 @@ void enroll_handle_discovery(void *ctx, http_request *req, http_response *res)
         refuse(res, "identifier not in this domain");
     } else {
         buf_reset(&res->body);
-        buf_printf(&res->body,
-                   "{\"Servers\":[{\"Version\":\"mdm-byod\",\"BaseURL\":\"%s%s%s\"}]}",
+        buf_printf(&res->body, "{\"Servers\":[{\"Version\":\"mdm-byod\",\"BaseURL\":\"%s%s%s\"}]}",
                    app->public_url, PATH_ENROLL, domain);
         res->status = 200;
         res->content_type = "application/json";

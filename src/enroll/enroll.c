@@ -42,8 +42,12 @@ static plist_t machine_info_parse(const http_request *req, char *err, size_t err
 /* MachineInfo as XML, keeping only the keys Orchard records (never UDID/SERIAL in UE). */
 static char *machine_info_summary(plist_t info)
 {
-    static const char *const keys[] = {"LANGUAGE", "PRODUCT", "VERSION", "OS_VERSION",
-                                       "SUPPLEMENTAL_BUILD_VERSION", "SOFTWARE_UPDATE_DEVICE_ID"};
+    static const char *const keys[] = {"LANGUAGE",
+                                       "PRODUCT",
+                                       "VERSION",
+                                       "OS_VERSION",
+                                       "SUPPLEMENTAL_BUILD_VERSION",
+                                       "SOFTWARE_UPDATE_DEVICE_ID"};
     plist_t out = plist_new_dict();
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
         const char *v = pl_get_string(info, keys[i]);

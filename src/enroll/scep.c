@@ -36,8 +36,8 @@ static int authorize_pkcsreq(struct app *app, const scep_request *req, struct sc
         return -1;
     char hash[SECRET_HASH_LEN + 1];
     secret_hash(challenge, hash);
-    return storage_challenge_consume(app->st, hash, app_now(app), &g->user_id,
-                                     &g->session_hash) == 0
+    return storage_challenge_consume(app->st, hash, app_now(app), &g->user_id, &g->session_hash) ==
+                   0
                ? 0
                : -1;
 }
@@ -45,8 +45,8 @@ static int authorize_pkcsreq(struct app *app, const scep_request *req, struct sc
 static int authorize_renewal(struct app *app, const scep_request *req, struct scep_grant *g)
 {
     const crypto_cert *signer = scep_request_signer(req);
-    if (signer == NULL || crypto_cert_verify_issued_by(signer, app->scep_ca_cert,
-                                                       (time_t)app_now(app)) != 0)
+    if (signer == NULL ||
+        crypto_cert_verify_issued_by(signer, app->scep_ca_cert, (time_t)app_now(app)) != 0)
         return -1;
     char fp[65];
     crypto_cert_fingerprint(signer, fp);
@@ -71,9 +71,14 @@ static int record_cert(struct app *app, const crypto_cert *issued, const struct 
     crypto_cert_fingerprint(issued, fp);
     crypto_cert_validity(issued, &nb, &na);
     char *serial = crypto_cert_serial_hex(issued), *subject = crypto_cert_subject(issued);
-    st_cert c = {.serial = serial, .fingerprint = fp, .subject = subject,
-                 .user_id = g->user_id, .session_hash = g->session_hash,
-                 .enrollment_id = g->enrollment_id, .not_after = na, .issued_at = app_now(app)};
+    st_cert c = {.serial = serial,
+                 .fingerprint = fp,
+                 .subject = subject,
+                 .user_id = g->user_id,
+                 .session_hash = g->session_hash,
+                 .enrollment_id = g->enrollment_id,
+                 .not_after = na,
+                 .issued_at = app_now(app)};
     int rc = storage_cert_add(app->st, &c);
     free(serial);
     free(subject);
@@ -87,12 +92,12 @@ static int answer(struct app *app, const scep_request *req, const char *rid, uin
     struct scep_grant g = {0};
     crypto_cert *issued = NULL;
     enum scep_message_type type = scep_request_message_type(req);
-    int ok = type == SCEP_PKCS_REQ     ? authorize_pkcsreq(app, req, &g) == 0
+    int ok = type == SCEP_PKCS_REQ      ? authorize_pkcsreq(app, req, &g) == 0
              : type == SCEP_RENEWAL_REQ ? authorize_renewal(app, req, &g) == 0
-                                       : 0;
+                                        : 0;
     int days = (int)config_get_int(app->cfg, "scep_cert_days");
-    if (ok && (scep_issue_cert(app->scep, req, days, &issued) != 0 ||
-               record_cert(app, issued, &g) != 0))
+    if (ok &&
+        (scep_issue_cert(app->scep, req, days, &issued) != 0 || record_cert(app, issued, &g) != 0))
         ok = 0;
     int rc;
     if (ok) {

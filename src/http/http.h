@@ -67,8 +67,8 @@ int http_request_client_cert(const http_request *req, uint8_t **der, size_t *len
 /* Response helpers. */
 void http_response_set_header(http_response *res, const char *name, const char *value);
 /* Sets status, Content-Type and a copy of the body. */
-void http_response_send(http_response *res, int status, const char *content_type,
-                        const void *body, size_t len);
+void http_response_send(http_response *res, int status, const char *content_type, const void *body,
+                        size_t len);
 /* A JSON error body {"error": msg} with the status. */
 void http_response_error(http_response *res, int status, const char *msg);
 

@@ -150,8 +150,8 @@ void http_response_set_header(http_response *res, const char *name, const char *
     res->nheaders++;
 }
 
-void http_response_send(http_response *res, int status, const char *content_type,
-                        const void *body, size_t len)
+void http_response_send(http_response *res, int status, const char *content_type, const void *body,
+                        size_t len)
 {
     res->status = status;
     res->content_type = content_type;
@@ -242,8 +242,8 @@ static void remote_addr(struct MHD_Connection *conn, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
 }
 
-static struct req_state *state_new(http_server *s, struct MHD_Connection *conn,
-                                   const char *url, const char *method)
+static struct req_state *state_new(http_server *s, struct MHD_Connection *conn, const char *url,
+                                   const char *method)
 {
     struct req_state *st = xcalloc(1, sizeof(*st));
     clock_gettime(CLOCK_MONOTONIC, &st->start);
@@ -261,8 +261,7 @@ static struct req_state *state_new(http_server *s, struct MHD_Connection *conn,
     return st;
 }
 
-static enum MHD_Result dispatch(http_server *s, struct MHD_Connection *conn,
-                                struct req_state *st)
+static enum MHD_Result dispatch(http_server *s, struct MHD_Connection *conn, struct req_state *st)
 {
     http_response res = {.status = 200};
     buf_init(&res.body, 0);
@@ -289,9 +288,8 @@ static enum MHD_Result dispatch(http_server *s, struct MHD_Connection *conn,
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     http_server *s = cls;
@@ -343,8 +341,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("event=httpd msg=\"%s\"", msg);
 }
 
-static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *err,
-                        size_t err_len)
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *err, size_t err_len)
 {
     char host[256];
     const char *colon = strrchr(listen, ':');
@@ -359,7 +356,8 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, char *e
         h++;
         h[strlen(h) - 1] = '\0';
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
     struct addrinfo *ai = NULL;
     int rc = getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &ai);
@@ -392,7 +390,8 @@ http_server *http_server_start(const struct http_server_options *o, char *err, s
      * bench/run.sh: 2 workers on 2 cores kept the process near 100% CPU of 200%). */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned int threads =
-        (unsigned int)(o->threads > 0 ? o->threads : HTTP_THREADS_PER_CORE * (cores > 0 ? cores : 1));
+        (unsigned int)(o->threads > 0 ? o->threads
+                                      : HTTP_THREADS_PER_CORE * (cores > 0 ? cores : 1));
     unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TLS | MHD_USE_ITC |
                          MHD_USE_ERROR_LOG | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     struct MHD_OptionItem opts[] = {
@@ -465,13 +464,13 @@ static void metrics_latency(http_server *s, int i, buf *out)
             snprintf(le, sizeof(le), "%g", bucket_bounds[b]);
         else
             snprintf(le, sizeof(le), "+Inf");
-        buf_printf(out, "orchard_http_request_duration_seconds_bucket{route=\"%s\",le=\"%s\"} %llu\n",
+        buf_printf(out,
+                   "orchard_http_request_duration_seconds_bucket{route=\"%s\",le=\"%s\"} %llu\n",
                    name, le, cum);
     }
     buf_printf(out, "orchard_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n", name,
                (double)atomic_load(&rs->sum_us) / 1e6);
-    buf_printf(out, "orchard_http_request_duration_seconds_count{route=\"%s\"} %llu\n", name,
-               cum);
+    buf_printf(out, "orchard_http_request_duration_seconds_count{route=\"%s\"} %llu\n", name, cum);
 }
 
 /* Prometheus wants every sample of a family together: one pass per family. */

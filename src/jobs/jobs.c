@@ -47,8 +47,7 @@ static void *jobs_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += config_get_int(j->app->cfg, "scheduler_interval");
-        while (!j->stopping &&
-               pthread_cond_timedwait(&j->wake, &j->lock, &until) != ETIMEDOUT)
+        while (!j->stopping && pthread_cond_timedwait(&j->wake, &j->lock, &until) != ETIMEDOUT)
             ;
     }
     pthread_mutex_unlock(&j->lock);

@@ -26,8 +26,8 @@ static int needs_token(const struct mdm_request *m, const st_enrollment *e)
     return m->type == ST_ENR_USER_CHANNEL || (m->type == ST_ENR_USER && !is_mac(e));
 }
 
-static int session_ok(struct app *app, http_request *req, http_response *res,
-                      struct mdm_request *m, const st_enrollment *e, int allow_expired)
+static int session_ok(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                      const st_enrollment *e, int allow_expired)
 {
     if (!needs_token(m, e) && m->session_status == SESSION_MISSING)
         return 0;
@@ -51,16 +51,21 @@ static void handle_authenticate(struct app *app, http_request *req, http_respons
         http_response_error(res, 403, "device identity not accepted for this enrollment");
         return;
     }
-    st_enrollment e = {
-        .id = m->id, .type = m->type, .parent_id = m->parent_id[0] ? m->parent_id : NULL,
-        .user_id = cert_user, .topic = (char *)topic, .cert_fingerprint = m->fp,
-        .os_version = (char *)pl_get_string(m->msg, "OSVersion"),
-        .build_version = (char *)pl_get_string(m->msg, "BuildVersion"),
-        .product_name = (char *)pl_get_string(m->msg, "ProductName"),
-        .device_name = (char *)pl_get_string(m->msg, "DeviceName"),
-        .model = (char *)pl_get_string(m->msg, "Model"), .auth_state = "active",
-        .auth_state_since = app_now(app), .enrolled_at = app_now(app),
-        .last_seen_at = app_now(app)};
+    st_enrollment e = {.id = m->id,
+                       .type = m->type,
+                       .parent_id = m->parent_id[0] ? m->parent_id : NULL,
+                       .user_id = cert_user,
+                       .topic = (char *)topic,
+                       .cert_fingerprint = m->fp,
+                       .os_version = (char *)pl_get_string(m->msg, "OSVersion"),
+                       .build_version = (char *)pl_get_string(m->msg, "BuildVersion"),
+                       .product_name = (char *)pl_get_string(m->msg, "ProductName"),
+                       .device_name = (char *)pl_get_string(m->msg, "DeviceName"),
+                       .model = (char *)pl_get_string(m->msg, "Model"),
+                       .auth_state = "active",
+                       .auth_state_since = app_now(app),
+                       .enrolled_at = app_now(app),
+                       .last_seen_at = app_now(app)};
     if (m->session_status == SESSION_OK) {
         e.last_auth_at = m->session.issued_at;
         e.last_auth_method = m->session.method;
@@ -88,11 +93,17 @@ static int create_user_channel(struct app *app, struct mdm_request *m, st_enroll
         st_enrollment_cleanup(&parent);
         return -1;
     }
-    st_enrollment e = {.id = m->id, .type = m->type, .parent_id = m->parent_id,
-                       .user_id = parent.user_id, .topic = parent.topic,
-                       .cert_fingerprint = m->fp, .product_name = parent.product_name,
-                       .model = parent.model, .auth_state = "active",
-                       .auth_state_since = app_now(app), .enrolled_at = app_now(app)};
+    st_enrollment e = {.id = m->id,
+                       .type = m->type,
+                       .parent_id = m->parent_id,
+                       .user_id = parent.user_id,
+                       .topic = parent.topic,
+                       .cert_fingerprint = m->fp,
+                       .product_name = parent.product_name,
+                       .model = parent.model,
+                       .auth_state = "active",
+                       .auth_state_since = app_now(app),
+                       .enrolled_at = app_now(app)};
     int rc = storage_enrollment_authenticate(app->st, &e);
     st_enrollment_cleanup(&parent);
     return rc == 0 ? storage_enrollment_get(app->st, m->id, out) : -1;
@@ -136,8 +147,7 @@ static void handle_token_update(struct app *app, http_request *req, http_respons
         http_response_error(res, 400, "TokenUpdate needs Token and PushMagic");
         return;
     }
-    if (load_enrollment(app, req, res, m, &e, 1) != 0 ||
-        session_ok(app, req, res, m, &e, 0) != 0)
+    if (load_enrollment(app, req, res, m, &e, 1) != 0 || session_ok(app, req, res, m, &e, 0) != 0)
         goto out;
     char *hex = hex_of(token, tlen);
     int rc = storage_enrollment_token_update(app->st, m->id, hex, magic, app_now(app));
@@ -161,8 +171,7 @@ static void handle_checkout(struct app *app, http_request *req, http_response *r
     st_enrollment e = {0};
     /* CheckOut comes while the profile is removed: accept an expired token, never a foreign
      * one (PROTOCOL.md 7.4). */
-    if (load_enrollment(app, req, res, m, &e, 0) != 0 ||
-        session_ok(app, req, res, m, &e, 1) != 0)
+    if (load_enrollment(app, req, res, m, &e, 0) != 0 || session_ok(app, req, res, m, &e, 1) != 0)
         goto out;
     int64_t now = app_now(app);
     if (storage_enrollment_unenroll(app->st, m->id, now) != 0 ||

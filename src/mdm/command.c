@@ -29,8 +29,9 @@ enum ue_os mdm_os_of_product(const char *product, const char *model)
 
 static plist_t json_to_plist(json_t *j, const struct ue_key *schema, char *err, size_t err_len);
 
-static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry, const struct ue_key *parent,
-                              const char *skip_prefix, char *err, size_t err_len)
+static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry,
+                              const struct ue_key *parent, const char *skip_prefix, char *err,
+                              size_t err_len)
 {
     plist_t dict = plist_new_dict();
     const char *key;
@@ -42,8 +43,8 @@ static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry, const s
         if (skip_prefix && (strcmp(key, "priority") == 0 || strcmp(key, "sensitive") == 0 ||
                             strcmp(key, "push") == 0))
             continue;
-        const struct ue_key *k = parent ? ue_key_child(parent, key)
-                                        : (entry ? ue_entry_key(entry, key) : NULL);
+        const struct ue_key *k =
+            parent ? ue_key_child(parent, key) : (entry ? ue_entry_key(entry, key) : NULL);
         plist_t v = json_to_plist(val, k, err, err_len);
         if (v == NULL) {
             plist_free(dict);
@@ -62,8 +63,7 @@ static plist_t string_value(json_t *j, const struct ue_key *schema, char *err, s
         uint8_t *d = NULL;
         size_t n = 0;
         if (crypto_base64_decode(s, strlen(s), &d, &n) != 0) {
-            snprintf(err, err_len, "%s must be base64 (it is <data> in the command)",
-                     schema->name);
+            snprintf(err, err_len, "%s must be base64 (it is <data> in the command)", schema->name);
             return NULL;
         }
         plist_t p = plist_new_data((const char *)d, n);
@@ -113,8 +113,8 @@ static plist_t json_to_plist(json_t *j, const struct ue_key *schema, char *err, 
     }
 }
 
-static plist_t command_from_json(const char *body, size_t len, struct mdm_command *out,
-                                 char *err, size_t err_len)
+static plist_t command_from_json(const char *body, size_t len, struct mdm_command *out, char *err,
+                                 size_t err_len)
 {
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -140,8 +140,8 @@ out:
 }
 
 /* A raw plist: {CommandUUID?, Command:{...}} or the Command dictionary itself. */
-static plist_t command_from_plist(const char *body, size_t len, struct mdm_command *out,
-                                  char *err, size_t err_len)
+static plist_t command_from_plist(const char *body, size_t len, struct mdm_command *out, char *err,
+                                  size_t err_len)
 {
     plist_t root = pl_parse_dict(body, len, err, err_len);
     if (root == NULL)
@@ -162,9 +162,8 @@ int mdm_command_from_body(const char *body, size_t len, enum ue_os os, int user_
     size_t i = 0;
     while (i < len && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t'))
         i++;
-    plist_t cmd = (i < len && body[i] == '{')
-                      ? command_from_json(body, len, out, err, err_len)
-                      : command_from_plist(body, len, out, err, err_len);
+    plist_t cmd = (i < len && body[i] == '{') ? command_from_json(body, len, out, err, err_len)
+                                              : command_from_plist(body, len, out, err, err_len);
     if (cmd == NULL)
         return -1;
     const char *rt = pl_get_string(cmd, "RequestType");

@@ -32,8 +32,8 @@ static int record_report(struct app *app, http_request *req, struct mdm_request 
     const char *uuid = pl_get_string(m->msg, "CommandUUID");
     if (uuid == NULL || strlen(uuid) > 128)
         return -1;
-    int rc = storage_queue_report(app->st, m->id, uuid, status, req->body, req->body_len,
-                                  app_now(app));
+    int rc =
+        storage_queue_report(app->st, m->id, uuid, status, req->body, req->body_len, app_now(app));
     if (rc == ST_ENOTFOUND)
         log_info("event=report_ignored rid=%s enrollment=%s command=%s", req->request_id, m->id,
                  uuid);
@@ -42,8 +42,8 @@ static int record_report(struct app *app, http_request *req, struct mdm_request 
     return 0;
 }
 
-static void send_next(struct app *app, http_request *req, http_response *res,
-                      struct mdm_request *m, int idle)
+static void send_next(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                      int idle)
 {
     st_command c = {0};
     int rc = storage_queue_next(app->st, m->id, idle, app_now(app), &c);
@@ -72,8 +72,8 @@ static int load(struct app *app, http_request *req, http_response *res, struct m
     }
     if (mdm_check_identity(app, req, res, m, e) != 0)
         return -1;
-    int is_mac_device = m->type == ST_ENR_USER && e->product_name &&
-                        strncmp(e->product_name, "Mac", 3) == 0;
+    int is_mac_device =
+        m->type == ST_ENR_USER && e->product_name && strncmp(e->product_name, "Mac", 3) == 0;
     if (is_mac_device && m->session_status == SESSION_MISSING)
         return 0; /* macOS device channel carries no bearer (PROTOCOL.md 7.1) */
     return mdm_check_session(app, req, res, m, e, 0);

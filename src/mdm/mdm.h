@@ -24,8 +24,8 @@ struct mdm_request {
     plist_t msg;
     char id[160]; /* enrollment id (see storage.h) */
     char parent_id[80];
-    int type;     /* enum st_enrollment_type */
-    char fp[65];  /* verified device certificate fingerprint */
+    int type;    /* enum st_enrollment_type */
+    char fp[65]; /* verified device certificate fingerprint */
     st_session session;
     int session_status; /* enum session_status */
     int enforcing; /* token no longer valid, but the re-auth failure action is being delivered */
@@ -44,8 +44,8 @@ void mdm_request_cleanup(struct mdm_request *m);
  * Returns 0 if the request may proceed; otherwise fills res with 401 + challenge.
  * `allow_expired` is for CheckOut (the device cannot sign in while removing its profile).
  */
-int mdm_check_session(struct app *app, http_request *req, http_response *res,
-                      struct mdm_request *m, const st_enrollment *e, int allow_expired);
+int mdm_check_session(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                      const st_enrollment *e, int allow_expired);
 
 /*
  * The user the request's certificate was issued to (through a SCEP challenge), if the

@@ -30,8 +30,8 @@ static int resolve_channel(struct mdm_request *m)
     const char *udid = pl_get_string(m->msg, "UDID");
     const char *eid = pl_get_string(m->msg, "EnrollmentID");
     const char *dev = udid ? udid : eid;
-    const char *user = udid ? pl_get_string(m->msg, "UserID")
-                            : pl_get_string(m->msg, "EnrollmentUserID");
+    const char *user =
+        udid ? pl_get_string(m->msg, "UserID") : pl_get_string(m->msg, "EnrollmentUserID");
     if (dev == NULL || !valid_id(dev) || (user && !valid_id(user)))
         return -1;
     if (user) {
@@ -45,8 +45,7 @@ static int resolve_channel(struct mdm_request *m)
     return 0;
 }
 
-int mdm_request_begin(struct app *app, http_request *req, http_response *res,
-                      struct mdm_request *m)
+int mdm_request_begin(struct app *app, http_request *req, http_response *res, struct mdm_request *m)
 {
     char err[128];
     const char *why = NULL;
@@ -63,8 +62,8 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res,
         return -1;
     }
     if (identity_verify(app, req, m->fp, &why) != 0) {
-        log_warn("event=mdm_identity_refused rid=%s enrollment=%s reason=\"%s\"",
-                 req->request_id, m->id, why);
+        log_warn("event=mdm_identity_refused rid=%s enrollment=%s reason=\"%s\"", req->request_id,
+                 m->id, why);
         http_response_error(res, 403, "device identity not accepted");
         return -1;
     }
@@ -87,8 +86,7 @@ static int is_user_enrollment(int type)
 }
 
 /* An unbound token of the enrollment's own user, presented after a 401: bind it. */
-static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e,
-                  const char *rid)
+static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e, const char *rid)
 {
     if (storage_session_revoke_enrollment(app->st, e->id, app_now(app)) != 0 ||
         storage_session_bind(app->st, m->session.token_hash, e->id) != 0)
@@ -100,8 +98,8 @@ static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e
     return 0;
 }
 
-int mdm_check_session(struct app *app, http_request *req, http_response *res,
-                      struct mdm_request *m, const st_enrollment *e, int allow_expired)
+int mdm_check_session(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                      const st_enrollment *e, int allow_expired)
 {
     if (!is_user_enrollment(m->type))
         return 0; /* never 401 a device enrollment: it would unenroll (PROTOCOL.md 7.3) */
@@ -126,8 +124,7 @@ int mdm_check_session(struct app *app, http_request *req, http_response *res,
         return 0;
     if (strcmp(problem, "foreign_user") == 0)
         audit_record(app, "device", "reauth.wrong_user", e->id, "token of another user refused");
-    log_info("event=mdm_challenge rid=%s enrollment=%s token=%s", req->request_id, e->id,
-             problem);
+    log_info("event=mdm_challenge rid=%s enrollment=%s token=%s", req->request_id, e->id, problem);
     session_challenge(app, res);
     return -1;
 }

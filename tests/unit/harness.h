@@ -53,7 +53,10 @@ struct harness_test {
 };
 
 #define TEST(name) static void name(void)
-#define TEST_ENTRY(name) {#name, name}
+#define TEST_ENTRY(name)                                                                           \
+    {                                                                                              \
+#name, name                                                                                \
+    }
 
 /* Runs every test (or only argv[1]); returns the process exit code. */
 static inline int harness_run(const struct harness_test *tests, int argc, char **argv)

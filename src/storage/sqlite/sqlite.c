@@ -186,7 +186,8 @@ static const char sq_schema_v2[] =
     "CREATE INDEX commands_next ON commands (enrollment_id, priority DESC, created_at, seq);";
 
 /* Re-authentication policy: counting failed sign-ins of a user since a time. */
-static const char sq_schema_reauth[] = "CREATE INDEX audit_action_target ON audit (action, target, at);";
+static const char sq_schema_reauth[] =
+    "CREATE INDEX audit_action_target ON audit (action, target, at);";
 
 /*
  * The push outbox (one row per enrollment: coalescing), with a lease so instances sharing the
@@ -285,12 +286,7 @@ static const char sq_schema_library[] =
 
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,
-    sq_schema_v2,
-    sq_schema_reauth,
-    sq_schema_push,
-    sq_schema_oidc,
-    sq_schema_library,
+    sq_schema_v1, sq_schema_v2, sq_schema_reauth, sq_schema_push, sq_schema_oidc, sq_schema_library,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 

@@ -25,10 +25,8 @@ TEST(no_partial_or_empty_matches)
     int n = 0;
     ASSERT_INT_EQ(http_route_match("/healthz", "/healthz/x", scratch, sizeof(scratch), params, &n),
                   0);
-    ASSERT_INT_EQ(
-        http_route_match("/a/{id}", "/a/", scratch, sizeof(scratch), params, &n), 0);
-    ASSERT_INT_EQ(
-        http_route_match("/a/{id}", "/a/x/y", scratch, sizeof(scratch), params, &n), 0);
+    ASSERT_INT_EQ(http_route_match("/a/{id}", "/a/", scratch, sizeof(scratch), params, &n), 0);
+    ASSERT_INT_EQ(http_route_match("/a/{id}", "/a/x/y", scratch, sizeof(scratch), params, &n), 0);
     ASSERT_INT_EQ(http_route_match("/enroll/{d}", "/enrollx", scratch, sizeof(scratch), params, &n),
                   0);
 }
@@ -38,8 +36,8 @@ TEST(scratch_overflow_is_no_match)
     char scratch[4];
     const char *params[HTTP_MAX_PARAMS];
     int n = 0;
-    ASSERT_INT_EQ(
-        http_route_match("/a/{id}", "/a/abcdefgh", scratch, sizeof(scratch), params, &n), 0);
+    ASSERT_INT_EQ(http_route_match("/a/{id}", "/a/abcdefgh", scratch, sizeof(scratch), params, &n),
+                  0);
 }
 
 TEST_MAIN(TEST_ENTRY(exact_and_params), TEST_ENTRY(no_partial_or_empty_matches),

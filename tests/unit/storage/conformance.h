@@ -612,12 +612,12 @@ TEST(conf_auth_state_transition_and_audit_count)
     ASSERT_NOT_NULL(st);
     ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
     /* Compare-and-set: only the first of two instances moves the state. */
-    ASSERT_INT_EQ(storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required",
-                                                           100),
-                  ST_OK);
-    ASSERT_INT_EQ(storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required",
-                                                           101),
-                  ST_ECONFLICT);
+    ASSERT_INT_EQ(
+        storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required", 100),
+        ST_OK);
+    ASSERT_INT_EQ(
+        storage_enrollment_transition_auth_state(st, "E1", "active", "reauth_required", 101),
+        ST_ECONFLICT);
     st_enrollment g;
     ASSERT_INT_EQ(conf_get_enr(st, "E1", &g), ST_OK);
     ASSERT_STR_EQ(g.auth_state, "reauth_required");
@@ -627,7 +627,9 @@ TEST(conf_auth_state_transition_and_audit_count)
                   ST_ECONFLICT);
 
     for (int i = 0; i < 5; i++) {
-        st_audit a = {.at = 10 * i, .actor = "anonymous", .action = "signin.fail",
+        st_audit a = {.at = 10 * i,
+                      .actor = "anonymous",
+                      .action = "signin.fail",
                       .target = i < 4 ? "alice@example.com" : "bob@example.com"};
         ASSERT_INT_EQ(storage_audit_add(st, &a), ST_OK);
     }
@@ -2048,7 +2050,8 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                                 \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_library_items),            \
-        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_library_items),    \
+        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
+        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
