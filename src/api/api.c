@@ -235,15 +235,7 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
                             "receive sensitive content");
         goto out;
     }
-    st_command c = {.uuid = cmd.uuid,
-                    .enrollment_id = e.id,
-                    .request_type = cmd.request_type,
-                    .body = cmd.xml,
-                    .body_len = cmd.xml_len,
-                    .priority = cmd.priority,
-                    .sensitive = cmd.sensitive,
-                    .created_at = app_now(app)};
-    if (storage_queue_enqueue(app->st, &c) != 0) {
+    if (mdm_command_enqueue(app, e.id, &cmd) != 0) {
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
@@ -344,14 +336,8 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 500, err);
         goto out;
     }
-    st_command c = {.uuid = cmd.uuid,
-                    .enrollment_id = e.id,
-                    .request_type = cmd.request_type,
-                    .body = cmd.xml,
-                    .body_len = cmd.xml_len,
-                    .priority = 100,
-                    .created_at = app_now(app)};
-    if (storage_queue_enqueue(app->st, &c) != 0) {
+    cmd.priority = 100; /* ahead of anything queued: the device is leaving */
+    if (mdm_command_enqueue(app, e.id, &cmd) != 0) {
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }

@@ -135,15 +135,9 @@ static int enqueue_json(struct app *app, const st_enrollment *e, const char *jso
         log_error("event=reauth_enqueue_failed enrollment=%s err=\"%s\"", e->id, err);
         return -1;
     }
-    st_command c = {.uuid = cmd.uuid,
-                    .enrollment_id = e->id,
-                    .request_type = cmd.request_type,
-                    .body = cmd.xml,
-                    .body_len = cmd.xml_len,
-                    .priority = REAUTH_ENFORCEMENT_PRIORITY,
-                    .sensitive = sensitive,
-                    .created_at = app_now(app)};
-    rc = storage_queue_enqueue(app->st, &c);
+    cmd.priority = REAUTH_ENFORCEMENT_PRIORITY;
+    cmd.sensitive = sensitive;
+    rc = mdm_command_enqueue(app, e->id, &cmd);
     mdm_command_cleanup(&cmd);
     return rc;
 }

@@ -34,56 +34,14 @@ static const char *const app_keys[] = {
     NULL,
 };
 
+/* Managed app configuration and attributes: any JSON object, converted without a schema. */
 static plist_t json_value_to_plist(json_t *j, const char *where, char *err, size_t err_len)
 {
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: {
-        plist_t d = plist_new_dict();
-        const char *k;
-        json_t *v;
-        json_object_foreach(j, k, v)
-        {
-            plist_t p = json_value_to_plist(v, k, err, err_len);
-            if (p == NULL) {
-                plist_free(d);
-                return NULL;
-            }
-            plist_dict_set_item(d, k, p);
-        }
-        return d;
-    }
-    case JSON_ARRAY: {
-        plist_t a = plist_new_array();
-        size_t i;
-        json_t *v;
-        json_array_foreach(j, i, v)
-        {
-            plist_t p = json_value_to_plist(v, where, err, err_len);
-            if (p == NULL) {
-                plist_free(a);
-                return NULL;
-            }
-            plist_array_append_item(a, p);
-        }
-        return a;
-    }
-    case JSON_STRING:
-        return plist_new_string(json_string_value(j));
-    case JSON_INTEGER:
-        if (json_integer_value(j) < 0) {
-            snprintf(err, err_len, "%s: negative integers are not supported", where);
-            return NULL;
-        }
-        return plist_new_uint((uint64_t)json_integer_value(j));
-    case JSON_REAL:
-        return plist_new_real(json_real_value(j));
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return plist_new_bool(json_is_true(j));
-    default:
-        snprintf(err, err_len, "%s: null is not a plist value", where);
-        return NULL;
-    }
+    char inner[160];
+    plist_t p = mdm_json_to_plist(j, NULL, inner, sizeof(inner));
+    if (p == NULL)
+        snprintf(err, err_len, "%s: %s", where, inner);
+    return p;
 }
 
 struct app_warn {

@@ -17,6 +17,19 @@ void mdm_command_cleanup(struct mdm_command *c)
     memset(c, 0, sizeof(*c));
 }
 
+int mdm_command_enqueue(struct app *app, const char *enrollment_id, const struct mdm_command *cmd)
+{
+    st_command c = {.uuid = (char *)cmd->uuid,
+                    .enrollment_id = (char *)enrollment_id,
+                    .request_type = cmd->request_type,
+                    .body = cmd->xml,
+                    .body_len = cmd->xml_len,
+                    .priority = cmd->priority,
+                    .sensitive = cmd->sensitive,
+                    .created_at = app_now(app)};
+    return storage_queue_enqueue(app->st, &c);
+}
+
 enum ue_os mdm_os_of_product(const char *product, const char *model)
 {
     const char *p = product ? product : (model ? model : "");
@@ -26,8 +39,6 @@ enum ue_os mdm_os_of_product(const char *product, const char *model)
         return UE_OS_VISIONOS;
     return UE_OS_IOS;
 }
-
-static plist_t json_to_plist(json_t *j, const struct ue_key *schema, char *err, size_t err_len);
 
 static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry,
                               const struct ue_key *parent, const char *skip_prefix, char *err,
@@ -45,7 +56,7 @@ static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry,
             continue;
         const struct ue_key *k =
             parent ? ue_key_child(parent, key) : (entry ? ue_entry_key(entry, key) : NULL);
-        plist_t v = json_to_plist(val, k, err, err_len);
+        plist_t v = mdm_json_to_plist(val, k, err, err_len);
         if (v == NULL) {
             plist_free(dict);
             return NULL;
@@ -73,7 +84,7 @@ static plist_t string_value(json_t *j, const struct ue_key *schema, char *err, s
     return plist_new_string(s);
 }
 
-static plist_t json_to_plist(json_t *j, const struct ue_key *schema, char *err, size_t err_len)
+plist_t mdm_json_to_plist(json_t *j, const struct ue_key *schema, char *err, size_t err_len)
 {
     switch (json_typeof(j)) {
     case JSON_OBJECT:
@@ -85,7 +96,7 @@ static plist_t json_to_plist(json_t *j, const struct ue_key *schema, char *err, 
         json_array_foreach(j, i, v)
         {
             const struct ue_key *item = schema && schema->count ? &ue_keys[schema->first] : NULL;
-            plist_t p = json_to_plist(v, item, err, err_len);
+            plist_t p = mdm_json_to_plist(v, item, err, err_len);
             if (p == NULL) {
                 plist_free(arr);
                 return NULL;

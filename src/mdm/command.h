@@ -8,6 +8,7 @@
 #ifndef ORCHARD_MDM_COMMAND_H
 #define ORCHARD_MDM_COMMAND_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "app.h"
@@ -32,6 +33,19 @@ void mdm_command_cleanup(struct mdm_command *c);
  */
 int mdm_command_from_body(const char *body, size_t len, enum ue_os os, int user_enrollment,
                           struct mdm_command *out, char *err, size_t err_len);
+
+/*
+ * Converts a JSON value to a plist node (caller frees). With a schema key (from ue_rules.h),
+ * strings become <data> (base64 in the JSON) where the schema says data; NULL = no schema.
+ * Returns NULL with a message for the admin in err (null values, negative integers).
+ */
+plist_t mdm_json_to_plist(json_t *j, const struct ue_key *schema, char *err, size_t err_len);
+
+/*
+ * Queues a built command for the enrollment, created now, with the command's priority and
+ * sensitive flag. Returns 0 or a storage code (ST_ENOTFOUND: unknown enrollment).
+ */
+int mdm_command_enqueue(struct app *app, const char *enrollment_id, const struct mdm_command *cmd);
 
 /* The platform of an enrollment from its ProductName/Model ("iPhone14,5", "Mac14,2", ...). */
 enum ue_os mdm_os_of_product(const char *product, const char *model);
