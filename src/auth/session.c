@@ -18,7 +18,7 @@ const char *session_status_name(enum session_status s)
     return status_names[s];
 }
 
-static enum session_status check_age(struct app *app, const st_session *s)
+enum session_status session_check(struct app *app, const st_session *s)
 {
     int64_t now = app_now(app);
     if (s->revoked_at)
@@ -34,9 +34,8 @@ static enum session_status check_age(struct app *app, const st_session *s)
     return SESSION_OK;
 }
 
-enum session_status session_from_request(struct app *app, const http_request *req, st_session *out)
+enum session_status session_token_hash(const http_request *req, char *hash)
 {
-    memset(out, 0, sizeof(*out));
     const char *h = http_request_header(req, "Authorization");
     if (h == NULL)
         return SESSION_MISSING;
@@ -47,14 +46,23 @@ enum session_status session_from_request(struct app *app, const http_request *re
         token++;
     if (!secret_token_well_formed(token))
         return SESSION_MALFORMED;
-    char hash[SECRET_HASH_LEN + 1];
     secret_hash(token, hash);
+    return SESSION_OK;
+}
+
+enum session_status session_from_request(struct app *app, const http_request *req, st_session *out)
+{
+    memset(out, 0, sizeof(*out));
+    char hash[SECRET_HASH_LEN + 1];
+    enum session_status status = session_token_hash(req, hash);
+    if (status != SESSION_OK)
+        return status;
     int rc = storage_session_get(app->st, hash, out);
     if (rc == ST_ENOTFOUND)
         return SESSION_UNKNOWN;
     if (rc != 0)
         return SESSION_ERROR;
-    return check_age(app, out);
+    return session_check(app, out);
 }
 
 int session_issue(struct app *app, int64_t user_id, const char *method, char *token)

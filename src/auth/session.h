@@ -29,6 +29,14 @@ const char *session_status_name(enum session_status s);
  */
 enum session_status session_from_request(struct app *app, const http_request *req, st_session *out);
 
+/*
+ * The SHA-256 (hex, SECRET_HASH_LEN + 1 bytes) of the request's bearer token: SESSION_OK, or
+ * SESSION_MISSING / SESSION_MALFORMED.
+ */
+enum session_status session_token_hash(const http_request *req, char *hash);
+/* SESSION_OK, SESSION_EXPIRED or SESSION_REVOKED for a stored session, at the server's now. */
+enum session_status session_check(struct app *app, const st_session *s);
+
 /* Issues a new token for the user; writes it (SECRET_TOKEN_LEN + 1 bytes) into token. */
 int session_issue(struct app *app, int64_t user_id, const char *method, char *token);
 

@@ -113,7 +113,7 @@ static int create_user_channel(struct app *app, struct mdm_request *m, st_enroll
 static int load_enrollment(struct app *app, http_request *req, http_response *res,
                            struct mdm_request *m, st_enrollment *e, int create_user_chan)
 {
-    int rc = storage_enrollment_get(app->st, m->id, e);
+    int rc = mdm_request_get_enrollment(app, m, e);
     if (rc == ST_ENOTFOUND && create_user_chan && m->type == ST_ENR_USER_CHANNEL)
         rc = create_user_channel(app, m, e);
     if (rc != 0 || e->unenrolled_at) {

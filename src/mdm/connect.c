@@ -64,7 +64,7 @@ static void send_next(struct app *app, http_request *req, http_response *res, st
 static int load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                 st_enrollment *e)
 {
-    if (storage_enrollment_get(app->st, m->id, e) != 0 || e->unenrolled_at) {
+    if (mdm_request_get_enrollment(app, m, e) != 0 || e->unenrolled_at) {
         log_warn("event=connect_refused rid=%s enrollment=%s reason=unknown_enrollment",
                  req->request_id, m->id);
         http_response_error(res, 403, "unknown enrollment");

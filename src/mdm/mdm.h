@@ -29,6 +29,8 @@ struct mdm_request {
     st_session session;
     int session_status; /* enum session_status */
     int enforcing; /* token no longer valid, but the re-auth failure action is being delivered */
+    st_enrollment enr; /* prefetched with the session (user enrollments); enr.id NULL if none */
+    int have_enr;
 };
 
 /*
@@ -38,6 +40,11 @@ struct mdm_request {
 int mdm_request_begin(struct app *app, http_request *req, http_response *res,
                       struct mdm_request *m);
 void mdm_request_cleanup(struct mdm_request *m);
+/*
+ * The request's enrollment (prefetched with the session when there was one, else looked up);
+ * the caller owns *e. ST_ENOTFOUND if unknown.
+ */
+int mdm_request_get_enrollment(struct app *app, struct mdm_request *m, st_enrollment *e);
 /*
  * For user enrollments: checks the session token against the enrollment (bound to it, or
  * unbound and of the same user: a re-authentication, which is then bound and audited).

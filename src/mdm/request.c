@@ -45,6 +45,32 @@ static int resolve_channel(struct mdm_request *m)
     return 0;
 }
 
+/* The session and the enrollment in one read (storage_device_lookup): the hot path. */
+static void lookup_session(struct app *app, const http_request *req, struct mdm_request *m)
+{
+    char hash[SECRET_HASH_LEN + 1];
+    m->session_status = session_token_hash(req, hash);
+    if (m->session_status != SESSION_OK)
+        return;
+    if (storage_device_lookup(app->st, hash, m->id, &m->session, &m->enr) != 0) {
+        m->session_status = SESSION_ERROR;
+        return;
+    }
+    m->have_enr = 1;
+    m->session_status =
+        m->session.token_hash ? (int)session_check(app, &m->session) : SESSION_UNKNOWN;
+}
+
+int mdm_request_get_enrollment(struct app *app, struct mdm_request *m, st_enrollment *e)
+{
+    if (!m->have_enr)
+        return storage_enrollment_get(app->st, m->id, e);
+    *e = m->enr; /* hands the prefetched record over */
+    memset(&m->enr, 0, sizeof(m->enr));
+    m->have_enr = 0;
+    return e->id ? ST_OK : ST_ENOTFOUND;
+}
+
 int mdm_request_begin(struct app *app, http_request *req, http_response *res, struct mdm_request *m)
 {
     char err[128];
@@ -68,7 +94,7 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res, st
         return -1;
     }
     if (m->type == ST_ENR_USER || m->type == ST_ENR_USER_CHANNEL)
-        m->session_status = session_from_request(app, req, &m->session);
+        lookup_session(app, req, m);
     return 0;
 }
 
@@ -77,6 +103,8 @@ void mdm_request_cleanup(struct mdm_request *m)
     if (m->msg)
         plist_free(m->msg);
     st_session_cleanup(&m->session);
+    st_enrollment_cleanup(&m->enr);
+    m->have_enr = 0;
     m->msg = NULL;
 }
 

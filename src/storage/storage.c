@@ -154,6 +154,28 @@ static int fault_fire(storage *st, const char *op)
         return rc_;                                                                                \
     } while (0)
 
+int storage_device_lookup(storage *st, const char *token_hash, const char *enrollment_id,
+                          st_session *s, st_enrollment *e)
+{
+    assert(st != NULL && token_hash != NULL && enrollment_id != NULL && s != NULL && e != NULL);
+    memset(s, 0, sizeof(*s));
+    memset(e, 0, sizeof(*e));
+    if (fault_fire(st, "device_lookup"))
+        return ST_ERROR;
+    if (st->ops->device_lookup)
+        return st->ops->device_lookup(st, token_hash, enrollment_id, s, e);
+    int rc = st->ops->session_get(st, token_hash, s);
+    if (rc == ST_OK || rc == ST_ENOTFOUND)
+        rc = st->ops->enrollment_get(st, enrollment_id, e);
+    if (rc == ST_ENOTFOUND)
+        rc = ST_OK;
+    if (rc != ST_OK) {
+        st_session_cleanup(s);
+        st_enrollment_cleanup(e);
+    }
+    return rc;
+}
+
 int storage_ping(storage *st)
 {
     assert(st != NULL);

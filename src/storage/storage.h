@@ -163,6 +163,15 @@ void st_enrollment_cleanup(st_enrollment *e);
  */
 int storage_enrollment_authenticate(storage *st, const st_enrollment *e);
 int storage_enrollment_get(storage *st, const char *id, st_enrollment *out);
+/*
+ * The two lookups of every device request, as one consistent read: the session of token_hash
+ * and the enrollment id. Each record is zeroed when not found (check s->token_hash / e->id).
+ * Returns 0, or ST_ERROR. (Backends may implement it as one read transaction; the default is
+ * the two separate lookups.)
+ */
+int storage_device_lookup(storage *st, const char *token_hash, const char *enrollment_id,
+                          st_session *s, st_enrollment *e);
+
 int storage_enrollment_token_update(storage *st, const char *id, const char *push_token,
                                     const char *push_magic, int64_t now);
 int storage_enrollment_set_cert(storage *st, const char *id, const char *fingerprint);

@@ -38,6 +38,9 @@ struct storage_ops {
 
     int (*session_add)(storage *st, const st_session *s);
     int (*session_get)(storage *st, const char *token_hash, st_session *out);
+    /* Optional (NULL: the wrapper runs session_get and enrollment_get). */
+    int (*device_lookup)(storage *st, const char *token_hash, const char *enrollment_id,
+                         st_session *s, st_enrollment *e);
     int (*session_bind)(storage *st, const char *token_hash, const char *enrollment_id);
     int (*session_set_machine_info)(storage *st, const char *token_hash, const char *plist);
     int (*session_revoke_enrollment)(storage *st, const char *enrollment_id, int64_t now);

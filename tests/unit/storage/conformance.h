@@ -643,6 +643,39 @@ TEST(conf_auth_state_transition_and_audit_count)
     storage_close(st);
 }
 
+TEST(conf_device_lookup)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", 0), ST_OK);
+    st_session add = {.token_hash = "h1", .user_id = 0, .method = "local", .issued_at = 5};
+    st_user u = {.email = "dl@example.com", .managed_apple_id = "dl@example.com"};
+    ASSERT_INT_EQ(storage_user_add(st, &u), ST_OK);
+    add.user_id = u.id;
+    ASSERT_INT_EQ(storage_session_add(st, &add), ST_OK);
+    ASSERT_INT_EQ(storage_session_bind(st, "h1", "E1"), ST_OK);
+    st_session s;
+    st_enrollment e;
+    ASSERT_INT_EQ(storage_device_lookup(st, "h1", "E1", &s, &e), ST_OK);
+    ASSERT_STR_EQ(s.token_hash, "h1");
+    ASSERT_STR_EQ(s.enrollment_id, "E1");
+    ASSERT_STR_EQ(e.id, "E1");
+    st_session_cleanup(&s);
+    st_enrollment_cleanup(&e);
+    /* Unknown token, known enrollment; and both unknown: zeroed records, not an error. */
+    ASSERT_INT_EQ(storage_device_lookup(st, "nope", "E1", &s, &e), ST_OK);
+    ASSERT(s.token_hash == NULL);
+    ASSERT_STR_EQ(e.id, "E1");
+    st_enrollment_cleanup(&e);
+    ASSERT_INT_EQ(storage_device_lookup(st, "h1", "E9", &s, &e), ST_OK);
+    ASSERT_STR_EQ(s.token_hash, "h1");
+    ASSERT(e.id == NULL);
+    st_session_cleanup(&s);
+    /* The lookup leaves no transaction open: a write right after it works. */
+    ASSERT_INT_EQ(storage_enrollment_touch(st, "E1", 99), ST_OK);
+    storage_close(st); /* u holds string literals: nothing to clean up */
+}
+
 TEST(conf_enrollment_reauthenticate_resets)
 {
     storage *st = conf_open();
@@ -2050,8 +2083,8 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                                 \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_library_items),    \
-        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
-        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
+        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
+        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
