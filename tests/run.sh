@@ -71,6 +71,9 @@ if [ "$group" = all ] || [ "$group" = gen ]; then
     suite "gen/tables-current" bash -c 'python3 tools/gen_tables.py --check && echo "ok generated tables are current" || echo "FAIL generated tables are stale"'
     suite "gen/gen_tables" "$PYTHON" tests/gen/test_gen_tables.py
 fi
+if [ "$group" = all ] || [ "$group" = layout ]; then
+    suite "layout/layers" tests/layout/test_layers.sh
+fi
 if [ "$group" = all ] || [ "$group" = integration ]; then
     for t in $(find tests/integration -name 'test_*.py' | sort); do
         suite "integration/$(basename "$t" .py)" "$PYTHON" "$t"

@@ -21,6 +21,11 @@ void push_send(push_client *pc, struct push_msg *msgs, size_t n)
         pc->ops->send(pc, msgs, n);
 }
 
+const char *push_client_name(const push_client *pc)
+{
+    return pc->ops->name;
+}
+
 void push_client_free(push_client *pc)
 {
     if (pc != NULL)

@@ -71,6 +71,8 @@ push_client *push_sink_new(const char *path, char *err, size_t err_len);
 /* Sends a batch through any backend (see push_ops.send). */
 void push_send(push_client *pc, struct push_msg *msgs, size_t n);
 /* Frees a client; NULL is fine. */
+/* The backend's name ("apns", "file") for log lines. */
+const char *push_client_name(const push_client *pc);
 void push_client_free(push_client *pc);
 
 /* What to do with a message after its answer. */

@@ -278,8 +278,8 @@ pusher *pusher_start_with(struct app *app, push_client *client)
         return NULL;
     }
     p->started = 1;
-    log_info("event=push_worker_started owner=%s backend=%s batch=%d", p->owner, client->ops->name,
-             p->batch);
+    log_info("event=push_worker_started owner=%s backend=%s batch=%d", p->owner,
+             push_client_name(client), p->batch);
     return p;
 }
 
