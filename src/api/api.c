@@ -19,7 +19,7 @@
 
 #define LIST_LIMIT 500
 
-static void send_json(http_response *res, int status, json_t *j)
+void api_send_json(http_response *res, int status, json_t *j)
 {
     char *s = json_dumps(j, JSON_COMPACT);
     http_response_send(res, status, "application/json", s, strlen(s));
@@ -151,7 +151,7 @@ void api_handle_enrollments(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 503, "storage unavailable");
         return;
     }
-    send_json(res, 200, json_pack("{s:o}", "enrollments", l.arr));
+    api_send_json(res, 200, json_pack("{s:o}", "enrollments", l.arr));
 }
 
 /* Loads the enrollment named by the first path parameter; answers 404 if unknown. */
@@ -171,7 +171,7 @@ void api_handle_enrollment(void *ctx, http_request *req, http_response *res)
     AUTHORIZE();
     st_enrollment e = {0};
     if (load_enrollment(app, req, res, &e) == 0)
-        send_json(res, 200, enrollment_json(app, &e));
+        api_send_json(res, 200, enrollment_json(app, &e));
     st_enrollment_cleanup(&e);
 }
 
@@ -244,7 +244,7 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
         push_enrollment(app, e.id);
     log_info("event=command_enqueued rid=%s actor=%s enrollment=%s command=%s type=%s push=%d",
              req->request_id, actor, e.id, cmd.uuid, cmd.request_type, cmd.push);
-    send_json(res, 201, json_pack("{s:s}", "command_uuid", cmd.uuid));
+    api_send_json(res, 201, json_pack("{s:s}", "command_uuid", cmd.uuid));
 out:
     mdm_command_cleanup(&cmd);
     st_enrollment_cleanup(&e);
@@ -264,7 +264,7 @@ void api_handle_enrollment_commands(void *ctx, http_request *req, http_response 
         http_response_error(res, 503, "storage unavailable");
         return;
     }
-    send_json(res, 200, json_pack("{s:o}", "commands", arr));
+    api_send_json(res, 200, json_pack("{s:o}", "commands", arr));
 }
 
 void api_handle_command(void *ctx, http_request *req, http_response *res)
@@ -274,7 +274,7 @@ void api_handle_command(void *ctx, http_request *req, http_response *res)
     st_command c = {0};
     int rc = storage_command_get(app->st, req->params[0], &c);
     if (rc == 0)
-        send_json(res, 200, command_json(&c));
+        api_send_json(res, 200, command_json(&c));
     else
         http_response_error(res, rc == ST_ENOTFOUND ? 404 : 503,
                             rc == ST_ENOTFOUND ? "no such command" : "storage unavailable");
@@ -293,8 +293,9 @@ void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
     else if (rc != 0)
         http_response_error(res, 503, "storage unavailable");
     else
-        send_json(res, 202,
-                  json_pack("{s:s, s:s}", "id", req->params[0], "auth_state", "reauth_required"));
+        api_send_json(
+            res, 202,
+            json_pack("{s:s, s:s}", "id", req->params[0], "auth_state", "reauth_required"));
 }
 
 /* {id} is the numeric user id or the user's email. */
@@ -315,7 +316,7 @@ void api_handle_user_reauthenticate(void *ctx, http_request *req, http_response 
         if (n < 0)
             http_response_error(res, 503, "storage unavailable");
         else
-            send_json(res, 202, json_pack("{s:s, s:i}", "user", u.email, "enrollments", n));
+            api_send_json(res, 202, json_pack("{s:s, s:i}", "user", u.email, "enrollments", n));
     }
     st_user_cleanup(&u);
 }
@@ -343,7 +344,7 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
     }
     push_enrollment(app, e.id);
     audit_record(app, actor, "enrollment.unenroll", e.id, "RemoveProfile enqueued");
-    send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "command_uuid", cmd.uuid));
+    api_send_json(res, 202, json_pack("{s:s, s:s}", "id", e.id, "command_uuid", cmd.uuid));
 out:
     mdm_command_cleanup(&cmd);
     st_enrollment_cleanup(&e);
@@ -368,7 +369,7 @@ void api_handle_audit(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 503, "storage unavailable");
         return;
     }
-    send_json(res, 200, json_pack("{s:o}", "events", arr));
+    api_send_json(res, 200, json_pack("{s:o}", "events", arr));
 }
 
 void api_handle_debug_clock(void *ctx, http_request *req, http_response *res)
@@ -387,7 +388,7 @@ void api_handle_debug_clock(void *ctx, http_request *req, http_response *res)
         return;
     }
     atomic_fetch_add(&app->clock_skew, (int64_t)adv);
-    send_json(res, 200, json_pack("{s:I}", "now", (json_int_t)app_now(app)));
+    api_send_json(res, 200, json_pack("{s:I}", "now", (json_int_t)app_now(app)));
 }
 
 /* For the handlers in the other api/ files. */

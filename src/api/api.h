@@ -5,6 +5,8 @@
 #ifndef ORCHARD_API_H
 #define ORCHARD_API_H
 
+#include <jansson.h>
+
 #include "http/http.h"
 
 void api_handle_healthz(void *ctx, http_request *req, http_response *res);
@@ -42,6 +44,9 @@ void api_handle_enrollment_reconcile(void *ctx, http_request *req, http_response
 
 struct app;
 /* Checks the API key (401 on failure, returns -1); writes "api:<name>" into actor. */
+/* Sends j (taking ownership) as the JSON body with the status. */
+void api_send_json(http_response *res, int status, json_t *j);
+
 int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
                   size_t actor_len);
 /* The push certificate expiry gauge and the push worker's counters, for /metrics. */

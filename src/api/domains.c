@@ -42,14 +42,6 @@ static json_t *domain_json(struct app *app, const st_domain *d, const char *sour
     return j;
 }
 
-static void send(http_response *res, int status, json_t *j)
-{
-    char *s = json_dumps(j, JSON_COMPACT);
-    http_response_send(res, status, "application/json", s, strlen(s));
-    free(s);
-    json_decref(j);
-}
-
 struct list_ctx {
     struct app *app;
     json_t *arr;
@@ -82,7 +74,7 @@ void api_handle_domains(void *ctx, http_request *req, http_response *res)
         }
         st_domain_cleanup(&d);
     }
-    send(res, 200, json_pack("{s:o}", "domains", l.arr));
+    api_send_json(res, 200, json_pack("{s:o}", "domains", l.arr));
 }
 
 /* Applies member name of body to *field: string replaces, null clears, absent keeps. */
@@ -140,7 +132,7 @@ void api_handle_domain(void *ctx, http_request *req, http_response *res)
         st_domain row = {0};
         int in_store = storage_domain_get(app->st, name, &row) == ST_OK;
         st_domain_cleanup(&row);
-        send(res, 200, domain_json(app, &d, in_store ? "store" : "config"));
+        api_send_json(res, 200, domain_json(app, &d, in_store ? "store" : "config"));
         goto out;
     }
     /* PUT */
@@ -200,7 +192,7 @@ void api_handle_domain(void *ctx, http_request *req, http_response *res)
         goto out;
     }
     audit_record(app, actor, "domain.put", d.name, d.auth);
-    send(res, exists ? 200 : 201, domain_json(app, &d, "store"));
+    api_send_json(res, exists ? 200 : 201, domain_json(app, &d, "store"));
 out:
     json_decref(body);
     st_domain_cleanup(&d);

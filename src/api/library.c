@@ -30,14 +30,6 @@
     if (api_authorize(app, req, res, actor, sizeof(actor)) != 0)                                   \
         return;
 
-static void reply(http_response *res, int status, json_t *j)
-{
-    char *s = json_dumps(j, JSON_COMPACT);
-    http_response_send(res, status, "application/json", s, strlen(s));
-    free(s);
-    json_decref(j);
-}
-
 static int query_true(http_request *req, const char *name)
 {
     const char *v = http_request_query(req, name);
@@ -110,7 +102,7 @@ static void profile_create(struct app *app, http_request *req, http_response *re
                             warnings, &p, err, sizeof(err)) != 0) {
         log_info("event=profile_refused rid=%s reason=\"%s\"", req->request_id, err);
         json_decref(warnings);
-        reply(res, 422, json_pack("{s:s}", "error", err));
+        api_send_json(res, 422, json_pack("{s:s}", "error", err));
         return;
     }
     p.sensitive = query_true(req, "sensitive");
@@ -119,7 +111,7 @@ static void profile_create(struct app *app, http_request *req, http_response *re
     int rc = storage_profile_add(app->st, &p);
     if (rc == ST_EEXISTS) {
         json_decref(warnings);
-        reply(
+        api_send_json(
             res, 409,
             json_pack("{s:s}", "error",
                       "a profile with this PayloadIdentifier is in the library; delete it first"));
@@ -128,9 +120,9 @@ static void profile_create(struct app *app, http_request *req, http_response *re
         http_response_error(res, 503, "storage unavailable");
     } else {
         audit_record(app, actor, "profile.add", p.identifier, p.platforms);
-        reply(res, 201,
-              json_pack("{s:I, s:s, s:s, s:o}", "id", (json_int_t)p.id, "identifier", p.identifier,
-                        "platforms", p.platforms, "warnings", warnings));
+        api_send_json(res, 201,
+                      json_pack("{s:I, s:s, s:s, s:o}", "id", (json_int_t)p.id, "identifier",
+                                p.identifier, "platforms", p.platforms, "warnings", warnings));
     }
     st_profile_cleanup(&p);
 }
@@ -149,7 +141,7 @@ void api_handle_profiles(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 503, "storage unavailable");
         return;
     }
-    reply(res, 200, json_pack("{s:o}", "profiles", arr));
+    api_send_json(res, 200, json_pack("{s:o}", "profiles", arr));
 }
 
 void api_handle_profile(void *ctx, http_request *req, http_response *res)
@@ -173,13 +165,14 @@ void api_handle_profile(void *ctx, http_request *req, http_response *res)
         } else {
             audit_record(app, actor, "profile.delete", p.identifier, NULL);
             lib_reconcile_item(app, ST_ITEM_PROFILE, id, &s);
-            reply(res, 200,
-                  json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+            api_send_json(
+                res, 200,
+                json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
         }
     } else {
         json_t *j = profile_json(&p);
         json_object_set_new(j, "profile", json_stringn(p.body, p.body_len));
-        reply(res, 200, j);
+        api_send_json(res, 200, j);
     }
     st_profile_cleanup(&p);
 }
@@ -214,7 +207,7 @@ void api_handle_apps(void *ctx, http_request *req, http_response *res)
         if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, &a, err,
                             sizeof(err)) != 0) {
             json_decref(warnings);
-            reply(res, 422, json_pack("{s:s}", "error", err));
+            api_send_json(res, 422, json_pack("{s:s}", "error", err));
             return;
         }
         a.created_at = app_now(app);
@@ -225,7 +218,7 @@ void api_handle_apps(void *ctx, http_request *req, http_response *res)
             audit_record(app, actor, "app.add", a.identifier ? a.identifier : a.spec, NULL);
             json_t *j = app_json(&a);
             json_object_set_new(j, "warnings", warnings);
-            reply(res, 201, j);
+            api_send_json(res, 201, j);
         }
         st_app_cleanup(&a);
         return;
@@ -236,7 +229,7 @@ void api_handle_apps(void *ctx, http_request *req, http_response *res)
         http_response_error(res, 503, "storage unavailable");
         return;
     }
-    reply(res, 200, json_pack("{s:o}", "apps", arr));
+    api_send_json(res, 200, json_pack("{s:o}", "apps", arr));
 }
 
 void api_handle_app(void *ctx, http_request *req, http_response *res)
@@ -260,11 +253,12 @@ void api_handle_app(void *ctx, http_request *req, http_response *res)
         } else {
             audit_record(app, actor, "app.delete", a.identifier ? a.identifier : "-", NULL);
             lib_reconcile_item(app, ST_ITEM_APP, id, &s);
-            reply(res, 200,
-                  json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+            api_send_json(
+                res, 200,
+                json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
         }
     } else {
-        reply(res, 200, app_json(&a));
+        api_send_json(res, 200, app_json(&a));
     }
     st_app_cleanup(&a);
 }
@@ -353,7 +347,7 @@ void api_handle_assignments(void *ctx, http_request *req, http_response *res)
             http_response_error(res, 503, "storage unavailable");
             return;
         }
-        reply(res, 200, json_pack("{s:o}", "assignments", arr));
+        api_send_json(res, 200, json_pack("{s:o}", "assignments", arr));
         return;
     }
     st_assignment a = {0};
@@ -381,7 +375,7 @@ void api_handle_assignments(void *ctx, http_request *req, http_response *res)
                   (long long)a.id);
     json_t *j = assignment_json(&a);
     json_object_set_new(j, "reconciled", stats_json(&s));
-    reply(res, 201, j);
+    api_send_json(res, 201, j);
 out:
     st_assignment_cleanup(&a);
 }
@@ -411,7 +405,7 @@ void api_handle_assignment(void *ctx, http_request *req, http_response *res)
                       (long long)id);
         json_object_set_new(j, "reconciled", stats_json(&s));
     }
-    reply(res, 200, j);
+    api_send_json(res, 200, j);
     st_assignment_cleanup(&a);
 }
 
@@ -498,10 +492,10 @@ void api_handle_enrollment_library(void *ctx, http_request *req, http_response *
         json_decref(l.profiles);
         http_response_error(res, 503, "storage unavailable");
     } else {
-        reply(res, 200,
-              json_pack("{s:s, s:o, s:o, s:o}", "enrollment_id", e.id, "items", items,
-                        "managed_application_list", l.apps ? l.apps : json_null(), "profile_list",
-                        l.profiles ? l.profiles : json_null()));
+        api_send_json(res, 200,
+                      json_pack("{s:s, s:o, s:o, s:o}", "enrollment_id", e.id, "items", items,
+                                "managed_application_list", l.apps ? l.apps : json_null(),
+                                "profile_list", l.profiles ? l.profiles : json_null()));
     }
     st_enrollment_cleanup(&e);
 }
@@ -556,7 +550,8 @@ void api_handle_enrollment_reconcile(void *ctx, http_request *req, http_response
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
-    reply(res, 200, json_pack("{s:s, s:o}", "enrollment_id", e.id, "reconciled", stats_json(&s)));
+    api_send_json(res, 200,
+                  json_pack("{s:s, s:o}", "enrollment_id", e.id, "reconciled", stats_json(&s)));
 out:
     st_enrollment_cleanup(&e);
 }

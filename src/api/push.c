@@ -15,14 +15,6 @@
 
 #define PUSH_WARN_DAYS 30
 
-static void push_send_json(http_response *res, int status, json_t *j)
-{
-    char *s = json_dumps(j, JSON_COMPACT);
-    http_response_send(res, status, "application/json", s, strlen(s));
-    free(s);
-    json_decref(j);
-}
-
 void api_handle_enrollment_push(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
@@ -34,7 +26,7 @@ void api_handle_enrollment_push(void *ctx, http_request *req, http_response *res
     case ST_OK:
         log_info("event=push_requested rid=%s actor=%s enrollment=%s", req->request_id, actor,
                  req->params[0]);
-        push_send_json(res, 202, json_pack("{s:s, s:b}", "id", req->params[0], "queued", 1));
+        api_send_json(res, 202, json_pack("{s:s, s:b}", "id", req->params[0], "queued", 1));
         break;
     case ST_ENOTFOUND:
         http_response_error(res, 404, "no such enrollment");
@@ -89,7 +81,7 @@ void api_handle_push_bulk(void *ctx, http_request *req, http_response *res)
     log_info("event=push_bulk rid=%s actor=%s scope=%s value=%s queued=%lld", req->request_id,
              actor, scopes[scope], value ? value : "-", (long long)queued);
     json_decref(j);
-    push_send_json(res, 202, json_pack("{s:I}", "queued", (json_int_t)queued));
+    api_send_json(res, 202, json_pack("{s:I}", "queued", (json_int_t)queued));
 }
 
 void api_handle_pushcert(void *ctx, http_request *req, http_response *res)
@@ -99,12 +91,12 @@ void api_handle_pushcert(void *ctx, http_request *req, http_response *res)
     if (api_authorize(app, req, res, actor, sizeof(actor)) != 0)
         return;
     int64_t left = app->push_not_after - app_now(app);
-    push_send_json(res, 200,
-                   json_pack("{s:s, s:I, s:I, s:s, s:b}", "topic", app->topic ? app->topic : "",
-                             "not_after", (json_int_t)app->push_not_after, "days_left",
-                             (json_int_t)(left / 86400), "subject",
-                             app->push_subject ? app->push_subject : "", "expiring",
-                             left < PUSH_WARN_DAYS * 86400));
+    api_send_json(res, 200,
+                  json_pack("{s:s, s:I, s:I, s:s, s:b}", "topic", app->topic ? app->topic : "",
+                            "not_after", (json_int_t)app->push_not_after, "days_left",
+                            (json_int_t)(left / 86400), "subject",
+                            app->push_subject ? app->push_subject : "", "expiring",
+                            left < PUSH_WARN_DAYS * 86400));
 }
 
 void api_push_metrics(struct app *app, buf *out)
