@@ -17,7 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static scep_ca *load_ca(void)
 {
     const char *spec = getenv("ORCHARD_SPEC") ? getenv("ORCHARD_SPEC") : "../shared/spec";
-    char *cp = xasprintf("%s/fixtures/scep/ca.pem", spec), *kp = xasprintf("%s/fixtures/scep/ca.key", spec);
+    char *cp = xasprintf("%s/fixtures/scep/ca.pem", spec),
+         *kp = xasprintf("%s/fixtures/scep/ca.key", spec);
     char *cpem = fs_read_file(cp, NULL), *kpem = fs_read_file(kp, NULL);
     crypto_cert *cert = NULL;
     crypto_key *key = NULL;
