@@ -6,7 +6,7 @@
 #   make bench           benchmarks (ratios against a baseline measured in the same run)
 #   make format / format-check
 
-PKGS     := libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl jansson libsodium librhonabwy
+PKGS     := libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl libnghttp2 jansson libsodium librhonabwy
 CC       ?= cc
 SANITIZE ?=
 OPT      ?= -O2
@@ -100,7 +100,13 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/liborchard.a
 	@echo "  LINK $@"
 	@$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liborchard.a $(LDFLAGS) $(LDLIBS)
 
-bench: all $(BUILD)/bench/seed $(BUILD)/bench/baseline
+# The APNs stand-in is not part of Orchard: only nghttp2 and OpenSSL.
+$(BUILD)/bench/h2sink: bench/h2sink.c
+	@mkdir -p $(dir $@)
+	@echo "  LINK $@"
+	@$(CC) $(CFLAGS) -o $@ $< -lnghttp2 -lssl -lcrypto
+
+bench: all $(BUILD)/bench/seed $(BUILD)/bench/baseline $(BUILD)/bench/h2sink
 	./bench/run.sh
 
 gen-check:

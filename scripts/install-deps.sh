@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_PKGS="build-essential pkg-config libmicrohttpd-dev libgnutls28-dev libplist-dev libssl-dev
- libsqlite3-dev libpq-dev libcurl4-openssl-dev libjansson-dev librhonabwy-dev libsodium-dev
+ libsqlite3-dev libpq-dev libcurl4-openssl-dev libnghttp2-dev libjansson-dev librhonabwy-dev libsodium-dev
  libcmocka-dev clang-format python3 python3-yaml openssl"
-TEST_PKGS="postgresql scep nghttp2-server nginx wrk chromium nodejs npm curl python3-cryptography"
+TEST_PKGS="postgresql scep nghttp2-server nghttp2-client nginx wrk chromium nodejs npm curl python3-cryptography"
 
 want="$BUILD_PKGS"
 [ "${1:-}" = "--test" ] && want="$BUILD_PKGS $TEST_PKGS"

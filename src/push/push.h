@@ -59,7 +59,7 @@ struct push_apns_options {
     int timeout_ms;       /* per request, connection set-up included */
 };
 
-/* The HTTP/2 APNs client (libcurl multi). NULL with a message in err on failure. */
+/* The HTTP/2 APNs client (libnghttp2 over crypto/tls_client). NULL with a message in err. */
 push_client *push_apns_new(const struct push_apns_options *o, char *err, size_t err_len);
 
 /*

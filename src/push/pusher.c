@@ -62,6 +62,7 @@ struct pusher_batch {
     st_push_result *res;
     int n, cap;
     int64_t expiration;
+    const char *default_topic; /* the push certificate's, for rows without their own */
 };
 
 static uint32_t pusher_rand(struct pusher *p)
@@ -82,7 +83,10 @@ static int pusher_on_claim(const st_push *sp, void *ctx)
     r->id = xstrdup(sp->enrollment_id);
     r->token = xstrdup(sp->push_token);
     r->magic = xstrdup(sp->push_magic ? sp->push_magic : "");
-    r->topic = xstrdup(sp->topic ? sp->topic : "");
+    /* A device names its topic at Authenticate; rows from before that column was filled (or
+     * enrolled by another tool) fall back to the certificate's single topic. */
+    const char *topic = sp->topic && sp->topic[0] ? sp->topic : b->default_topic;
+    r->topic = xstrdup(topic ? topic : "");
     r->attempts = sp->attempts;
     b->msgs[b->n] = (struct push_msg){
         .token = r->token, .magic = r->magic, .topic = r->topic, .expiration = b->expiration};
@@ -151,6 +155,7 @@ static int pusher_round(struct pusher *p, struct pusher_batch *b)
     int64_t now = app_now(app);
     int64_t exp = config_get_int(app->cfg, "apns_expiration");
     b->expiration = exp > 0 ? now + exp : 0;
+    b->default_topic = app->topic;
     int claimed = 0;
     int rc = storage_push_claim(app->st, p->owner, now, PUSHER_LEASE, b->cap, pusher_on_claim, b,
                                 &claimed);

@@ -6,7 +6,8 @@ identity as client certificate, records every request and answers from a script.
 
 Covers: the exact request (path /3/device/<hex token>, headers, body), triggers (enqueue,
 "push": false, unenroll, POST /enrollments/{id}/push, bulk by user/domain/all), retry with
-backoff on 500/429/connection drop (the debug clock moves time), dead tokens (410, 400
+backoff on 500/429/connection drop (the debug clock moves time), GOAWAY (refused pushes resent
+at once, none twice), a push server with an untrusted certificate, dead tokens (410, 400
 BadDeviceToken) until the next TokenUpdate, coalescing, the re-push sweeper (silent device,
 NotNow), the certificate endpoint and metrics, and a restart in the middle of a bulk push
 (every device pushed exactly once).
@@ -256,6 +257,82 @@ def a_dropped_connection_is_retried_on_a_new_connection():
         ok(got[1]["session"] != got[0]["session"], "the retry used a new connection")
     finally:
         st.script()
+
+
+@test
+def goaway_refused_pushes_go_out_at_once_on_a_new_connection():
+    # APNs closes connections gracefully with GOAWAY: what it refused was never processed, so it
+    # is sent again on a new connection right away (no backoff), and nothing is sent twice.
+    s = Server(name="push-goaway", env=env())
+    st = Stub(s)
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file})
+    try:
+        toks = seed(s, {"g@example.com": 60})["g@example.com"]
+        st.script(queue=[{"status": 200, "goaway": True}])
+        status(s.api("POST", "/api/v1/push", {"user": "g@example.com"}), 202, "bulk push")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and st.stats()["answered"] < 60:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        reqs = st.requests()
+        paths = [r["path"][len("/3/device/"):] for r in reqs]
+        eq(sorted(paths), sorted(toks), "every device pushed exactly once, without waiting for a retry")
+        ok(all(r["status"] == 200 for r in reqs), "all answered 200")
+        ok(len({r["session"] for r in reqs}) >= 2, "the refused ones went out on a new connection")
+        ok("event=apns_goaway" in s.log_text(), "the GOAWAY is logged")
+    finally:
+        s.stop()
+
+
+def impostor_server_cert():
+    """A well-formed TLS server certificate for 127.0.0.1 from a CA Orchard does not trust."""
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    ca, ca_key = pki.make_ca("Impostor CA")
+    key = pki.new_key()
+    cert = (x509.CertificateBuilder().subject_name(pki.name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(pki.now() - datetime.timedelta(hours=1))
+            .not_valid_after(pki.now() + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert, key
+
+
+@test
+def a_push_server_with_an_untrusted_certificate_gets_nothing():
+    # The push certificate and PushMagic go only to a server that proves it is the configured
+    # one: a certificate from another CA fails the handshake, and the pushes wait for a retry.
+    s = Server(name="push-untrusted", env=env())
+    cert, key = impostor_server_cert()
+    pki.write_pem(os.path.join(s.tmp, "impostor.pem"), cert=cert)
+    pki.write_pem(os.path.join(s.tmp, "impostor.key"), key=key)
+    st = Stub.__new__(Stub)
+    args = ["node", STUB, "--cert", os.path.join(s.tmp, "impostor.pem"), "--key",
+            os.path.join(s.tmp, "impostor.key"), "--client-ca", s.path("push", "cert.pem")]
+    st.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(os.path.join(s.tmp, "stub.log"), "ab"))
+    info = json.loads(st.proc.stdout.readline())
+    st.url, st.control = "https://127.0.0.1:%d" % info["port"], "http://127.0.0.1:%d" % info["control"]
+    orchard.on_exit(st.stop)
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file})
+    try:
+        seed(s, {"t@example.com": 3})
+        status(s.api("POST", "/api/v1/push", {"user": "t@example.com"}), 202, "bulk push")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "event=apns_connect_failed" not in s.log_text():
+            time.sleep(0.1)
+        log = s.log_text()
+        ok("event=apns_connect_failed" in log and "unable to get local issuer certificate" in log,
+           "the handshake failure is logged with its reason")
+        eq(st.stats()["requests"], 0, "the impostor received no push")
+        m = [l for l in s.get("/metrics").text.splitlines() if l.startswith("orchard_push_outbox ")]
+        eq(m, ["orchard_push_outbox 3"], "the pushes stay in the outbox for a retry")
+    finally:
+        s.stop()
+        st.stop()
 
 
 # --- dead tokens ---------------------------------------------------------------------------------

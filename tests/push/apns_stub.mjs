@@ -12,8 +12,11 @@
 //   GET  /stats             {"requests": N, "answered": N, "sessions": N, "ok": N}
 //   POST /script            {"default": ANSWER, "queue": [ANSWER...], "tokens": {HEX: [ANSWER...]}}
 //   POST /reset             forget requests and script
-// ANSWER = {"status": 200|4xx|5xx, "reason": "...", "delay_ms": N, "drop": true}
+// ANSWER = {"status": 200|4xx|5xx, "reason": "...", "delay_ms": N, "drop": true, "goaway": true}
 // "drop" destroys the whole connection (every stream on it fails), like a lost connection.
+// "goaway" answers, then sends GOAWAY naming this stream as the last one processed: streams
+// with higher ids on that connection are refused (REFUSED_STREAM), never answered or recorded,
+// as APNs does when it shuts a connection down gracefully.
 // --fast records nothing but counters (benchmark mode).
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -51,6 +54,11 @@ server.on('session', (session) => {
   session.on('close', () => process.stderr.write(`session ${session.stubId} closed\n`));
 });
 server.on('stream', (stream, headers) => {
+  const lastId = stream.session.goawayLastId;
+  if (lastId !== undefined && stream.id > lastId) {
+    stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    return;
+  }
   stats.requests++;
   const chunks = [];
   stream.on('data', (c) => { if (!fast) chunks.push(c); });
@@ -70,6 +78,13 @@ server.on('stream', (stream, headers) => {
     }
     const ans = fast ? script.default || { status: 200 } : nextAnswer(token);
     const respond = () => {
+      const g = stream.session.goawayLastId;
+      if (g !== undefined && stream.id > g) { // announced as never processed: refuse, forget
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        stats.requests--;
+        if (rec) requests.splice(requests.indexOf(rec), 1);
+        return;
+      }
       if (ans.drop) {
         stream.session.destroy();
         return;
@@ -88,6 +103,10 @@ server.on('stream', (stream, headers) => {
       }
       stats.answered++;
       if (rec) rec.status = status;
+      if (ans.goaway) {
+        stream.session.goawayLastId = stream.id;
+        stream.session.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id);
+      }
     };
     if (ans.delay_ms) setTimeout(respond, ans.delay_ms); else respond();
   });
