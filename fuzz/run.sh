@@ -8,7 +8,7 @@ SECONDS_EACH="${1:-60}"
 OUT=build/fuzz
 mkdir -p "$OUT/obj"
 # Keep in step with PKGS in the Makefile.
-PKGS="libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl jansson libsodium librhonabwy"
+PKGS="libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl libnghttp2 jansson libsodium librhonabwy"
 FLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer-no-link,address,undefined -Isrc -Ibuild/gen $(pkg-config --cflags $PKGS)"
 make -s build/gen/web_assets.c >/dev/null 2>&1 || make -s all >/dev/null
 objs=()
