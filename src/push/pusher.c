@@ -41,7 +41,7 @@ struct pusher {
     int started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int kicked;   /* under lock */
+    int kicked;   /* under lock: 1 = coalesce first, 2 = claim at once */
     int stopping; /* under lock */
     char owner[160];
     int batch;
@@ -241,7 +241,7 @@ static void *pusher_main(void *arg)
             if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
                 break;
         }
-        int coalesce = p->kicked && !p->stopping;
+        int coalesce = p->kicked == 1 && !p->stopping;
         pthread_mutex_unlock(&p->lock);
         if (coalesce) {
             struct timespec d = {0, PUSHER_COALESCE_MS * 1000000L};
@@ -342,14 +342,20 @@ void pusher_stop(pusher *p)
     free(p);
 }
 
-void pusher_kick(pusher *p)
+static void pusher_wake(pusher *p, int how)
 {
     if (p == NULL)
         return;
     pthread_mutex_lock(&p->lock);
-    p->kicked = 1;
+    if (p->kicked < how)
+        p->kicked = how;
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
+}
+
+void pusher_kick(pusher *p)
+{
+    pusher_wake(p, 1);
 }
 
 void pusher_metrics(pusher *p, buf *out)
@@ -382,7 +388,8 @@ int push_enrollment(struct app *app, const char *enrollment_id)
 int push_filter(struct app *app, int scope, const char *value, int64_t *queued)
 {
     int rc = storage_push_enqueue_filter(app->st, scope, value, app_now(app), queued);
+    /* A bulk push is one burst already: nothing to gain from waiting for more. */
     if (rc == ST_OK && *queued > 0)
-        pusher_kick(app->pusher);
+        pusher_wake(app->pusher, 2);
     return rc;
 }
