@@ -74,6 +74,8 @@ struct apns_client {
     /* The batch in progress. */
     struct push_msg *msgs;
     size_t n, next, done, active;
+    size_t *order; /* the messages to send, in order (malformed ones are answered at once) */
+    size_t norder;
     size_t *redo; /* refused messages to start again */
     size_t nredo;
     unsigned char *redone; /* per message: already started again once */
@@ -347,22 +349,26 @@ static void conn_check_idle(struct apns_client *c)
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vlen), NGHTTP2_NV_FLAG_NO_COPY_NAME        \
     }
 
-/* Starts message i; 0, or -1 when it was answered locally (a malformed message). */
+/* Answers a malformed message locally, as APNs would; 1 if it did, 0 if m can be sent. */
+static int msg_refuse(struct push_msg *m)
+{
+    char body[APNS_BODY_MAX];
+    const char *why = !hex_token_ok(m->token)                       ? "BadDeviceToken"
+                      : push_body(m->magic, body, sizeof(body)) < 0 ? "PayloadTooLarge"
+                                                                    : NULL;
+    if (why == NULL)
+        return 0;
+    m->status = 400;
+    snprintf(m->reason, sizeof(m->reason), "%s", why);
+    return 1;
+}
+
+/* Starts message i (checked by msg_refuse); 0, or -1 when nghttp2 refused it. */
 static int stream_start(struct apns_client *c, size_t i)
 {
     struct push_msg *m = &c->msgs[i];
-    if (!hex_token_ok(m->token)) {
-        m->status = 400;
-        snprintf(m->reason, sizeof(m->reason), "BadDeviceToken");
-        return -1;
-    }
     struct apns_stream *s = c->free_slots[c->nfree - 1];
     int blen = push_body(m->magic, s->body, sizeof(s->body));
-    if (blen < 0) {
-        m->status = 400;
-        snprintf(m->reason, sizeof(m->reason), "PayloadTooLarge");
-        return -1;
-    }
     char path[APNS_TOKEN_MAX + 300], exp[24], clen[8];
     int plen = snprintf(path, sizeof(path), "%s/3/device/%s", c->prefix, m->token);
     int elen = snprintf(exp, sizeof(exp), "%" PRId64, m->expiration);
@@ -399,12 +405,12 @@ static int stream_start(struct apns_client *c, size_t i)
 
 static int has_pending(const struct apns_client *c)
 {
-    return c->nredo > 0 || c->next < c->n;
+    return c->nredo > 0 || c->next < c->norder;
 }
 
 static size_t take_pending(struct apns_client *c)
 {
-    return c->nredo > 0 ? c->redo[--c->nredo] : c->next++;
+    return c->nredo > 0 ? c->redo[--c->nredo] : c->order[c->next++];
 }
 
 /* Starts streams up to the concurrency both sides allow. */
@@ -475,8 +481,16 @@ static void apns_send(push_client *pc, struct push_msg *msgs, size_t n)
     c->next = c->done = c->nredo = 0;
     c->redo = xcalloc(n, sizeof(*c->redo));
     c->redone = xcalloc(n, 1);
+    c->order = xcalloc(n, sizeof(*c->order));
+    c->norder = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (msg_refuse(&msgs[i]))
+            msg_done(c);
+        else
+            c->order[c->norder++] = i;
+    }
     int connects = 0;
-    if (c->conn != NULL)
+    if (c->conn != NULL && c->done < n)
         conn_check_idle(c);
     while (c->done < n) {
         if (!conn_ready(c)) {
@@ -494,6 +508,8 @@ static void apns_send(push_client *pc, struct push_msg *msgs, size_t n)
     }
     free(c->redo);
     free(c->redone);
+    free(c->order);
+    c->order = NULL;
     c->redo = NULL;
     c->redone = NULL;
     c->msgs = NULL;

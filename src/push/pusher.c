@@ -1,8 +1,9 @@
 /*
- * The push outbox worker (see pusher.h for the contract). One thread: claim a batch of due
- * rows, send it as one multiplexed burst, record the outcomes, repeat while rows are due;
- * otherwise sleep until kicked or for a second (another instance sharing the database, or a
- * retry coming due, is noticed by that poll).
+ * The push outbox worker (see pusher.h for the contract). Two threads: the worker claims a
+ * batch of due rows, hands it to the sender thread to go out as one multiplexed burst, and
+ * records the outcomes, repeating while rows are due (storage work for the neighbouring
+ * batches overlaps the sending); otherwise it sleeps until kicked or for a second (another
+ * instance sharing the database, or a retry coming due, is noticed by that poll).
  */
 #include "push/pusher.h"
 
@@ -43,6 +44,11 @@ struct pusher {
     pthread_cond_t cond;
     int kicked;   /* under lock: 1 = coalesce first, 2 = claim at once */
     int stopping; /* under lock */
+    /* The sender thread (see pusher_sender), under lock: */
+    pthread_t sender;
+    int sender_started, sender_quit;
+    pthread_cond_t send_cond;
+    struct pusher_batch *sending; /* handed over to be sent; NULL once sent */
     char owner[160];
     int batch;
     uint64_t rnd;
@@ -63,7 +69,16 @@ struct pusher_batch {
     int n, cap;
     int64_t expiration;
     const char *default_topic; /* the push certificate's, for rows without their own */
+    long send_ms;
 };
+
+static int pusher_stopping(struct pusher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    int stop = p->stopping;
+    pthread_mutex_unlock(&p->lock);
+    return stop;
+}
 
 static uint32_t pusher_rand(struct pusher *p)
 {
@@ -148,8 +163,8 @@ static void pusher_outcomes(struct pusher *p, struct pusher_batch *b, int64_t no
     }
 }
 
-/* One claim-send-record round; returns the number of rows claimed (-1 on storage error). */
-static int pusher_round(struct pusher *p, struct pusher_batch *b)
+/* Claims up to b->cap due rows into b; returns how many (-1 on storage error). */
+static int pusher_claim(struct pusher *p, struct pusher_batch *b)
 {
     struct app *app = p->app;
     int64_t now = app_now(app);
@@ -164,16 +179,17 @@ static int pusher_round(struct pusher *p, struct pusher_batch *b)
         pusher_batch_clear(b);
         return -1;
     }
-    if (b->n == 0)
-        return 0;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    push_send(p->client, b->msgs, (size_t)b->n);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return b->n;
+}
+
+/* Records the answers of a sent batch (one transaction) and empties it. */
+static void pusher_record(struct pusher *p, struct pusher_batch *b)
+{
+    struct app *app = p->app;
     int counts[4] = {0};
-    now = app_now(app);
+    int64_t now = app_now(app);
     pusher_outcomes(p, b, now, counts);
-    rc = storage_push_done(app->st, p->owner, now, b->res, (size_t)b->n);
+    int rc = storage_push_done(app->st, p->owner, now, b->res, (size_t)b->n);
     if (rc != ST_OK) {
         /* The rows stay leased to us; when the lease expires they are sent again. */
         atomic_fetch_add(&p->storage_errors, 1);
@@ -183,12 +199,99 @@ static int pusher_round(struct pusher *p, struct pusher_batch *b)
     atomic_fetch_add(&p->retried, (uint64_t)counts[PUSH_RETRY]);
     atomic_fetch_add(&p->dead, (uint64_t)counts[PUSH_DEAD]);
     atomic_fetch_add(&p->dropped, (uint64_t)counts[PUSH_DROP]);
-    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     log_info("event=push_batch n=%d sent=%d retry=%d dead=%d dropped=%d send_ms=%ld", b->n,
-             counts[PUSH_OK], counts[PUSH_RETRY], counts[PUSH_DEAD], counts[PUSH_DROP], ms);
-    int n = b->n;
+             counts[PUSH_OK], counts[PUSH_RETRY], counts[PUSH_DEAD], counts[PUSH_DROP], b->send_ms);
     pusher_batch_clear(b);
-    return n;
+}
+
+/* Gives back claimed rows that were never sent (stopping): due again now, attempts unchanged. */
+static void pusher_release(struct pusher *p, struct pusher_batch *b)
+{
+    int64_t now = app_now(p->app);
+    for (int i = 0; i < b->n; i++)
+        b->res[i] = (st_push_result){.enrollment_id = b->rows[i].id,
+                                     .push_token = b->rows[i].token,
+                                     .outcome = ST_PUSH_RETRY,
+                                     .due_at = now,
+                                     .attempts = b->rows[i].attempts};
+    if (b->n > 0 && storage_push_done(p->app->st, p->owner, now, b->res, (size_t)b->n) != ST_OK)
+        atomic_fetch_add(&p->storage_errors, 1);
+    pusher_batch_clear(b);
+}
+
+/*
+ * The sender thread: sends each batch handed over by the worker and hands it back. Sending
+ * runs here so that the worker can record the previous batch and claim the next one (storage
+ * work) while this batch is on the wire: the two overlap instead of adding up.
+ */
+static void *pusher_sender(void *arg)
+{
+    struct pusher *p = arg;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->sending == NULL && !p->sender_quit)
+            pthread_cond_wait(&p->send_cond, &p->lock);
+        if (p->sending == NULL)
+            break;
+        struct pusher_batch *b = p->sending;
+        pthread_mutex_unlock(&p->lock);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        push_send(p->client, b->msgs, (size_t)b->n);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        b->send_ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        pthread_mutex_lock(&p->lock);
+        p->sending = NULL;
+        pthread_cond_broadcast(&p->send_cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static void send_begin(struct pusher *p, struct pusher_batch *b)
+{
+    pthread_mutex_lock(&p->lock);
+    p->sending = b;
+    pthread_cond_broadcast(&p->send_cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void send_wait(struct pusher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    while (p->sending != NULL)
+        pthread_cond_wait(&p->send_cond, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/*
+ * Sends what is due, batch after batch, with storage work overlapping the sending: while
+ * batch k is on the wire, batch k-1 is recorded and batch k+1 claimed. Returns when nothing
+ * more is due or the pusher is stopping; every batch it sent is recorded, and rows claimed but
+ * not sent are given back.
+ */
+static void pusher_drain(struct pusher *p, struct pusher_batch *bufs[3])
+{
+    struct pusher_batch *cur = bufs[0], *next = bufs[1], *prev = bufs[2];
+    if (pusher_claim(p, cur) <= 0)
+        return;
+    for (;;) {
+        int full = cur->n == cur->cap;
+        send_begin(p, cur);
+        if (prev->n > 0)
+            pusher_record(p, prev);
+        if (full && !pusher_stopping(p))
+            pusher_claim(p, next);
+        send_wait(p);
+        struct pusher_batch *t = prev;
+        prev = cur;
+        cur = next;
+        next = t;
+        if (cur->n == 0 || pusher_stopping(p))
+            break;
+    }
+    pusher_record(p, prev);
+    pusher_release(p, cur);
 }
 
 static void pusher_housekeeping(struct pusher *p)
@@ -217,11 +320,14 @@ static void pusher_housekeeping(struct pusher *p)
 static void *pusher_main(void *arg)
 {
     struct pusher *p = arg;
-    struct pusher_batch b = {0};
-    b.cap = p->batch;
-    b.rows = xcalloc((size_t)b.cap, sizeof(*b.rows));
-    b.msgs = xcalloc((size_t)b.cap, sizeof(*b.msgs));
-    b.res = xcalloc((size_t)b.cap, sizeof(*b.res));
+    struct pusher_batch store[3] = {{0}}, *bufs[3];
+    for (int i = 0; i < 3; i++) {
+        store[i].cap = p->batch;
+        store[i].rows = xcalloc((size_t)p->batch, sizeof(*store[i].rows));
+        store[i].msgs = xcalloc((size_t)p->batch, sizeof(*store[i].msgs));
+        store[i].res = xcalloc((size_t)p->batch, sizeof(*store[i].res));
+        bufs[i] = &store[i];
+    }
     for (;;) {
         pthread_mutex_lock(&p->lock);
         int stop = p->stopping;
@@ -229,9 +335,7 @@ static void *pusher_main(void *arg)
         pthread_mutex_unlock(&p->lock);
         if (stop)
             break;
-        int n = pusher_round(p, &b);
-        if (n == b.cap)
-            continue; /* probably more due: no sleep */
+        pusher_drain(p, bufs);
         pusher_housekeeping(p);
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -248,9 +352,11 @@ static void *pusher_main(void *arg)
             nanosleep(&d, NULL);
         }
     }
-    free(b.rows);
-    free(b.msgs);
-    free(b.res);
+    for (int i = 0; i < 3; i++) {
+        free(store[i].rows);
+        free(store[i].msgs);
+        free(store[i].res);
+    }
     return NULL;
 }
 
@@ -277,6 +383,13 @@ pusher *pusher_start_with(struct app *app, push_client *client)
     pthread_cond_init(&p->cond, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->send_cond, NULL);
+    if (pthread_create(&p->sender, NULL, pusher_sender, p) != 0) {
+        log_error("event=push_worker_failed err=pthread_create");
+        pusher_stop(p);
+        return NULL;
+    }
+    p->sender_started = 1;
     if (pthread_create(&p->thread, NULL, pusher_main, p) != 0) {
         log_error("event=push_worker_failed err=pthread_create");
         pusher_stop(p);
@@ -336,7 +449,15 @@ void pusher_stop(pusher *p)
         pthread_mutex_unlock(&p->lock);
         pthread_join(p->thread, NULL);
     }
+    if (p->sender_started) { /* idle now: the worker waits for every batch it hands over */
+        pthread_mutex_lock(&p->lock);
+        p->sender_quit = 1;
+        pthread_cond_broadcast(&p->send_cond);
+        pthread_mutex_unlock(&p->lock);
+        pthread_join(p->sender, NULL);
+    }
     push_client_free(p->client);
+    pthread_cond_destroy(&p->send_cond);
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
     free(p);

@@ -61,8 +61,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/buf.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "storage/push_batch.h"
 
 /* libpq waits forever for a connection by default; a DSN's own connect_timeout wins. */
 #define PG_CONNECT_TIMEOUT "10"
@@ -347,7 +349,6 @@ enum pg_stmt_id {
     PG_PUSH_FILTER_USER,
     PG_PUSH_FILTER_DOMAIN,
     PG_PUSH_SWEEP,
-    PG_PUSH_PRUNE,
     PG_PUSH_CLAIM,
     PG_PUSH_DEL_SENT,
     PG_PUSH_REARM,
@@ -427,6 +428,9 @@ enum pg_stmt_id {
     " due_at = least(push_outbox.due_at, excluded.due_at),"                                        \
     " again = CASE WHEN push_outbox.claimed_until > excluded.due_at THEN 1"                        \
     " ELSE push_outbox.again END"
+
+/* The JSON array of strings $1 as a text[] (push_done). */
+#define PG_JSON_IDS "ARRAY(SELECT json_array_elements_text($1::json))"
 
 /* Safe to send again after a lost reply (see "Reconnection" above). */
 #define RETRY 1
@@ -624,37 +628,47 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                        "e.last_push_at < $1 AND " PUSHABLE
                        " ON CONFLICT (enrollment_id) DO NOTHING",
                        RETRY},
-    /* Due, unleased rows whose enrollment can no longer be pushed are dropped before a claim. */
-    [PG_PUSH_PRUNE] = {"DELETE FROM push_outbox o WHERE o.due_at <= $1 AND o.claimed_until <= $1"
-                       " AND NOT EXISTS (SELECT 1 FROM enrollments e WHERE e.id = o.enrollment_id"
-                       " AND " PUSHABLE ")",
-                       RETRY},
     /* The claim: SKIP LOCKED passes over rows another instance is claiming at this moment, and
      * FOR UPDATE re-checks the lease of a row another instance claimed since our snapshot, so
-     * a row is never leased to two instances. */
-    [PG_PUSH_CLAIM] =
-        {"UPDATE push_outbox o SET claimed_by = $1, claimed_until = $3"
-         " FROM enrollments e WHERE e.id = o.enrollment_id AND o.enrollment_id IN"
-         " (SELECT p.enrollment_id FROM push_outbox p WHERE p.due_at <= $2 AND"
-         " p.claimed_until <= $2 ORDER BY p.due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
-         " RETURNING o.enrollment_id, o.attempts, e.push_token, e.push_magic, e.topic,"
-         " (" PUSHABLE ") AS pushable",
-         ONCE},
-    [PG_PUSH_DEL_SENT] = {"DELETE FROM push_outbox WHERE enrollment_id = $1 AND claimed_by = $2"
-                          " AND again = 0",
+     * a row is never leased to two instances. Each leased row comes back with its enrollment's
+     * target and whether it can still be pushed (no enrollment row: it cannot). */
+    [PG_PUSH_CLAIM] = {"WITH c AS (UPDATE push_outbox o SET claimed_by = $1, claimed_until = $3"
+                       " WHERE o.enrollment_id = ANY (ARRAY"
+                       " (SELECT p.enrollment_id FROM push_outbox p WHERE p.due_at <= $2 AND"
+                       " p.claimed_until <= $2 ORDER BY p.due_at LIMIT $4 FOR UPDATE SKIP LOCKED))"
+                       " RETURNING o.enrollment_id, o.attempts)"
+                       " SELECT c.enrollment_id, c.attempts, e.push_token, e.push_magic, e.topic,"
+                       " (e.id IS NOT NULL AND " PUSHABLE ") AS pushable"
+                       " FROM c LEFT JOIN enrollments e ON e.id = c.enrollment_id",
+                       ONCE},
+    /* push_done applies each kind of outcome to a JSON array of rows (storage/push_batch.h):
+     * $1 the array, $2 the owner; one round trip per kind instead of a few per row. A list of
+     * ids is turned into an array first: "= ANY (array)" is planned as index lookups, where a
+     * join with the JSON rows or "IN (subquery)" may be planned as a scan of the whole table
+     * (the claim, likewise). */
+    [PG_PUSH_DEL_SENT] = {"DELETE FROM push_outbox WHERE enrollment_id = ANY (" PG_JSON_IDS ")"
+                          " AND claimed_by = $2 AND again = 0",
                           RETRY},
-    [PG_PUSH_REARM] = {"UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
-                       "attempts = 0, due_at = $3 WHERE enrollment_id = $1 AND claimed_by = $2",
+    [PG_PUSH_REARM] = {"UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0,"
+                       " attempts = 0, due_at = $3 WHERE enrollment_id = ANY (" PG_JSON_IDS ")"
+                       " AND claimed_by = $2",
                        RETRY},
-    [PG_PUSH_MARK_PUSHED] = {"UPDATE enrollments SET last_push_at = $2 WHERE id = $1", RETRY},
-    [PG_PUSH_RELEASE] = {"UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
-                         "due_at = $3, attempts = $4 WHERE enrollment_id = $1 AND claimed_by = $2",
+    [PG_PUSH_MARK_PUSHED] = {"UPDATE enrollments SET last_push_at = $2"
+                             " WHERE id = ANY (" PG_JSON_IDS ")",
+                             RETRY},
+    [PG_PUSH_RELEASE] = {"UPDATE push_outbox o SET claimed_by = NULL, claimed_until = 0, again = 0,"
+                         " due_at = (j.v ->> 1)::bigint, attempts = (j.v ->> 2)::integer"
+                         " FROM json_array_elements($1::json) AS j(v)"
+                         " WHERE o.enrollment_id = j.v ->> 0 AND o.claimed_by = $2",
                          RETRY},
-    [PG_PUSH_DEL_OWNED] = {"DELETE FROM push_outbox WHERE enrollment_id = $1 AND claimed_by = $2",
+    /* Also the claim's unpushable rows. */
+    [PG_PUSH_DEL_OWNED] = {"DELETE FROM push_outbox WHERE enrollment_id = ANY (" PG_JSON_IDS ")"
+                           " AND claimed_by = $2",
                            RETRY},
     /* Only the token that failed: a TokenUpdate in between brought a fresh one. */
-    [PG_PUSH_MARK_DEAD] = {"UPDATE enrollments SET push_token_dead = 1 WHERE id = $1 AND "
-                           "push_token = $2",
+    [PG_PUSH_MARK_DEAD] = {"UPDATE enrollments e SET push_token_dead = 1"
+                           " FROM json_array_elements($1::json) AS j(v)"
+                           " WHERE e.id = j.v ->> 0 AND e.push_token = j.v ->> 1",
                            RETRY},
     [PG_PUSH_PENDING] = {"SELECT count(*) FROM push_outbox", RETRY},
 
@@ -2160,39 +2174,42 @@ static int pg_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queu
 }
 
 /*
- * Claims in two statements, each atomic on its own: drop the due rows that can no longer be
- * pushed, then lease up to `limit` due rows (see PG_PUSH_CLAIM). A row whose enrollment lost
- * its token between the two is returned unpushable and dropped here. fn runs after both, with
- * no statement open.
+ * One statement leases up to `limit` due rows and returns them with their targets (see
+ * PG_PUSH_CLAIM); the rows that can no longer be pushed are then deleted in one more. fn runs
+ * after both, with no statement open.
  */
 static int pg_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
                          int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed)
 {
     static const char op[] = "push_claim";
     struct pg_conn *c = conn_get(st);
-    struct pg_params p = {0};
-    p_int(&p, now);
-    int rc = pg_run(c, PG_PUSH_PRUNE, &p, op, 0, NULL);
-    if (rc != ST_OK)
-        return rc;
     struct pg_params q = {0};
     p_text(&q, owner);
     p_int(&q, now);
     p_int(&q, now + lease);
     p_int(&q, limit);
     PGresult *r;
-    rc = pg_exec(c, PG_PUSH_CLAIM, &q, op, &r);
+    int rc = pg_exec(c, PG_PUSH_CLAIM, &q, op, &r);
     if (rc != ST_OK)
         return rc;
     int n = PQntuples(r);
-    for (int i = 0; i < n && rc == ST_OK; i++) {
+    buf dropped;
+    buf_init(&dropped, 0);
+    size_t ndropped = 0;
+    for (int i = 0; i < n; i++) {
         if (col_int(r, i, 5))
             continue;
+        buf_append(&dropped, ndropped++ == 0 ? "[" : ",", 1);
+        st_json_string(&dropped, PQgetvalue(r, i, 0));
+    }
+    if (ndropped > 0) {
+        buf_append(&dropped, "]", 1);
         struct pg_params d = {0};
-        p_text(&d, PQgetvalue(r, i, 0));
+        p_text(&d, dropped.data);
         p_text(&d, owner);
         rc = pg_run(c, PG_PUSH_DEL_OWNED, &d, op, 0, NULL);
     }
+    buf_cleanup(&dropped);
     for (int i = 0; i < n && rc == ST_OK; i++) {
         if (!col_int(r, i, 5))
             continue;
@@ -2206,48 +2223,49 @@ static int pg_push_claim(storage *st, const char *owner, int64_t now, int lease,
     return rc;
 }
 
-static int pg_push_done_one(struct pg_conn *c, const char *owner, int64_t now,
-                            const st_push_result *x)
+/* Applies one run of outcomes of distinct enrollments: one statement per kind of outcome. */
+static int pg_push_done_run(struct pg_conn *c, const char *owner, int64_t now,
+                            const st_push_sets *x)
 {
     static const char op[] = "push_done";
-    struct pg_params p = {0};
-    p_text(&p, x->enrollment_id);
-    int rc;
-    int64_t n = 0;
-    switch (x->outcome) {
-    case ST_PUSH_SENT:
+    int rc = ST_OK;
+    if (x->nsent > 0) {
+        struct pg_params p = {0};
+        p_text(&p, x->sent.data);
         p_text(&p, owner);
-        rc = pg_run(c, PG_PUSH_DEL_SENT, &p, op, 0, &n);
-        if (rc == ST_OK && n == 0) {
-            /* Enqueued again while in flight: due again now. */
+        int64_t deleted = 0;
+        rc = pg_run(c, PG_PUSH_DEL_SENT, &p, op, 0, &deleted);
+        /* Rows enqueued again while in flight (again = 1) are due again now; usually every
+         * row was deleted and there is nothing to look for. */
+        if (rc == ST_OK && deleted < (int64_t)x->nsent) {
             p_int(&p, now);
             rc = pg_run(c, PG_PUSH_REARM, &p, op, 0, NULL);
         }
-        if (rc != ST_OK)
-            return rc;
-        struct pg_params m = {0};
-        p_text(&m, x->enrollment_id);
-        p_int(&m, now);
-        return pg_run(c, PG_PUSH_MARK_PUSHED, &m, op, 0, NULL);
-    case ST_PUSH_RETRY:
-        p_text(&p, owner);
-        p_int(&p, x->due_at);
-        p_int(&p, x->attempts);
-        return pg_run(c, PG_PUSH_RELEASE, &p, op, 0, NULL);
-    case ST_PUSH_DEAD:
-        if (x->push_token != NULL) {
-            struct pg_params k = {0};
-            p_text(&k, x->enrollment_id);
-            p_text(&k, x->push_token);
-            rc = pg_run(c, PG_PUSH_MARK_DEAD, &k, op, 0, NULL);
-            if (rc != ST_OK)
-                return rc;
+        if (rc == ST_OK) {
+            struct pg_params m = {0};
+            p_text(&m, x->sent.data);
+            p_int(&m, now);
+            rc = pg_run(c, PG_PUSH_MARK_PUSHED, &m, op, 0, NULL);
         }
-        /* fall through */
-    default:
-        p_text(&p, owner);
-        return pg_run(c, PG_PUSH_DEL_OWNED, &p, op, 0, NULL);
     }
+    if (rc == ST_OK && x->nretry > 0) {
+        struct pg_params p = {0};
+        p_text(&p, x->retry.data);
+        p_text(&p, owner);
+        rc = pg_run(c, PG_PUSH_RELEASE, &p, op, 0, NULL);
+    }
+    if (rc == ST_OK && x->ndead > 0) {
+        struct pg_params p = {0};
+        p_text(&p, x->dead.data);
+        rc = pg_run(c, PG_PUSH_MARK_DEAD, &p, op, 0, NULL);
+    }
+    if (rc == ST_OK && x->ndel > 0) {
+        struct pg_params p = {0};
+        p_text(&p, x->del.data);
+        p_text(&p, owner);
+        rc = pg_run(c, PG_PUSH_DEL_OWNED, &p, op, 0, NULL);
+    }
+    return rc;
 }
 
 static int pg_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
@@ -2255,13 +2273,18 @@ static int pg_push_done(storage *st, const char *owner, int64_t now, const st_pu
 {
     static const char op[] = "push_done";
     struct pg_conn *c = conn_get(st);
+    st_push_sets x;
+    st_push_sets_init(&x);
     int rc = pg_begin(c, op);
-    for (size_t i = 0; i < n && rc == ST_OK; i++)
-        rc = pg_push_done_one(c, owner, now, &r[i]);
+    for (size_t i = 0, run; i < n && rc == ST_OK; i += run) {
+        run = st_push_sets_fill(&x, r + i, n - i);
+        rc = pg_push_done_run(c, owner, now, &x);
+    }
     if (rc == ST_OK)
         rc = pg_commit(c, op);
     if (rc != ST_OK && c != NULL)
         pg_rollback(c);
+    st_push_sets_cleanup(&x);
     return rc;
 }
 

@@ -42,8 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/buf.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "storage/push_batch.h"
 
 #define SQ_BUSY_TIMEOUT_MS 5000
 /*
@@ -353,8 +355,8 @@ enum sq_stmt_id {
     SQ_PUSH_FILTER_DOMAIN,
     SQ_PUSH_SWEEP,
     SQ_PUSH_CLAIM,
-    SQ_PUSH_TARGET,
-    SQ_PUSH_DELETE,
+    SQ_PUSH_LEASE,
+    SQ_PUSH_DROP,
     SQ_PUSH_DEL_SENT,
     SQ_PUSH_REARM,
     SQ_PUSH_MARK_PUSHED,
@@ -623,24 +625,36 @@ static const char *const sq_sql[SQ_NSTMT] = {
                       "?2 FROM enrollments WHERE id IN (SELECT enrollment_id FROM commands) AND "
                       "last_seen_at < ?1 AND last_push_at < ?1 AND " SQ_PUSHABLE
                       " ON CONFLICT (enrollment_id) DO NOTHING",
-    [SQ_PUSH_CLAIM] = "UPDATE push_outbox SET claimed_by = ?1, claimed_until = ?3 WHERE "
-                      "enrollment_id IN (SELECT enrollment_id FROM push_outbox WHERE due_at <= ?2 "
-                      "AND claimed_until <= ?2 ORDER BY due_at LIMIT ?4) "
-                      "RETURNING enrollment_id, attempts",
-    [SQ_PUSH_TARGET] =
-        "SELECT push_token, push_magic, topic FROM enrollments WHERE id = ?1 AND " SQ_PUSHABLE,
-    [SQ_PUSH_DELETE] = "DELETE FROM push_outbox WHERE enrollment_id = ?1",
+    /* The claim reads the due rows with their enrollment's target in one statement, then
+     * leases the pushable ones and drops the others by rowid (push_claim holds the write lock
+     * throughout, so nothing changes in between). A row whose enrollment lost its token comes
+     * back with a NULL push_token. */
+    [SQ_PUSH_CLAIM] = "SELECT o.rid, o.enrollment_id, o.attempts, push_token, push_magic, topic "
+                      "FROM (SELECT rowid AS rid, enrollment_id, attempts FROM push_outbox "
+                      "WHERE due_at <= ?1 AND claimed_until <= ?1 ORDER BY due_at LIMIT ?2) AS o "
+                      "LEFT JOIN enrollments AS e ON e.id = o.enrollment_id AND " SQ_PUSHABLE,
+    [SQ_PUSH_LEASE] = "UPDATE push_outbox SET claimed_by = ?1, claimed_until = ?2 "
+                      "FROM json_each(?3) AS j WHERE push_outbox.rowid = j.value",
+    [SQ_PUSH_DROP] = "DELETE FROM push_outbox WHERE rowid IN (SELECT value FROM json_each(?1))",
+    /* push_done deletes row by row (sq_push_delete_owned) and applies the other kinds of
+     * outcome to a JSON array of rows each (storage/push_batch.h), driving the loop from
+     * json_each: ?1 the array, ?2 the owner. */
     [SQ_PUSH_DEL_SENT] =
         "DELETE FROM push_outbox WHERE enrollment_id = ?1 AND claimed_by = ?2 AND again = 0",
     [SQ_PUSH_REARM] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
-                      "attempts = 0, due_at = ?3 WHERE enrollment_id = ?1 AND claimed_by = ?2",
-    [SQ_PUSH_MARK_PUSHED] = "UPDATE enrollments SET last_push_at = ?2 WHERE id = ?1",
+                      "attempts = 0, due_at = ?3 FROM json_each(?1) AS j "
+                      "WHERE push_outbox.enrollment_id = j.value AND push_outbox.claimed_by = ?2",
+    [SQ_PUSH_MARK_PUSHED] = "UPDATE enrollments SET last_push_at = ?2 FROM json_each(?1) AS j "
+                            "WHERE enrollments.id = j.value",
     [SQ_PUSH_RELEASE] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
-                        "due_at = ?3, attempts = ?4 WHERE enrollment_id = ?1 AND claimed_by = ?2",
+                        "due_at = j.value ->> 1, attempts = j.value ->> 2 FROM json_each(?1) AS j "
+                        "WHERE push_outbox.enrollment_id = j.value ->> 0 "
+                        "AND push_outbox.claimed_by = ?2",
     [SQ_PUSH_DEL_OWNED] = "DELETE FROM push_outbox WHERE enrollment_id = ?1 AND claimed_by = ?2",
     /* Only the token that failed: a TokenUpdate in between brought a fresh one. */
-    [SQ_PUSH_MARK_DEAD] =
-        "UPDATE enrollments SET push_token_dead = 1 WHERE id = ?1 AND push_token = ?2",
+    [SQ_PUSH_MARK_DEAD] = "UPDATE enrollments SET push_token_dead = 1 FROM json_each(?1) AS j "
+                          "WHERE enrollments.id = j.value ->> 0 "
+                          "AND enrollments.push_token = j.value ->> 1",
     [SQ_PUSH_PENDING] = "SELECT count(*) FROM push_outbox",
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
@@ -2120,22 +2134,61 @@ static int sq_push_sweep(storage *st, int64_t before, int64_t now, int64_t *queu
     return rc;
 }
 
+/* Binds a JSON array (storage/push_batch.h) for json_each. */
+static void bind_json(struct sq_conn *c, sqlite3_stmt *s, int i, const buf *b)
+{
+    if (s != NULL)
+        sq_bind_rc(c, sqlite3_bind_text(s, i, b->data, (int)b->len, SQLITE_STATIC));
+}
+
+/* Appends a rowid to the JSON array being built in b (closed by the caller). */
+static void json_rowid(buf *b, size_t *count, int64_t rowid)
+{
+    buf_append(b, (*count)++ == 0 ? "[" : ",", 1);
+    st_json_int(b, rowid);
+}
+
+/* A claimed row: where its strings are in the claim's arena (SIZE_MAX for NULL). */
 struct sq_push_row {
-    char *id, *token, *magic, *topic;
+    size_t id, token, magic, topic;
     int attempts;
 };
 
+static size_t arena_text(buf *a, sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    if (t == NULL)
+        return SIZE_MAX;
+    size_t off = a->len;
+    buf_append(a, t, (size_t)sqlite3_column_bytes(s, i) + 1); /* with its NUL */
+    return off;
+}
+
+static const char *arena_str(const buf *a, size_t off)
+{
+    return off == SIZE_MAX ? NULL : a->data + off;
+}
+
+/*
+ * One statement reads the due rows with their enrollment's target (SQ_PUSH_CLAIM), then one
+ * leases the pushable ones and one drops the others, both by rowid; the write transaction
+ * keeps the rows as read in between. The strings are copied into one arena, so fn runs after
+ * the commit with no statement open.
+ */
 static int sq_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
                          int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed)
 {
     const char *op = "push_claim";
-    struct sq_push_row *rows = xcalloc((size_t)limit, sizeof(*rows));
-    int n = 0, keep = 0;
     struct sq_conn *c = conn_get(st);
-    if (c == NULL) {
-        free(rows);
+    if (c == NULL)
         return ST_ERROR;
-    }
+    struct sq_push_row *rows = xcalloc((size_t)limit, sizeof(*rows));
+    buf arena, leased, dropped;
+    buf_init(&arena, 0);
+    buf_init(&leased, 0);
+    buf_init(&dropped, 0);
+    size_t nleased = 0, ndropped = 0;
+    int n = 0;
     int rc = sq_begin(c, op);
     if (rc != ST_OK)
         goto out;
@@ -2144,121 +2197,130 @@ static int sq_push_claim(storage *st, const char *owner, int64_t now, int lease,
         rc = ST_ERROR;
         goto out;
     }
-    bind_text(c, s, 1, owner);
-    bind_int(c, s, 2, now);
-    bind_int(c, s, 3, now + lease);
-    bind_int(c, s, 4, limit);
-    int src = SQLITE_DONE;
-    while (n < limit && (src = sq_step(c, s)) == SQLITE_ROW) {
-        rows[n].id = col_text(s, 0);
-        rows[n].attempts = sqlite3_column_int(s, 1);
-        n++;
-    }
-    /* RETURNING rows are computed up front; stepping to the end finishes the statement. */
-    if (n == limit)
-        src = sq_step(c, s);
-    rc = src == SQLITE_DONE ? ST_OK : sq_error(c, op, src);
-    sq_reset(c, s);
-    if (rc != ST_OK)
-        goto out;
-    for (int i = 0; i < n; i++) {
-        s = sq_stmt(c, SQ_PUSH_TARGET);
-        bind_text(c, s, 1, rows[i].id);
-        rc = sq_row(c, s, op);
-        if (rc == 1) {
-            struct sq_push_row *r = &rows[keep++];
-            if (r != &rows[i]) {
-                *r = rows[i];
-                rows[i].id = NULL;
-            }
-            r->token = col_text(s, 0);
-            r->magic = col_text(s, 1);
-            r->topic = col_text(s, 2);
-            sq_reset(c, s);
+    bind_int(c, s, 1, now);
+    bind_int(c, s, 2, limit);
+    int src;
+    while ((src = sq_step(c, s)) == SQLITE_ROW && n < limit) {
+        int64_t rowid = sqlite3_column_int64(s, 0);
+        if (sqlite3_column_type(s, 3) == SQLITE_NULL) {
+            /* The enrollment lost its token (unenrolled, dead, re-Authenticate): drop the row. */
+            json_rowid(&dropped, &ndropped, rowid);
             continue;
         }
-        if (rc != ST_ENOTFOUND)
-            goto out;
-        /* The enrollment lost its token (unenrolled, dead, re-Authenticate): drop the row. */
-        s = sq_stmt(c, SQ_PUSH_DELETE);
-        bind_text(c, s, 1, rows[i].id);
-        rc = sq_run(c, s, op, 0);
-        free(rows[i].id);
-        rows[i].id = NULL;
-        if (rc != ST_OK)
-            goto out;
+        json_rowid(&leased, &nleased, rowid);
+        struct sq_push_row *r = &rows[n++];
+        r->id = arena_text(&arena, s, 1);
+        r->attempts = sqlite3_column_int(s, 2);
+        r->token = arena_text(&arena, s, 3);
+        r->magic = arena_text(&arena, s, 4);
+        r->topic = arena_text(&arena, s, 5);
     }
-    rc = sq_commit(c, op);
+    rc = src == SQLITE_DONE || src == SQLITE_ROW ? ST_OK : sq_error(c, op, src);
+    sq_reset(c, s);
+    if (rc == ST_OK && nleased > 0) {
+        buf_append(&leased, "]", 1);
+        s = sq_stmt(c, SQ_PUSH_LEASE);
+        bind_text(c, s, 1, owner);
+        bind_int(c, s, 2, now + lease);
+        bind_json(c, s, 3, &leased);
+        rc = sq_run(c, s, op, 0);
+    }
+    if (rc == ST_OK && ndropped > 0) {
+        buf_append(&dropped, "]", 1);
+        s = sq_stmt(c, SQ_PUSH_DROP);
+        bind_json(c, s, 1, &dropped);
+        rc = sq_run(c, s, op, 0);
+    }
+    if (rc == ST_OK)
+        rc = sq_commit(c, op);
 out:
     if (rc != ST_OK) {
         sq_rollback(c);
-        keep = 0;
+        n = 0;
     }
-    for (int i = 0; i < keep && rc == ST_OK; i++) {
-        st_push p = {rows[i].id, rows[i].token, rows[i].magic, rows[i].topic, rows[i].attempts};
+    for (int i = 0; i < n; i++) {
+        const struct sq_push_row *r = &rows[i];
+        st_push p = {arena_str(&arena, r->id), arena_str(&arena, r->token),
+                     arena_str(&arena, r->magic), arena_str(&arena, r->topic), r->attempts};
         (*claimed)++;
         if (fn(&p, ctx) != 0)
             break;
     }
-    for (int i = 0; i < n; i++) {
-        free(rows[i].id);
-        free(rows[i].token);
-        free(rows[i].magic);
-        free(rows[i].topic);
-    }
+    buf_cleanup(&arena);
+    buf_cleanup(&leased);
+    buf_cleanup(&dropped);
     free(rows);
     return rc;
 }
 
-static int sq_push_done_one(struct sq_conn *c, const char *owner, int64_t now,
-                            const st_push_result *r)
+/*
+ * Deletes the owned outbox row of each of r[0..n) whose outcome is in `which` (a bit mask of
+ * 1 << outcome); fills *deleted. One execution of a prepared DELETE per row: SQLite would run
+ * "enrollment_id IN (json list)" by first sorting the list into a temporary index, which costs
+ * more than the statement (bench/outbox.c).
+ */
+static int sq_push_delete_owned(struct sq_conn *c, enum sq_stmt_id id, const char *owner,
+                                const st_push_result *r, size_t n, unsigned which, int64_t *deleted)
+{
+    sqlite3_stmt *s = sq_stmt(c, id);
+    int rc = ST_OK;
+    *deleted = 0;
+    for (size_t i = 0; i < n && rc == ST_OK; i++) {
+        unsigned bit = r[i].outcome >= ST_PUSH_SENT && r[i].outcome <= ST_PUSH_DROP
+                           ? 1u << r[i].outcome
+                           : 1u << ST_PUSH_DROP; /* an unknown outcome deletes, as DROP */
+        if ((which & bit) == 0)
+            continue;
+        bind_text(c, s, 1, r[i].enrollment_id);
+        bind_text(c, s, 2, owner);
+        rc = sq_run(c, s, "push_done", 0);
+        if (rc == ST_OK)
+            *deleted += sqlite3_changes64(c->db);
+    }
+    return rc;
+}
+
+/* Applies r[0..n), outcomes of distinct enrollments summarised in x (st_push_sets_fill). */
+static int sq_push_done_run(struct sq_conn *c, const char *owner, int64_t now,
+                            const st_push_result *r, size_t n, const st_push_sets *x)
 {
     const char *op = "push_done";
     sqlite3_stmt *s;
-    int rc;
-    switch (r->outcome) {
-    case ST_PUSH_SENT:
-        s = sq_stmt(c, SQ_PUSH_DEL_SENT);
-        bind_text(c, s, 1, r->enrollment_id);
-        bind_text(c, s, 2, owner);
-        rc = sq_run(c, s, op, 0);
-        if (rc == ST_OK && sqlite3_changes(c->db) == 0) {
-            /* Enqueued again while in flight: due again now. */
+    int64_t deleted = 0;
+    int rc = ST_OK;
+    if (x->nsent > 0) {
+        rc = sq_push_delete_owned(c, SQ_PUSH_DEL_SENT, owner, r, n, 1u << ST_PUSH_SENT, &deleted);
+        /* Rows enqueued again while in flight (again = 1) are due again now; usually every
+         * row was deleted and there is nothing to look for. */
+        if (rc == ST_OK && deleted < (int64_t)x->nsent) {
             s = sq_stmt(c, SQ_PUSH_REARM);
-            bind_text(c, s, 1, r->enrollment_id);
+            bind_json(c, s, 1, &x->sent);
             bind_text(c, s, 2, owner);
             bind_int(c, s, 3, now);
             rc = sq_run(c, s, op, 0);
         }
-        if (rc != ST_OK)
-            return rc;
-        s = sq_stmt(c, SQ_PUSH_MARK_PUSHED);
-        bind_text(c, s, 1, r->enrollment_id);
-        bind_int(c, s, 2, now);
-        return sq_run(c, s, op, 0);
-    case ST_PUSH_RETRY:
-        s = sq_stmt(c, SQ_PUSH_RELEASE);
-        bind_text(c, s, 1, r->enrollment_id);
-        bind_text(c, s, 2, owner);
-        bind_int(c, s, 3, r->due_at);
-        bind_int(c, s, 4, r->attempts);
-        return sq_run(c, s, op, 0);
-    case ST_PUSH_DEAD:
-        if (r->push_token != NULL) {
-            s = sq_stmt(c, SQ_PUSH_MARK_DEAD);
-            bind_text(c, s, 1, r->enrollment_id);
-            bind_text(c, s, 2, r->push_token);
+        if (rc == ST_OK) {
+            s = sq_stmt(c, SQ_PUSH_MARK_PUSHED);
+            bind_json(c, s, 1, &x->sent);
+            bind_int(c, s, 2, now);
             rc = sq_run(c, s, op, 0);
-            if (rc != ST_OK)
-                return rc;
         }
-        /* fall through */
-    default:
-        s = sq_stmt(c, SQ_PUSH_DEL_OWNED);
-        bind_text(c, s, 1, r->enrollment_id);
-        bind_text(c, s, 2, owner);
-        return sq_run(c, s, op, 0);
     }
+    if (rc == ST_OK && x->nretry > 0) {
+        s = sq_stmt(c, SQ_PUSH_RELEASE);
+        bind_json(c, s, 1, &x->retry);
+        bind_text(c, s, 2, owner);
+        rc = sq_run(c, s, op, 0);
+    }
+    if (rc == ST_OK && x->ndead > 0) {
+        s = sq_stmt(c, SQ_PUSH_MARK_DEAD);
+        bind_json(c, s, 1, &x->dead);
+        rc = sq_run(c, s, op, 0);
+    }
+    if (rc == ST_OK && x->ndel > 0)
+        rc = sq_push_delete_owned(c, SQ_PUSH_DEL_OWNED, owner, r, n,
+                                  1u << ST_PUSH_DEAD | 1u << ST_PUSH_DROP, &deleted);
+    return rc;
 }
 
 static int sq_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
@@ -2267,13 +2329,18 @@ static int sq_push_done(storage *st, const char *owner, int64_t now, const st_pu
     struct sq_conn *c = conn_get(st);
     if (c == NULL)
         return ST_ERROR;
+    st_push_sets x;
+    st_push_sets_init(&x);
     int rc = sq_begin(c, "push_done");
-    for (size_t i = 0; i < n && rc == ST_OK; i++)
-        rc = sq_push_done_one(c, owner, now, &r[i]);
+    for (size_t i = 0, run; i < n && rc == ST_OK; i += run) {
+        run = st_push_sets_fill(&x, r + i, n - i);
+        rc = sq_push_done_run(c, owner, now, r + i, run, &x);
+    }
     if (rc == ST_OK)
         rc = sq_commit(c, "push_done");
     if (rc != ST_OK)
         sq_rollback(c);
+    st_push_sets_cleanup(&x);
     return rc;
 }
 

@@ -4,6 +4,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -126,6 +127,10 @@ TEST(push_apns_unreachable)
     struct push_apns_options o = {.url = "http://x", .cert_pem = "", .key_pem = ""};
     ASSERT(push_apns_new(&o, err, sizeof(err)) == NULL);
     o.url = "https://127.0.0.1:9";
+    /* An unusable push identity is refused up front, not at the first push. */
+    ASSERT(push_apns_new(&o, err, sizeof(err)) == NULL);
+    ASSERT(strstr(err, "client certificate") != NULL);
+    o.cert_pem = o.key_pem = NULL; /* no client certificate: enough to reach a closed port */
     o.timeout_ms = 2000;
     push_client *pc = push_apns_new(&o, err, sizeof(err));
     ASSERT_NOT_NULL(pc);

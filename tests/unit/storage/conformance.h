@@ -1697,6 +1697,146 @@ TEST(conf_push_outbox)
     storage_close(st);
 }
 
+/* The index of id among the claimed rows, or -1. */
+static inline int conf_claimed_at(const struct conf_claimed *c, const char *id)
+{
+    for (int i = 0; i < c->n && i < 8; i++)
+        if (strcmp(c->id[i], id) == 0)
+            return i;
+    return -1;
+}
+
+static inline int conf_dead(storage *st, const char *id)
+{
+    st_enrollment e;
+    int rc = storage_enrollment_get(st, id, &e);
+    int dead = rc == ST_OK ? e.push_token_dead : rc;
+    st_enrollment_cleanup(&e);
+    return dead;
+}
+
+/* Batches: every outcome in one push_done, ids that need escaping, an id named twice. */
+TEST(conf_push_batch)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    /* A quote, a backslash, a control character and a non-ASCII letter. */
+    const char *odd = "B\"3\\\x01\xc3\xa9";
+    const char *ids[] = {"B1", "B2", odd, "B4", "B5", "B6", "B7"};
+    const char *tokens[] = {"t1", "t2", "t3", "t4", "t5", "t6", "t7"};
+    for (int i = 0; i < 7; i++) {
+        ASSERT_INT_EQ(conf_enroll(st, ids[i], 0), ST_OK);
+        ASSERT_INT_EQ(storage_enrollment_token_update(st, ids[i], tokens[i], "M", 100), ST_OK);
+        ASSERT_INT_EQ(storage_push_enqueue(st, ids[i], 100), ST_OK);
+    }
+    ASSERT_INT_EQ(conf_enqueue(st, "B1", "BC1", 0, 100), ST_OK); /* for the sweep below */
+    ASSERT_INT_EQ(storage_enrollment_unenroll(st, "B7", 100), ST_OK);
+
+    struct conf_claimed c;
+    ASSERT_INT_EQ(conf_claim(st, "a", 100, &c), 6); /* B7 dropped */
+    ASSERT_INT_EQ(conf_pending(st), 6);
+    int k = conf_claimed_at(&c, odd);
+    ASSERT(k >= 0);
+    ASSERT_STR_EQ(c.token[k], "t3");
+    ASSERT_INT_EQ(conf_claimed_at(&c, "B7"), -1);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "B2", 101), ST_OK); /* while in flight */
+
+    st_push_result r[] = {
+        {"B1", "t1", ST_PUSH_SENT, 0, 0},   {"B2", "t2", ST_PUSH_SENT, 0, 0},
+        {odd, "t3", ST_PUSH_RETRY, 200, 1}, {"B4", "t4", ST_PUSH_DEAD, 0, 0},
+        {"B5", "old", ST_PUSH_DEAD, 0, 0},  {"B6", "t6", ST_PUSH_DROP, 0, 0},
+        {"NOPE", "x", ST_PUSH_SENT, 0, 0}, /* not held by a: ignored */
+    };
+    ASSERT_INT_EQ(storage_push_done(st, "a", 102, r, sizeof(r) / sizeof(r[0])), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 2); /* B2 re-armed, the odd one released */
+    ASSERT_INT_EQ(conf_dead(st, "B4"), 1);
+    ASSERT_INT_EQ(conf_dead(st, "B5"), 0); /* a stale token is not marked */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "B4", 103), ST_ECONFLICT);
+    /* B1 was marked pushed at 102. */
+    int64_t q = -1;
+    ASSERT_INT_EQ(storage_push_sweep(st, 101, 103, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0);
+    ASSERT_INT_EQ(storage_push_sweep(st, 103, 104, &q), ST_OK);
+    ASSERT_INT_EQ(q, 1);
+
+    /* B1 (swept, due 104) and B2 (re-armed, due 102); the odd one is due at 200. */
+    ASSERT_INT_EQ(conf_claim(st, "b", 150, &c), 2);
+    ASSERT(conf_claimed_at(&c, "B1") >= 0 && conf_claimed_at(&c, "B2") >= 0);
+    ASSERT_INT_EQ(c.attempts[0], 0);
+    ASSERT_INT_EQ(c.attempts[1], 0);
+    /* An id named twice: the outcomes apply in order (SENT deletes, the RETRY finds nothing). */
+    st_push_result twice[] = {
+        {"B2", "t2", ST_PUSH_SENT, 0, 0},
+        {"B2", "t2", ST_PUSH_RETRY, 300, 2},
+        {"B1", "t1", ST_PUSH_SENT, 0, 0},
+    };
+    ASSERT_INT_EQ(storage_push_done(st, "b", 160, twice, 3), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 1);
+    /* The other order: RETRY releases the row, so the SENT after it no longer holds it. */
+    ASSERT_INT_EQ(storage_push_enqueue(st, "B6", 170), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "b", 170, &c), 1);
+    ASSERT_STR_EQ(c.id[0], "B6");
+    st_push_result back[] = {
+        {"B6", "t6", ST_PUSH_RETRY, 300, 2},
+        {"B6", "t6", ST_PUSH_SENT, 0, 0},
+    };
+    ASSERT_INT_EQ(storage_push_done(st, "b", 171, back, 2), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 2);
+    ASSERT_INT_EQ(conf_claim(st, "c", 250, &c), 1);
+    ASSERT_STR_EQ(c.id[0], odd);
+    ASSERT_INT_EQ(c.attempts[0], 1);
+    ASSERT_INT_EQ(conf_claim(st, "c", 300, &c), 1);
+    ASSERT_STR_EQ(c.id[0], "B6");
+    ASSERT_INT_EQ(c.attempts[0], 2);
+    storage_close(st);
+}
+
+/* More rows than one claim takes: batches of `limit` until empty, each row exactly once. */
+static int conf_count_claim(const st_push *p, void *ctx)
+{
+    (void)p;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+TEST(conf_push_drain)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    enum { N = 250, LIMIT = 64 };
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "D%03d", i);
+        ASSERT_INT_EQ(conf_enroll(st, id, 0), ST_OK);
+        ASSERT_INT_EQ(storage_enrollment_token_update(st, id, "ab", "M", 100), ST_OK);
+    }
+    int64_t q = -1;
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 100, &q), ST_OK);
+    ASSERT_INT_EQ(q, N);
+    /* x leases one batch, then y drains the rest a batch at a time. */
+    int seen = 0, claimed = 0;
+    ASSERT_INT_EQ(storage_push_claim(st, "x", 100, 60, LIMIT, conf_claim_cb,
+                                     &(struct conf_claimed){0}, &claimed),
+                  ST_OK);
+    ASSERT_INT_EQ(claimed, LIMIT);
+    int total = 0, rounds = 0;
+    for (;;) {
+        seen = 0;
+        ASSERT_INT_EQ(
+            storage_push_claim(st, "y", 101, 60, LIMIT, conf_count_claim, &seen, &claimed), ST_OK);
+        ASSERT_INT_EQ(claimed, seen);
+        if (seen == 0)
+            break;
+        ASSERT(seen <= LIMIT);
+        total += seen;
+        rounds++;
+    }
+    ASSERT_INT_EQ(total, N - LIMIT); /* x's lease holds until 160 */
+    ASSERT_INT_EQ(rounds, (N - LIMIT + LIMIT - 1) / LIMIT);
+    ASSERT_INT_EQ(conf_pending(st), N);
+    storage_close(st);
+}
+
 TEST(conf_push_filter)
 {
     storage *st = conf_open();
@@ -2082,9 +2222,10 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_command_list), TEST_ENTRY(conf_queue_clear_count),                         \
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
-        TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep),                                 \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
-        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
-        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
+        TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_auth_state_transition_and_audit_count),       \
+        TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
+        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
+        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
