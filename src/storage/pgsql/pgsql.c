@@ -653,8 +653,10 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                        " attempts = 0, due_at = $3 WHERE enrollment_id = ANY (" PG_JSON_IDS ")"
                        " AND claimed_by = $2",
                        RETRY},
-    [PG_PUSH_MARK_PUSHED] = {"UPDATE enrollments SET last_push_at = $2"
-                             " WHERE id = ANY (" PG_JSON_IDS ")",
+    /* Only enrollments with pending commands: the sweeper reads nothing else (see sqlite.c). */
+    [PG_PUSH_MARK_PUSHED] = {"UPDATE enrollments e SET last_push_at = $2"
+                             " WHERE e.id = ANY (" PG_JSON_IDS ")"
+                             " AND EXISTS (SELECT 1 FROM commands c WHERE c.enrollment_id = e.id)",
                              RETRY},
     [PG_PUSH_RELEASE] = {"UPDATE push_outbox o SET claimed_by = NULL, claimed_until = 0, again = 0,"
                          " due_at = (j.v ->> 1)::bigint, attempts = (j.v ->> 2)::integer"

@@ -644,8 +644,12 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_PUSH_REARM] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
                       "attempts = 0, due_at = ?3 FROM json_each(?1) AS j "
                       "WHERE push_outbox.enrollment_id = j.value AND push_outbox.claimed_by = ?2",
+    /* Only the sweeper reads last_push_at, and only for enrollments with pending commands:
+     * stamping the others would rewrite their whole row for nothing (a bulk push to idle
+     * devices spent ~40% of its storage time there). */
     [SQ_PUSH_MARK_PUSHED] = "UPDATE enrollments SET last_push_at = ?2 FROM json_each(?1) AS j "
-                            "WHERE enrollments.id = j.value",
+                            "WHERE enrollments.id = j.value AND EXISTS (SELECT 1 FROM commands "
+                            "AS c WHERE c.enrollment_id = j.value)",
     [SQ_PUSH_RELEASE] = "UPDATE push_outbox SET claimed_by = NULL, claimed_until = 0, again = 0, "
                         "due_at = j.value ->> 1, attempts = j.value ->> 2 FROM json_each(?1) AS j "
                         "WHERE push_outbox.enrollment_id = j.value ->> 0 "
