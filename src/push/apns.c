@@ -490,8 +490,11 @@ static void apns_send(push_client *pc, struct push_msg *msgs, size_t n)
             c->order[c->norder++] = i;
     }
     int connects = 0;
-    if (c->conn != NULL && c->done < n)
+    if (c->conn != NULL && c->done < n) {
         conn_check_idle(c);
+        /* Silence is measured from now: an idle connection heard nothing for a while. */
+        c->last_read_ms = now_ms();
+    }
     while (c->done < n) {
         if (!conn_ready(c)) {
             if (!has_pending(c))
