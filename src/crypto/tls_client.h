@@ -6,7 +6,8 @@
  * call tls_read()/tls_write() until they report that they would block.
  *
  * A tls_client is shared configuration (safe to read from many threads); a tls_conn belongs
- * to one thread at a time.
+ * to one thread at a time. Writes to a peer that has gone raise SIGPIPE: the process must
+ * ignore it (`orchard serve` does).
  */
 #ifndef ORCHARD_CRYPTO_TLS_CLIENT_H
 #define ORCHARD_CRYPTO_TLS_CLIENT_H
