@@ -349,26 +349,27 @@ static void conn_check_idle(struct apns_client *c)
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vlen), NGHTTP2_NV_FLAG_NO_COPY_NAME        \
     }
 
-/* Answers a malformed message locally, as APNs would; 1 if it did, 0 if m can be sent. */
+/* Answers a message with a malformed token locally, as APNs would; 1 if it did. */
 static int msg_refuse(struct push_msg *m)
 {
-    char body[APNS_BODY_MAX];
-    const char *why = !hex_token_ok(m->token)                       ? "BadDeviceToken"
-                      : push_body(m->magic, body, sizeof(body)) < 0 ? "PayloadTooLarge"
-                                                                    : NULL;
-    if (why == NULL)
+    if (hex_token_ok(m->token))
         return 0;
     m->status = 400;
-    snprintf(m->reason, sizeof(m->reason), "%s", why);
+    snprintf(m->reason, sizeof(m->reason), "BadDeviceToken");
     return 1;
 }
 
-/* Starts message i (checked by msg_refuse); 0, or -1 when nghttp2 refused it. */
+/* Starts message i (its token checked by msg_refuse); 0, or -1 when it was answered here. */
 static int stream_start(struct apns_client *c, size_t i)
 {
     struct push_msg *m = &c->msgs[i];
     struct apns_stream *s = c->free_slots[c->nfree - 1];
     int blen = push_body(m->magic, s->body, sizeof(s->body));
+    if (blen < 0) {
+        m->status = 400;
+        snprintf(m->reason, sizeof(m->reason), "PayloadTooLarge");
+        return -1;
+    }
     char path[APNS_TOKEN_MAX + 300], exp[24], clen[8];
     int plen = snprintf(path, sizeof(path), "%s/3/device/%s", c->prefix, m->token);
     int elen = snprintf(exp, sizeof(exp), "%" PRId64, m->expiration);

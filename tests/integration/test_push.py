@@ -40,8 +40,9 @@ ALICE = ("alice@example.com", "alice@appleid.example.com", "alice-Pa55word!")
 class Stub:
     """The APNs stand-in, using the server's TLS identity and trusting its push certificate."""
 
-    def __init__(self, s, fast=False):
-        args = ["node", STUB, "--cert", s.path("tls", "server.pem"), "--key", s.path("tls", "server.key"),
+    def __init__(self, s, fast=False, cert=None, key=None):
+        """cert/key: the stub's TLS identity (default: the server's, which Orchard trusts)."""
+        args = ["node", STUB, "--cert", cert or s.path("tls", "server.pem"), "--key", key or s.path("tls", "server.key"),
                 "--client-ca", s.path("push", "cert.pem")]
         if fast:
             args.append("--fast")
@@ -310,13 +311,7 @@ def a_push_server_with_an_untrusted_certificate_gets_nothing():
     cert, key = impostor_server_cert()
     pki.write_pem(os.path.join(s.tmp, "impostor.pem"), cert=cert)
     pki.write_pem(os.path.join(s.tmp, "impostor.key"), key=key)
-    st = Stub.__new__(Stub)
-    args = ["node", STUB, "--cert", os.path.join(s.tmp, "impostor.pem"), "--key",
-            os.path.join(s.tmp, "impostor.key"), "--client-ca", s.path("push", "cert.pem")]
-    st.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(os.path.join(s.tmp, "stub.log"), "ab"))
-    info = json.loads(st.proc.stdout.readline())
-    st.url, st.control = "https://127.0.0.1:%d" % info["port"], "http://127.0.0.1:%d" % info["control"]
-    orchard.on_exit(st.stop)
+    st = Stub(s, cert=os.path.join(s.tmp, "impostor.pem"), key=os.path.join(s.tmp, "impostor.key"))
     s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file})
     try:
         seed(s, {"t@example.com": 3})
