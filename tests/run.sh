@@ -6,7 +6,19 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-export ORCHARD_SPEC="${ORCHARD_SPEC:-$ROOT/../shared/spec}"
+# The shared spec (Apple's schema, captured device messages) sits beside the repository. A local
+# clone made elsewhere (git clone /work/main /tmp/cc) finds it beside the repository it came from.
+spec_dir() {
+    [ -d "$ROOT/../shared/spec" ] && { (cd "$ROOT/../shared/spec" && pwd); return; }
+    local origin
+    origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+    if [ -n "$origin" ] && [ -d "$origin/../shared/spec" ]; then
+        (cd "$origin/../shared/spec" && pwd)
+        return
+    fi
+    echo "$ROOT/../shared/spec" # missing: the suites that need it fail and say where they looked
+}
+export ORCHARD_SPEC="${ORCHARD_SPEC:-$(spec_dir)}"
 export ORCHARD_BIN="${ORCHARD_BIN:-$ROOT/build/san/orchard}"
 export PYTHON=/usr/bin/python3
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
