@@ -1,8 +1,8 @@
 /*
- * Push outbox benchmark: the storage side of the pusher. Creates N pushable enrollments in a
- * fresh store, enqueues a push for every one (storage_push_enqueue_filter), then drains the
- * outbox with claim(BATCH) + done(all SENT) rounds, as the pusher does, and prints rows per
- * second for claim, done and both. Repeats the enqueue-and-drain ROUNDS times and reports each
+ * Push storage benchmark: the storage side of the pusher. Creates N pushable enrollments in a
+ * fresh store, records a bulk push to all of them (storage_push_enqueue_filter), then drains
+ * it with claim(BATCH) + done(all SENT) rounds, as the pusher does, and prints rows per second
+ * for claim, done and both. Repeats the enqueue-and-drain ROUNDS times and reports each
  * round and the best.
  *   outbox [-n N] [-b BATCH] [-r ROUNDS] [-s] [DSN]
  * Without a DSN the store is SQLite in a new temporary directory (removed afterwards); a
@@ -23,6 +23,7 @@
 struct batch {
     int n, cap;
     char **ids, **tokens;
+    int64_t *bulks;
     st_push_result *res;
 };
 
@@ -52,6 +53,7 @@ static int on_claim(const st_push *p, void *ctx)
     /* The pusher copies what it needs the same way. */
     b->ids[b->n] = xstrdup(p->enrollment_id);
     b->tokens[b->n] = xstrdup(p->push_token);
+    b->bulks[b->n] = p->bulk;
     b->n++;
     return 0;
 }
@@ -165,6 +167,7 @@ int main(int argc, char **argv)
     struct batch b = {.cap = batch};
     b.ids = xcalloc((size_t)batch, sizeof(*b.ids));
     b.tokens = xcalloc((size_t)batch, sizeof(*b.tokens));
+    b.bulks = xcalloc((size_t)batch, sizeof(*b.bulks));
     b.res = xcalloc((size_t)batch, sizeof(*b.res));
     double best = 0;
     int64_t clock = 1000;
@@ -192,8 +195,10 @@ int main(int argc, char **argv)
             if (b.n == 0)
                 break;
             for (int i = 0; i < b.n; i++)
-                b.res[i] = (st_push_result){
-                    .enrollment_id = b.ids[i], .push_token = b.tokens[i], .outcome = ST_PUSH_SENT};
+                b.res[i] = (st_push_result){.enrollment_id = b.ids[i],
+                                            .push_token = b.tokens[i],
+                                            .outcome = ST_PUSH_SENT,
+                                            .bulk = b.bulks[i]};
             double c2 = cpu_s(), t2 = now_s();
             rc = storage_push_done(st, "bench", clock, b.res, (size_t)b.n);
             double t3 = now_s(), c3 = cpu_s();
@@ -225,6 +230,7 @@ int main(int argc, char **argv)
     printf("best total: %.0f rows/s (%.2f us/row)\n", best, 1e6 / best);
     free(b.ids);
     free(b.tokens);
+    free(b.bulks);
     free(b.res);
     storage_close(st);
     if (dir != NULL) {

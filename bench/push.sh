@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# `make bench`, push part: fan-out of N pushes (default 100,000) from Orchard's outbox to a local
+# `make bench`, push part: fan-out of N pushes (default 100,000), a bulk push to all, to a local
 # HTTP/2 TLS sink (bench/h2sink.c, client certificate required, checks each request) over one
 # connection. Reports pushes/s and Orchard's peak RSS (VmHWM) before and after, for N and N/10
-# devices (memory must not grow with the number of devices: the bulk push streams through the
-# outbox in batches). Baseline in the same run: nghttp2's h2load sending the same number of
+# devices (memory must not grow with the number of devices: the bulk push reads the devices a
+# page at a time). Baseline in the same run: nghttp2's h2load sending the same number of
 # requests to the same sink over one connection (the sink's ceiling). VmHWM includes the pages of
 # the SQLite file mapped by mmap_size (they grow with the database); RssAnon is the heap.
 set -euo pipefail
@@ -65,14 +65,15 @@ run_orchard() {
     local stats; stats=$(tail -1 "$WORK/sink-$n.json")
     local peak; peak=$(hwm "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    python3 - "$n" "$t0" "$t1" "$q" "$idle_hwm" "$peak" "$maxanon" "$stats" <<'PY'
+    python3 - "$n" "$t0" "$t1" "$q" "$idle_hwm" "$peak" "$maxanon" "$stats" "$WORK/rate-$n" <<'PY'
 import json, sys
-n, t0, t1, q, idle, peak, anon, stats = sys.argv[1:]
+n, t0, t1, q, idle, peak, anon, stats, rate_file = sys.argv[1:]
 n, t0, t1 = int(n), float(t0), float(t1); st = json.loads(stats)
 if st["bad"]:
     sys.exit("bench: the sink refused %d pushes as malformed" % st["bad"])
 print("  orchard  %7d devices: %8.0f pushes/s  (%.2f s from the API call; %.0f/s at the sink; %s, %d connection(s))"
       % (n, n / (t1 - t0), t1 - t0, st["ok"] / st["seconds"], q, st["sessions"]))
+open(rate_file, "w").write("%.0f\n" % (n / (t1 - t0)))
 print("           memory: VmHWM idle %.1f MiB, peak %.1f MiB; peak RssAnon %.1f MiB"
       % (int(idle) / 1024, int(peak) / 1024, int(anon) / 1024))
 PY
@@ -92,6 +93,7 @@ run_baseline() {
     wait "$sink" 2>/dev/null || true
     local rps; rps=$(awk '/^finished in/ {print $4}' "$WORK/h2load.txt")
     printf "  baseline %7d requests: %8.0f req/s     (h2load -> same sink, 1 connection, 1000 streams)\n" "$n" "$rps"
+    awk -v o="$(cat "$WORK/rate-$n")" -v b="$rps" 'BEGIN { printf "  ratio: orchard / baseline = %.2f\n", o / b }'
 }
 
 SINK=build/bench/h2sink

@@ -60,6 +60,7 @@ struct pusher {
 struct pusher_row {
     char *id, *token, *magic, *topic;
     int attempts;
+    int64_t bulk;
 };
 
 struct pusher_batch {
@@ -103,6 +104,7 @@ static int pusher_on_claim(const st_push *sp, void *ctx)
     const char *topic = sp->topic && sp->topic[0] ? sp->topic : b->default_topic;
     r->topic = xstrdup(topic ? topic : "");
     r->attempts = sp->attempts;
+    r->bulk = sp->bulk;
     b->msgs[b->n] = (struct push_msg){
         .token = r->token, .magic = r->magic, .topic = r->topic, .expiration = b->expiration};
     b->n++;
@@ -128,7 +130,7 @@ static void pusher_outcomes(struct pusher *p, struct pusher_batch *b, int64_t no
         struct push_msg *m = &b->msgs[i];
         st_push_result *res = &b->res[i];
         char th[9];
-        *res = (st_push_result){.enrollment_id = r->id, .push_token = r->token};
+        *res = (st_push_result){.enrollment_id = r->id, .push_token = r->token, .bulk = r->bulk};
         enum push_verdict v = push_classify(m->status, m->reason);
         if (v == PUSH_RETRY && r->attempts + 1 >= PUSHER_MAX_ATTEMPTS)
             v = PUSH_DROP;
@@ -211,9 +213,9 @@ static void pusher_release(struct pusher *p, struct pusher_batch *b)
     for (int i = 0; i < b->n; i++)
         b->res[i] = (st_push_result){.enrollment_id = b->rows[i].id,
                                      .push_token = b->rows[i].token,
-                                     .outcome = ST_PUSH_RETRY,
-                                     .due_at = now,
-                                     .attempts = b->rows[i].attempts};
+                                     .outcome = ST_PUSH_UNSENT,
+                                     .attempts = b->rows[i].attempts,
+                                     .bulk = b->rows[i].bulk};
     if (b->n > 0 && storage_push_done(p->app->st, p->owner, now, b->res, (size_t)b->n) != ST_OK)
         atomic_fetch_add(&p->storage_errors, 1);
     pusher_batch_clear(b);
@@ -492,7 +494,8 @@ void pusher_metrics(pusher *p, buf *out)
                "orchard_pushes_total{outcome=\"retry\"} %" PRIu64 "\n"
                "orchard_pushes_total{outcome=\"dead\"} %" PRIu64 "\n"
                "orchard_pushes_total{outcome=\"dropped\"} %" PRIu64 "\n"
-               "# HELP orchard_push_outbox Pushes waiting in the outbox.\n"
+               "# HELP orchard_push_outbox Pushes waiting: outbox rows and devices bulk pushes "
+               "have yet to reach.\n"
                "# TYPE orchard_push_outbox gauge\norchard_push_outbox %" PRId64 "\n",
                atomic_load(&p->sent), atomic_load(&p->retried), atomic_load(&p->dead),
                atomic_load(&p->dropped), pending);

@@ -118,46 +118,91 @@ static size_t distinct_prefix(const st_push_result *r, size_t n)
     return i;
 }
 
-size_t st_push_sets_fill(st_push_sets *s, const st_push_result *r, size_t n)
+static void json_retry(st_push_sets *s, const char *id, int64_t due_at, int attempts)
+{
+    json_next(&s->retry, &s->nretry);
+    buf_append(&s->retry, "[", 1);
+    st_json_string(&s->retry, id);
+    buf_append(&s->retry, ",", 1);
+    st_json_int(&s->retry, due_at);
+    buf_append(&s->retry, ",", 1);
+    st_json_int(&s->retry, attempts);
+    buf_append(&s->retry, "]", 1);
+}
+
+static void json_dead(st_push_sets *s, const st_push_result *x)
+{
+    if (x->push_token == NULL)
+        return;
+    json_next(&s->dead, &s->ndead);
+    buf_append(&s->dead, "[", 1);
+    st_json_string(&s->dead, x->enrollment_id);
+    buf_append(&s->dead, ",", 1);
+    st_json_string(&s->dead, x->push_token);
+    buf_append(&s->dead, "]", 1);
+}
+
+static void fill_outbox(st_push_sets *s, const st_push_result *x, int64_t now)
+{
+    switch (x->outcome) {
+    case ST_PUSH_SENT:
+        json_next(&s->sent, &s->nsent);
+        st_json_string(&s->sent, x->enrollment_id);
+        break;
+    case ST_PUSH_RETRY:
+        json_retry(s, x->enrollment_id, x->due_at, x->attempts);
+        break;
+    case ST_PUSH_UNSENT:
+        json_retry(s, x->enrollment_id, now, x->attempts);
+        break;
+    case ST_PUSH_DEAD:
+        json_dead(s, x);
+        /* fall through */
+    default:
+        json_next(&s->del, &s->ndel);
+        st_json_string(&s->del, x->enrollment_id);
+        break;
+    }
+}
+
+static void fill_bulk(st_push_sets *s, const st_push_result *x)
+{
+    if (x->outcome == ST_PUSH_UNSENT) {
+        s->unsent = 1;
+        return;
+    }
+    /* strcmp compares as unsigned char: the byte order of SQLite's BINARY and "C". */
+    if (s->last == NULL || strcmp(x->enrollment_id, s->last) > 0)
+        s->last = x->enrollment_id;
+    if (x->outcome == ST_PUSH_SENT) {
+        json_next(&s->sent, &s->nsent);
+        st_json_string(&s->sent, x->enrollment_id);
+    } else if (x->outcome == ST_PUSH_RETRY) {
+        json_retry(s, x->enrollment_id, x->due_at, x->attempts);
+    } else if (x->outcome == ST_PUSH_DEAD) {
+        json_dead(s, x);
+    }
+}
+
+size_t st_push_sets_fill(st_push_sets *s, const st_push_result *r, size_t n, int64_t now)
 {
     buf_reset(&s->sent);
     buf_reset(&s->retry);
     buf_reset(&s->dead);
     buf_reset(&s->del);
     s->nsent = s->nretry = s->ndead = s->ndel = 0;
-    n = distinct_prefix(r, n);
+    s->bulk = n > 0 ? r[0].bulk : 0;
+    s->last = NULL;
+    s->unsent = 0;
+    size_t same = 0;
+    while (same < n && r[same].bulk == s->bulk)
+        same++;
+    n = distinct_prefix(r, same);
     for (size_t i = 0; i < n; i++) {
-        const st_push_result *x = &r[i];
-        switch (x->outcome) {
-        case ST_PUSH_SENT:
-            json_next(&s->sent, &s->nsent);
-            st_json_string(&s->sent, x->enrollment_id);
-            break;
-        case ST_PUSH_RETRY:
-            json_next(&s->retry, &s->nretry);
-            buf_append(&s->retry, "[", 1);
-            st_json_string(&s->retry, x->enrollment_id);
-            buf_append(&s->retry, ",", 1);
-            st_json_int(&s->retry, x->due_at);
-            buf_append(&s->retry, ",", 1);
-            st_json_int(&s->retry, x->attempts);
-            buf_append(&s->retry, "]", 1);
-            break;
-        case ST_PUSH_DEAD:
-            if (x->push_token != NULL) {
-                json_next(&s->dead, &s->ndead);
-                buf_append(&s->dead, "[", 1);
-                st_json_string(&s->dead, x->enrollment_id);
-                buf_append(&s->dead, ",", 1);
-                st_json_string(&s->dead, x->push_token);
-                buf_append(&s->dead, "]", 1);
-            }
-            /* fall through */
-        default:
-            json_next(&s->del, &s->ndel);
-            st_json_string(&s->del, x->enrollment_id);
-            break;
-        }
+        if (s->bulk == 0)
+            fill_outbox(s, &r[i], now);
+        else
+            fill_bulk(s, &r[i]);
     }
     json_close(&s->sent, s->nsent);
     json_close(&s->retry, s->nretry);

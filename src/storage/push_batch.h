@@ -19,20 +19,33 @@
 #include "core/buf.h"
 #include "storage/storage.h"
 
-/* One run of push_done outcomes, as JSON arrays (a kind with no rows is left empty, len 0). */
+/*
+ * One run of push_done outcomes from one source (the outbox, or one bulk push), as JSON arrays
+ * (a kind with no rows is left empty, len 0).
+ *
+ * Outbox rows: SENT in sent; RETRY and UNSENT (due now) in retry (released with these values);
+ * DEAD with a token in dead; DEAD, DROP and unknown outcomes in del (the owned row deleted).
+ * Bulk rows: SENT in sent; RETRY in retry (an outbox row to insert); DEAD with a token in dead;
+ * DROP nothing; `last` is the greatest id (byte order, as the backends order enrollment ids)
+ * with an outcome other than UNSENT, and `unsent` says whether any row was given back.
+ */
 typedef struct st_push_sets {
-    buf sent;  /* SENT: ["id", ...] */
-    buf retry; /* RETRY: [["id", due_at, attempts], ...] */
-    buf dead;  /* DEAD with a token: [["id", "token"], ...] (mark that token dead) */
-    buf del;   /* DEAD, DROP and unknown outcomes: ["id", ...] (delete the owned row) */
+    int64_t bulk;     /* the source: 0 the outbox, else the bulk push's id */
+    buf sent;         /* ["id", ...] */
+    buf retry;        /* [["id", due_at, attempts], ...] */
+    buf dead;         /* [["id", "token"], ...] (mark that token dead) */
+    buf del;          /* ["id", ...] (outbox only) */
+    const char *last; /* bulk only: borrowed from the results; NULL if none */
+    int unsent;       /* bulk only */
     size_t nsent, nretry, ndead, ndel;
 } st_push_sets;
 
 void st_push_sets_init(st_push_sets *s);
 void st_push_sets_cleanup(st_push_sets *s);
-/* Fills s (emptied first) from the longest prefix of r[0..n) whose enrollment ids are distinct
- * and returns its length: n when no id repeats, at least 1 when n > 0. */
-size_t st_push_sets_fill(st_push_sets *s, const st_push_result *r, size_t n);
+/* Fills s (emptied first) from the longest prefix of r[0..n) from one source whose enrollment
+ * ids are distinct and returns its length: at least 1 when n > 0. `now` is the due time of
+ * outbox rows given back UNSENT. */
+size_t st_push_sets_fill(st_push_sets *s, const st_push_result *r, size_t n, int64_t now);
 
 /* Appends v as a JSON string (quotes, backslashes and control characters escaped). */
 void st_json_string(buf *b, const char *v);

@@ -279,13 +279,22 @@ int storage_audit_list(storage *st, int64_t before_id, int limit,
 /* ---- push outbox (APNs) ---- */
 
 /*
- * A durable outbox of pending pushes, one row per enrollment (coalescing: APNs keeps only the
- * last undelivered notification per device anyway, PROTOCOL.md section 11). A row carries the
- * time it is due, the attempts so far and a lease (owner, expiry) so several Orchard
- * instances sharing one database never send the same row at once: a row is claimed by a
- * conditional update, and a lease that expires (a crashed instance) makes it claimable again.
+ * Pushes wait in two places, both durable and both shared safely by several Orchard instances:
  *
- * Only pushable enrollments get rows: a push token, not marked dead, not unenrolled.
+ * - The outbox: one row per enrollment (coalescing: APNs keeps only the last undelivered
+ *   notification per device anyway, PROTOCOL.md section 11), for single pushes, commands, the
+ *   re-push sweeper and retries. A row carries the time it is due, the attempts so far and a
+ *   lease (owner, expiry): a row is claimed by a conditional update, and a lease that expires
+ *   (a crashed instance) makes it claimable again.
+ * - Bulk pushes (a filter: all, a user, a domain): one row per request, holding the filter and
+ *   how far it has got in enrollment id order (byte order in both backends). Claims read the
+ *   next page of matching enrollments straight from the enrollments table, so a bulk push to
+ *   100,000 devices writes one progress update per batch instead of three rows per device. A
+ *   bulk push is worked by one instance at a time (its lease); one whose owner crashed is taken
+ *   over from the last recorded page once the lease expires.
+ *
+ * Only pushable enrollments are pushed: a push token, not marked dead, not unenrolled. A bulk
+ * push passes over enrollments that have an outbox row: that row pushes them.
  */
 
 /* Upserts a row due at `now` (an existing row keeps the earlier due time). A row claimed at
@@ -299,8 +308,11 @@ enum st_push_scope {
     ST_PUSH_DOMAIN = 2, /* enrollments of users whose email domain is `value` */
 };
 
-/* Bulk enqueue in the database (INSERT ... SELECT: nothing is loaded into memory). Fills
- * *queued with the rows inserted or refreshed. */
+/* Records a bulk push (nothing is loaded into memory; the devices are read a page at a time
+ * by storage_push_claim) and fills *queued with the pushable enrollments it matches. Their
+ * outbox rows, if any, are made due now (flagged again if in flight). A bulk push matching
+ * nothing is not recorded; one identical to a recorded push that has not started yet is not
+ * recorded twice, and a push to all replaces every bulk push that has not started yet. */
 int storage_push_enqueue_filter(storage *st, int scope, const char *value, int64_t now,
                                 int64_t *queued);
 
@@ -314,12 +326,16 @@ typedef struct st_push {
     const char *push_magic;
     const char *topic;
     int attempts; /* failed attempts before this one */
+    int64_t bulk; /* the bulk push the row comes from; 0 for an outbox row */
 } st_push;
 
 /*
- * Claims up to `limit` due rows (due_at <= now, lease free or expired) for `owner` until
- * now + lease, and calls fn for each (borrowed strings, valid during the call; no statement
- * is open while fn runs). Rows whose enrollment can no longer be pushed are dropped. Fills
+ * Claims up to `limit` pushes for `owner` until now + lease and calls fn for each (borrowed
+ * strings, valid during the call; no statement is open while fn runs): due outbox rows first
+ * (due_at <= now, lease free or expired), then the next page of a bulk push that is free, has
+ * an expired lease, or is already owner's (continuing after the page owner claimed last, so a
+ * claim may run ahead of the outcomes recorded). Outbox rows whose enrollment can no longer be
+ * pushed are dropped; a bulk push with nothing left and nothing outstanding is deleted. Fills
  * *claimed with the number of rows passed to fn. fn returning != 0 stops the calls (the
  * remaining claimed rows stay leased until the lease expires).
  */
@@ -328,9 +344,11 @@ int storage_push_claim(storage *st, const char *owner, int64_t now, int lease, i
 
 enum st_push_outcome {
     ST_PUSH_SENT = 0,  /* accepted by APNs: row deleted (or re-armed if flagged meanwhile) */
-    ST_PUSH_RETRY = 1, /* released with due_at/attempts as given */
+    ST_PUSH_RETRY = 1, /* released with due_at/attempts as given (a bulk row gets an outbox row) */
     ST_PUSH_DEAD = 2,  /* permanent: row deleted, the token marked dead if still current */
-    ST_PUSH_DROP = 3   /* given up: row deleted */
+    ST_PUSH_DROP = 3,  /* given up: row deleted */
+    ST_PUSH_UNSENT = 4 /* claimed but never sent: given back, due now, attempts as given (a bulk
+                        * push is rewound to its last recorded page and its lease freed) */
 };
 
 typedef struct st_push_result {
@@ -338,14 +356,18 @@ typedef struct st_push_result {
     const char *push_token; /* the token that was used (DEAD only marks this one dead) */
     int outcome;            /* enum st_push_outcome */
     int64_t due_at;         /* RETRY */
-    int attempts;           /* RETRY */
+    int attempts;           /* RETRY, UNSENT */
+    int64_t bulk;           /* st_push.bulk of the claimed row */
 } st_push_result;
 
-/* Applies n outcomes of rows claimed by `owner` in one transaction; rows no longer held by
- * owner (lease expired and re-claimed) are left alone. */
+/* Applies n outcomes of pushes claimed by `owner` in one transaction; outbox rows no longer
+ * held by owner (lease expired and re-claimed) are left alone, and a bulk push records its
+ * progress (every row up to the greatest id with an outcome other than UNSENT is done) only
+ * while owner holds it. Outcomes must be recorded in the order of the claims. */
 int storage_push_done(storage *st, const char *owner, int64_t now, const st_push_result *r,
                       size_t n);
-/* Number of rows in the outbox (metrics, tests). */
+/* Pushes waiting: outbox rows plus the devices that bulk pushes have yet to reach (metrics,
+ * tests). */
 int storage_push_pending(storage *st, int64_t *count);
 
 /* ---- organisation domains and federated sign-in (OIDC) ---- */

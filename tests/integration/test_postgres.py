@@ -3,7 +3,8 @@
 The PostgreSQL backend against the real binary: `orchard init --storage postgres://...` migrates
 a fresh database and creates no SQLite file, `orchard serve` on it enrolls a simulated device and
 runs its commands, and two `orchard serve` instances on one database behave as one server behind
-a load balancer (the device's requests alternate between them; either admin API sees everything).
+a load balancer (the device's requests alternate between them; either admin API sees everything,
+and a bulk push is sent once, by whichever instance holds it).
 
 The server is ORCHARD_TEST_PG_DSN (tests/run.sh starts one with scripts/test-pg.sh). Each run
 creates its own database orchard_it_<random> with psql and drops it at exit. Without the variable
@@ -14,6 +15,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -21,6 +23,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, os.path.join(HERE, "..", "sim"))
 import device as sim  # noqa: E402
 import orchard  # noqa: E402
+from apns import Stub  # noqa: E402
 from orchard import Server, eq, ok, on_exit, status, test  # noqa: E402
 
 PG_DSN = os.environ.get("ORCHARD_TEST_PG_DSN") or ""
@@ -212,6 +215,55 @@ def two_instances_on_one_database_serve_one_device_alternately():
         eq(d.idle(), None, "nothing left on either instance")
     finally:
         eq(b.stop(), 0, "B exits cleanly on SIGTERM")
+
+
+@test
+def two_instances_share_a_bulk_push_and_one_takes_over_when_the_other_stops():
+    a = srv()
+    n = 300
+    # Pushable devices of one user, straight into the database (random 32-byte hex tokens).
+    psql(database()[1], "INSERT INTO users (email, managed_apple_id, created_at) "
+                        "VALUES ('bulk@example.com', 'm-bulk', 1)")
+    psql(database()[1], "INSERT INTO enrollments (id, type, user_id, push_token, push_magic, "
+                        "token_updated_at, last_seen_at) SELECT 'BULK-' || lpad(i::text, 4, '0'), 1, "
+                        "(SELECT id FROM users WHERE email = 'bulk@example.com'), "
+                        "md5(random()::text) || md5(random()::text), 'MAGIC-' || i, 1, 1 "
+                        "FROM generate_series(1, %d) AS i" % n)
+    toks = set(psql(database()[1], "SELECT push_token FROM enrollments WHERE id LIKE 'BULK-%'"))
+    eq(len(toks), n, "distinct tokens")
+    st = Stub(a)
+    st.script(default={"status": 200, "delay_ms": 100})
+    push_env = {"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": a.ca_file, "ORCHARD_PUSH_BATCH": "20"}
+    eq(a.stop(), 0, "A stops")
+    a.start(env=push_env)
+    b = Server(init=False, name="pg-b-push")
+    b.data = a.data
+    b._api_key = a.api_key
+    b.start(env=push_env)
+    try:
+        r = a.api("POST", "/api/v1/push", {"user": "bulk@example.com"})
+        status(r, 202, "bulk push through A")
+        eq(r.json(), {"queued": n}, "queued")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and st.stats()["answered"] < 60:
+            time.sleep(0.05)
+        # A stops in the middle: it gives back the page it had claimed, and B carries on.
+        eq(a.stop(), 0, "A stops during the bulk push")
+        before = st.stats()["answered"]
+        ok(60 <= before < n, "stopped in the middle (%d of %d answered)" % (before, n))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and st.stats()["answered"] < n:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        paths = [q["path"][len("/3/device/"):] for q in st.requests()]
+        eq(len(paths), n, "requests in total (A, then B)")
+        eq(set(paths), toks, "every device")
+        ok(all(q["status"] == 200 for q in st.requests()), "all answered 200")
+        eq(scalar("SELECT count(*) FROM push_bulk"), "0", "the finished bulk push is gone")
+    finally:
+        eq(b.stop(), 0, "B exits cleanly on SIGTERM")
+        if not a.running():
+            a.start()
 
 
 if __name__ == "__main__":

@@ -1584,6 +1584,7 @@ struct conf_claimed {
     char id[8][64];
     char token[8][65];
     int attempts[8];
+    int64_t bulk[8];
 };
 
 static int conf_claim_cb(const st_push *p, void *ctx)
@@ -1593,6 +1594,7 @@ static int conf_claim_cb(const st_push *p, void *ctx)
         snprintf(c->id[c->n], sizeof(c->id[0]), "%s", p->enrollment_id);
         snprintf(c->token[c->n], sizeof(c->token[0]), "%s", p->push_token);
         c->attempts[c->n] = p->attempts;
+        c->bulk[c->n] = p->bulk;
     }
     c->n++;
     return 0;
@@ -1610,7 +1612,7 @@ static inline int conf_claim(storage *st, const char *owner, int64_t now, struct
 static inline int conf_push_done1(storage *st, const char *owner, const char *id, const char *token,
                                   int outcome, int64_t now, int64_t due, int attempts)
 {
-    st_push_result r = {id, token, outcome, due, attempts};
+    st_push_result r = {id, token, outcome, due, attempts, 0};
     return storage_push_done(st, owner, now, &r, 1);
 }
 
@@ -1742,10 +1744,10 @@ TEST(conf_push_batch)
     ASSERT_INT_EQ(storage_push_enqueue(st, "B2", 101), ST_OK); /* while in flight */
 
     st_push_result r[] = {
-        {"B1", "t1", ST_PUSH_SENT, 0, 0},   {"B2", "t2", ST_PUSH_SENT, 0, 0},
-        {odd, "t3", ST_PUSH_RETRY, 200, 1}, {"B4", "t4", ST_PUSH_DEAD, 0, 0},
-        {"B5", "old", ST_PUSH_DEAD, 0, 0},  {"B6", "t6", ST_PUSH_DROP, 0, 0},
-        {"NOPE", "x", ST_PUSH_SENT, 0, 0}, /* not held by a: ignored */
+        {"B1", "t1", ST_PUSH_SENT, 0, 0, 0},   {"B2", "t2", ST_PUSH_SENT, 0, 0, 0},
+        {odd, "t3", ST_PUSH_RETRY, 200, 1, 0}, {"B4", "t4", ST_PUSH_DEAD, 0, 0, 0},
+        {"B5", "old", ST_PUSH_DEAD, 0, 0, 0},  {"B6", "t6", ST_PUSH_DROP, 0, 0, 0},
+        {"NOPE", "x", ST_PUSH_SENT, 0, 0, 0}, /* not held by a: ignored */
     };
     ASSERT_INT_EQ(storage_push_done(st, "a", 102, r, sizeof(r) / sizeof(r[0])), ST_OK);
     ASSERT_INT_EQ(conf_pending(st), 2); /* B2 re-armed, the odd one released */
@@ -1766,9 +1768,9 @@ TEST(conf_push_batch)
     ASSERT_INT_EQ(c.attempts[1], 0);
     /* An id named twice: the outcomes apply in order (SENT deletes, the RETRY finds nothing). */
     st_push_result twice[] = {
-        {"B2", "t2", ST_PUSH_SENT, 0, 0},
-        {"B2", "t2", ST_PUSH_RETRY, 300, 2},
-        {"B1", "t1", ST_PUSH_SENT, 0, 0},
+        {"B2", "t2", ST_PUSH_SENT, 0, 0, 0},
+        {"B2", "t2", ST_PUSH_RETRY, 300, 2, 0},
+        {"B1", "t1", ST_PUSH_SENT, 0, 0, 0},
     };
     ASSERT_INT_EQ(storage_push_done(st, "b", 160, twice, 3), ST_OK);
     ASSERT_INT_EQ(conf_pending(st), 1);
@@ -1777,8 +1779,8 @@ TEST(conf_push_batch)
     ASSERT_INT_EQ(conf_claim(st, "b", 170, &c), 1);
     ASSERT_STR_EQ(c.id[0], "B6");
     st_push_result back[] = {
-        {"B6", "t6", ST_PUSH_RETRY, 300, 2},
-        {"B6", "t6", ST_PUSH_SENT, 0, 0},
+        {"B6", "t6", ST_PUSH_RETRY, 300, 2, 0},
+        {"B6", "t6", ST_PUSH_SENT, 0, 0, 0},
     };
     ASSERT_INT_EQ(storage_push_done(st, "b", 171, back, 2), ST_OK);
     ASSERT_INT_EQ(conf_pending(st), 2);
@@ -1791,14 +1793,59 @@ TEST(conf_push_batch)
     storage_close(st);
 }
 
-/* More rows than one claim takes: batches of `limit` until empty, each row exactly once. */
-static int conf_count_claim(const st_push *p, void *ctx)
+/* Claims into c (at most 8 kept) with a limit; returns the number claimed or the error. */
+static inline int conf_claim_n(storage *st, const char *owner, int64_t now, int limit,
+                               struct conf_claimed *c)
 {
-    (void)p;
-    (*(int *)ctx)++;
+    memset(c, 0, sizeof(*c));
+    int claimed = 0;
+    int rc = storage_push_claim(st, owner, now, 60, limit, conf_claim_cb, c, &claimed);
+    return rc == ST_OK ? claimed : rc;
+}
+
+/* A claimed batch, every row kept (ids, bulk ids), for conf_push_drain. */
+struct conf_batch {
+    int n;
+    char id[64][16];
+    int64_t bulk[64];
+};
+
+static int conf_batch_cb(const st_push *p, void *ctx)
+{
+    struct conf_batch *b = ctx;
+    if (b->n < 64) {
+        snprintf(b->id[b->n], sizeof(b->id[0]), "%s", p->enrollment_id);
+        b->bulk[b->n] = p->bulk;
+    }
+    b->n++;
     return 0;
 }
 
+static inline int conf_batch_claim(storage *st, const char *owner, int64_t now, int limit,
+                                   struct conf_batch *b)
+{
+    memset(b, 0, sizeof(*b));
+    int claimed = 0;
+    int rc = storage_push_claim(st, owner, now, 60, limit, conf_batch_cb, b, &claimed);
+    return rc != ST_OK ? rc : claimed == b->n ? claimed : -100;
+}
+
+/* Records every row of b with one outcome. */
+static inline int conf_batch_done(storage *st, const char *owner, int64_t now,
+                                  const struct conf_batch *b, int outcome)
+{
+    st_push_result r[64];
+    for (int i = 0; i < b->n && i < 64; i++)
+        r[i] = (st_push_result){
+            .enrollment_id = b->id[i], .push_token = "ab", .outcome = outcome, .bulk = b->bulk[i]};
+    return storage_push_done(st, owner, now, r, (size_t)(b->n < 64 ? b->n : 64));
+}
+
+/*
+ * A bulk push larger than one claim: pages in id order, worked by one owner at a time, claims
+ * running ahead of the outcomes, and a crashed owner's push taken over from the last page it
+ * recorded (its page in flight is sent again, nothing is skipped).
+ */
 TEST(conf_push_drain)
 {
     storage *st = conf_open();
@@ -1813,27 +1860,131 @@ TEST(conf_push_drain)
     int64_t q = -1;
     ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 100, &q), ST_OK);
     ASSERT_INT_EQ(q, N);
-    /* x leases one batch, then y drains the rest a batch at a time. */
-    int seen = 0, claimed = 0;
-    ASSERT_INT_EQ(storage_push_claim(st, "x", 100, 60, LIMIT, conf_claim_cb,
-                                     &(struct conf_claimed){0}, &claimed),
-                  ST_OK);
-    ASSERT_INT_EQ(claimed, LIMIT);
-    int total = 0, rounds = 0;
-    for (;;) {
-        seen = 0;
-        ASSERT_INT_EQ(
-            storage_push_claim(st, "y", 101, 60, LIMIT, conf_count_claim, &seen, &claimed), ST_OK);
-        ASSERT_INT_EQ(claimed, seen);
-        if (seen == 0)
+    ASSERT_INT_EQ(conf_pending(st), N);
+    static struct conf_batch b1, b2, b;
+    ASSERT_INT_EQ(conf_batch_claim(st, "x", 100, LIMIT, &b1), LIMIT);
+    ASSERT_STR_EQ(b1.id[0], "D000");
+    ASSERT_STR_EQ(b1.id[LIMIT - 1], "D063");
+    ASSERT(b1.bulk[0] != 0);
+    ASSERT_INT_EQ(conf_batch_claim(st, "y", 101, LIMIT, &b), 0); /* x holds the bulk push */
+    /* x claims its next page before recording the first (the pusher's pipeline). */
+    ASSERT_INT_EQ(conf_batch_claim(st, "x", 101, LIMIT, &b2), LIMIT);
+    ASSERT_STR_EQ(b2.id[0], "D064");
+    ASSERT_INT_EQ(conf_batch_done(st, "x", 102, &b1, ST_PUSH_SENT), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), N - LIMIT);
+    /* x dies with b2 in flight; once its lease (until 161) expires, y takes over at D064. */
+    ASSERT_INT_EQ(conf_batch_claim(st, "y", 160, LIMIT, &b), 0);
+    int total = 0, rounds = 0, seen[N] = {0};
+    for (int64_t now = 161;; now++) {
+        int n = conf_batch_claim(st, "y", now, LIMIT, &b);
+        ASSERT(n >= 0 && n <= LIMIT);
+        if (n == 0)
             break;
-        ASSERT(seen <= LIMIT);
-        total += seen;
+        if (rounds == 0) {
+            ASSERT_STR_EQ(b.id[0], "D064");
+            /* x's late outcome no longer moves the push on: y holds it. */
+            ASSERT_INT_EQ(conf_batch_done(st, "x", now, &b2, ST_PUSH_SENT), ST_OK);
+        }
+        for (int i = 0; i < n; i++) {
+            int k = atoi(b.id[i] + 1);
+            ASSERT(k >= LIMIT && k < N);
+            seen[k]++;
+        }
+        ASSERT_INT_EQ(conf_batch_done(st, "y", now, &b, ST_PUSH_SENT), ST_OK);
+        total += n;
         rounds++;
     }
-    ASSERT_INT_EQ(total, N - LIMIT); /* x's lease holds until 160 */
+    ASSERT_INT_EQ(total, N - LIMIT);
     ASSERT_INT_EQ(rounds, (N - LIMIT + LIMIT - 1) / LIMIT);
-    ASSERT_INT_EQ(conf_pending(st), N);
+    for (int i = LIMIT; i < N; i++)
+        ASSERT_INT_EQ(seen[i], 1);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    ASSERT_INT_EQ(conf_batch_claim(st, "x", 500, LIMIT, &b), 0);
+    storage_close(st);
+}
+
+/*
+ * Bulk pushes with the outbox: outbox rows made due and passed over by the pages, coalescing
+ * of waiting bulk pushes, each outcome of a bulk row, and giving back a page never sent.
+ */
+TEST(conf_push_bulk)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t ua = conf_user(st, "a@x.example"), uc = conf_user(st, "c@y.example");
+    ASSERT(ua > 0 && uc > 0);
+    const struct {
+        const char *id, *token;
+        int64_t user;
+    } enr[] = {{"E1", "e1", ua}, {"E2", "e2", ua}, {"E3", "e3", uc},
+               {"E4", NULL, ua}, {"E5", "e5", ua}, {"E6", "e6", uc}};
+    for (size_t i = 0; i < sizeof(enr) / sizeof(enr[0]); i++) {
+        ASSERT_INT_EQ(conf_enroll(st, enr[i].id, enr[i].user), ST_OK);
+        if (enr[i].token)
+            ASSERT_INT_EQ(storage_enrollment_token_update(st, enr[i].id, enr[i].token, "M", 100),
+                          ST_OK);
+    }
+    /* E2 waits in the outbox for a retry at 500. */
+    struct conf_claimed c;
+    ASSERT_INT_EQ(storage_push_enqueue(st, "E2", 100), ST_OK);
+    ASSERT_INT_EQ(conf_claim(st, "a", 100, &c), 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "E2", "e2", ST_PUSH_RETRY, 100, 500, 1), ST_OK);
+
+    int64_t q = -1;
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "a@x.example", 110, &q), ST_OK);
+    ASSERT_INT_EQ(q, 3); /* E1, E2, E5 */
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "A@X.example", 110, &q), ST_OK);
+    ASSERT_INT_EQ(q, 3);
+    ASSERT_INT_EQ(conf_pending(st), 3); /* the same push, waiting: recorded once */
+    /* E2's retry is due now and comes from the outbox; the page passes over it. */
+    ASSERT_INT_EQ(conf_claim(st, "a", 110, &c), 3);
+    ASSERT_STR_EQ(c.id[0], "E2");
+    ASSERT_INT_EQ(c.attempts[0], 1);
+    ASSERT_STR_EQ(c.id[1], "E1");
+    ASSERT_STR_EQ(c.id[2], "E5");
+    ASSERT_STR_EQ(c.token[2], "e5");
+    ASSERT_INT_EQ(c.bulk[0], 0);
+    int64_t bulk = c.bulk[1];
+    ASSERT(bulk != 0 && c.bulk[2] == bulk);
+    ASSERT_INT_EQ(conf_claim(st, "b", 111, &c), 0);
+    ASSERT_INT_EQ(conf_claim(st, "a", 111, &c), 0); /* nothing after E5; its page in flight */
+    st_push_result r[] = {
+        {"E2", "e2", ST_PUSH_SENT, 0, 0, 0},
+        {"E1", "e1", ST_PUSH_RETRY, 200, 1, bulk},
+        {"E5", "e5", ST_PUSH_DEAD, 0, 0, bulk},
+    };
+    ASSERT_INT_EQ(storage_push_done(st, "a", 112, r, 3), ST_OK);
+    ASSERT_INT_EQ(conf_dead(st, "E5"), 1);
+    ASSERT_INT_EQ(conf_pending(st), 1);             /* E1's retry, now an outbox row */
+    ASSERT_INT_EQ(conf_claim(st, "b", 180, &c), 0); /* the finished bulk push is deleted */
+    ASSERT_INT_EQ(conf_claim(st, "b", 200, &c), 1);
+    ASSERT_STR_EQ(c.id[0], "E1");
+    ASSERT_INT_EQ(c.attempts[0], 1);
+    ASSERT_INT_EQ(conf_push_done1(st, "b", "E1", "e1", ST_PUSH_SENT, 200, 0, 0), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+
+    static struct conf_batch b;
+    /* A push to all replaces the bulk pushes still waiting. */
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_DOMAIN, "y.example", 300, &q), ST_OK);
+    ASSERT_INT_EQ(q, 2);
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 300, &q), ST_OK);
+    ASSERT_INT_EQ(q, 4); /* E4 has no token, E5's is dead */
+    ASSERT_INT_EQ(conf_pending(st), 4);
+    /* A page claimed and never sent is given back: another owner gets it at once. */
+    ASSERT_INT_EQ(conf_batch_claim(st, "a", 300, 10, &b), 4);
+    ASSERT_INT_EQ(conf_batch_done(st, "a", 300, &b, ST_PUSH_UNSENT), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 4);
+    ASSERT_INT_EQ(conf_batch_claim(st, "b", 301, 10, &b), 4);
+    ASSERT_STR_EQ(b.id[0], "E1");
+    ASSERT_STR_EQ(b.id[3], "E6");
+    /* A bulk push stamps the devices with pending commands for the re-push sweeper. */
+    ASSERT_INT_EQ(conf_enqueue(st, "E3", "EC3", 0, 100), ST_OK);
+    ASSERT_INT_EQ(conf_batch_done(st, "b", 302, &b, ST_PUSH_SENT), ST_OK);
+    ASSERT_INT_EQ(conf_pending(st), 0);
+    ASSERT_INT_EQ(storage_push_sweep(st, 301, 303, &q), ST_OK);
+    ASSERT_INT_EQ(q, 0); /* E3 pushed at 302 */
+    ASSERT_INT_EQ(storage_push_sweep(st, 303, 304, &q), ST_OK);
+    ASSERT_INT_EQ(q, 1);
     storage_close(st);
 }
 
@@ -1857,6 +2008,7 @@ TEST(conf_push_filter)
     int64_t q = -1;
     ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "A@x.example", 100, &q), ST_OK);
     ASSERT_INT_EQ(q, 2);
+    ASSERT_INT_EQ(conf_pending(st), 2);
     ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_USER, "nobody@x.example", 100, &q),
                   ST_OK);
     ASSERT_INT_EQ(q, 0);
@@ -1864,10 +2016,17 @@ TEST(conf_push_filter)
     ASSERT_INT_EQ(q, 0); /* a domain is everything after '@', not a suffix */
     ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_DOMAIN, "x.example", 100, &q), ST_OK);
     ASSERT_INT_EQ(q, 3);
-    ASSERT_INT_EQ(conf_pending(st), 3);
+    ASSERT_INT_EQ(conf_pending(st), 5); /* two bulk pushes: F1 and F2 are in both */
     ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 100, &q), ST_OK);
     ASSERT_INT_EQ(q, 4);
     ASSERT_INT_EQ(conf_pending(st), 4);
+    struct conf_claimed c;
+    ASSERT_INT_EQ(conf_claim_n(st, "a", 100, 2, &c), 2);
+    ASSERT_STR_EQ(c.id[0], "F1");
+    ASSERT_STR_EQ(c.id[1], "F2");
+    ASSERT_INT_EQ(conf_claim_n(st, "a", 100, 8, &c), 2);
+    ASSERT_STR_EQ(c.id[0], "F3");
+    ASSERT_STR_EQ(c.id[1], "F4");
     storage_close(st);
 }
 
@@ -2223,9 +2382,9 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
-        TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_auth_state_transition_and_audit_count),       \
-        TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
-        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
-        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk),                                   \
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
+        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
+        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
