@@ -65,6 +65,9 @@ const struct config_key config_keys[] = {
       "CA file to verify the APNs server with; empty = system trust store."),
     D("apns_expiration", CONFIG_DURATION, "24h", 0, 30 * DAY, NULL,
       "apns-expiration of MDM pushes, relative to sending."),
+    D("apns_timeout", CONFIG_DURATION, "15s", 1, 600, NULL,
+      "A push unanswered this long is cancelled and retried; an APNs connection silent this long "
+      "while pushes are in flight is replaced."),
     D("repush_interval", CONFIG_DURATION, "24h", 60, 365 * DAY, NULL,
       "Push again devices with pending commands silent for this long."),
     D("required_app_id", CONFIG_INT, "0", 0, 99999999999LL, NULL,
@@ -73,7 +76,8 @@ const struct config_key config_keys[] = {
     D("scheduler_interval", CONFIG_DURATION, "30s", 1, 3600, NULL,
       "How often background policies run (re-authentication, history retention)."),
     D("push_batch", CONFIG_INT, "5000", 1, 100000, NULL,
-      "Pushes claimed from the outbox and sent together as one multiplexed burst."),
+      "Pushes claimed (from the outbox, then bulk pushes) and sent together as one multiplexed "
+      "burst."),
     D("push_streams", CONFIG_INT, "1000", 1, 10000, NULL,
       "Concurrent HTTP/2 streams on the APNs connection."),
     D("debug_clock", CONFIG_BOOL, "false", 0, 1, NULL,

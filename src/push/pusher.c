@@ -416,13 +416,13 @@ pusher *pusher_start(struct app *app, char *err, size_t err_len)
         if (cert == NULL || key == NULL) {
             snprintf(err, err_len, "cannot read %s", cert ? key_path : cert_path);
         } else {
-            struct push_apns_options o = {.url = url,
-                                          .cert_pem = cert,
-                                          .key_pem = key,
-                                          .ca_file = config_get(app->cfg, "apns_ca_file"),
-                                          .max_streams =
-                                              (int)config_get_int(app->cfg, "push_streams"),
-                                          .timeout_ms = 15000};
+            struct push_apns_options o = {
+                .url = url,
+                .cert_pem = cert,
+                .key_pem = key,
+                .ca_file = config_get(app->cfg, "apns_ca_file"),
+                .max_streams = (int)config_get_int(app->cfg, "push_streams"),
+                .timeout_ms = (int)config_get_int(app->cfg, "apns_timeout") * 1000};
             client = push_apns_new(&o, err, err_len);
         }
         if (key != NULL)

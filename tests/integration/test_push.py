@@ -416,6 +416,38 @@ def bulk_push_filters_and_a_restart_in_the_middle_pushes_everyone_exactly_once()
         s.stop()
 
 
+@test
+def apns_timeout_cancels_a_slow_push_but_an_idle_connection_is_reused():
+    # apns_timeout bounds one push and a silent connection; a connection merely idle between
+    # bursts for longer than that must be reused, not dropped as silent.
+    s = Server(name="push-timeout", env=env())
+    st = Stub(s)
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file, "ORCHARD_APNS_TIMEOUT": "2s"})
+    try:
+        toks = seed(s, {"t1@example.com": 1, "t2@example.com": 1, "t3@example.com": 1})
+        st.script(default={"status": 200, "delay_ms": 1200},
+                  tokens={toks["t3@example.com"][0]: [{"status": 200, "delay_ms": 4000}]})
+        status(s.api("POST", "/api/v1/push", {"user": "t1@example.com"}), 202, "push t1")
+        first = st.wait_for(toks["t1@example.com"][0], 1)
+        time.sleep(3.0)  # idle longer than apns_timeout
+        status(s.api("POST", "/api/v1/push", {"user": "t2@example.com"}), 202, "push t2")
+        second = st.wait_for(toks["t2@example.com"][0], 1)
+        eq(second[0]["status"], 200, "answered after 1.2 s, within the timeout")
+        eq(second[0]["session"], first[0]["session"], "the idle connection was reused")
+        ok('reason="timeout"' not in s.log_text(), "nothing timed out so far")
+        status(s.api("POST", "/api/v1/push", {"user": "t3@example.com"}), 202, "push t3")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 'reason="timeout"' not in s.log_text():
+            time.sleep(0.1)
+        ok("event=push_retry" in s.log_text() and 'reason="timeout"' in s.log_text(),
+           "the push unanswered after 2 s is cancelled and scheduled for a retry")
+        m = s.get("/metrics").text
+        ok('orchard_pushes_total{outcome="retry"} 1' in m, "one retry counted")
+        eq(st.stats()["answered"], 2, "the stub answered only the two quick ones meanwhile")
+    finally:
+        s.stop()
+
+
 # --- orchard pushcert ------------------------------------------------------------------------------
 
 def push_cert(key, topic, days=365, issuer_key=None):
