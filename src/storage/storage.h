@@ -336,8 +336,9 @@ typedef struct st_push {
  * an expired lease, or is already owner's (continuing after the page owner claimed last, so a
  * claim may run ahead of the outcomes recorded). Outbox rows whose enrollment can no longer be
  * pushed are dropped; a bulk push with nothing left and nothing outstanding is deleted. Fills
- * *claimed with the number of rows passed to fn. fn returning != 0 stops the calls (the
- * remaining claimed rows stay leased until the lease expires).
+ * *claimed with the number of rows passed to fn. fn returning != 0 stops the calls: the outbox
+ * rows not passed stay leased until the lease expires, and a bulk push with rows not passed is
+ * rewound to its recorded progress (its page in flight will be sent again, not skipped).
  */
 int storage_push_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
                        int (*fn)(const st_push *p, void *ctx), void *ctx, int *claimed);

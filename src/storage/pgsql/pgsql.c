@@ -2422,15 +2422,24 @@ static int pg_push_claim(storage *st, const char *owner, int64_t now, int lease,
         (*claimed)++;
         stop = fn(&x, ctx) != 0;
     }
-    for (int i = 0; page != NULL && i < PQntuples(page) && rc == ST_OK && !stop; i++) {
+    int i = 0, np = page != NULL ? PQntuples(page) : 0;
+    while (i < np && rc == ST_OK && !stop) {
         st_push x = {PQgetvalue(page, i, 0),
                      col_str(page, i, 1),
                      col_str(page, i, 2),
                      col_str(page, i, 3),
                      0,
                      bulk};
+        i++;
         (*claimed)++;
         stop = fn(&x, ctx) != 0;
+    }
+    /* Bulk rows fn never saw must not be passed over (see sqlite.c). */
+    if (rc == ST_OK && i < np) {
+        struct pg_params w = {0};
+        p_int(&w, bulk);
+        p_text(&w, owner);
+        rc = pg_run(c, PG_PUSH_BULK_REWIND, &w, op, 0, NULL);
     }
     PQclear(page);
     PQclear(r);

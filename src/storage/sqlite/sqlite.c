@@ -2481,8 +2481,9 @@ out:
         sq_rollback(c);
         n = 0;
     }
-    for (int i = 0; i < n; i++) {
-        const struct sq_push_row *r = &rows[i];
+    int i = 0;
+    while (i < n) {
+        const struct sq_push_row *r = &rows[i++];
         st_push p = {arena_str(&arena, r->id),
                      arena_str(&arena, r->token),
                      arena_str(&arena, r->magic),
@@ -2492,6 +2493,15 @@ out:
         (*claimed)++;
         if (fn(&p, ctx) != 0)
             break;
+    }
+    /* Bulk rows fn never saw must not be passed over: rewind the bulk push (its page in
+     * flight, if any, is sent again rather than anything lost). */
+    if (i < n && rows[n - 1].bulk != 0) {
+        s = sq_stmt(c, SQ_PUSH_BULK_REWIND);
+        bind_int(c, s, 1, rows[n - 1].bulk);
+        bind_text(c, s, 2, owner);
+        if (sq_run(c, s, op, 0) != ST_OK)
+            rc = ST_ERROR;
     }
     buf_cleanup(&arena);
     buf_cleanup(&leased);

@@ -1903,6 +1903,13 @@ TEST(conf_push_drain)
     storage_close(st);
 }
 
+static int conf_take_one(const st_push *p, void *ctx)
+{
+    (void)p;
+    (*(int *)ctx)++;
+    return 1;
+}
+
 /*
  * Bulk pushes with the outbox: outbox rows made due and passed over by the pages, coalescing
  * of waiting bulk pushes, each outcome of a bulk row, and giving back a page never sent.
@@ -1985,6 +1992,17 @@ TEST(conf_push_bulk)
     ASSERT_INT_EQ(q, 0); /* E3 pushed at 302 */
     ASSERT_INT_EQ(storage_push_sweep(st, 303, 304, &q), ST_OK);
     ASSERT_INT_EQ(q, 1);
+    ASSERT_INT_EQ(conf_claim(st, "a", 305, &c), 1); /* E3, swept */
+    ASSERT_INT_EQ(conf_push_done1(st, "a", "E3", "e3", ST_PUSH_SENT, 305, 0, 0), ST_OK);
+
+    /* A caller that stops taking rows early loses none of a bulk push's rows. */
+    ASSERT_INT_EQ(storage_push_enqueue_filter(st, ST_PUSH_ALL, NULL, 400, &q), ST_OK);
+    ASSERT_INT_EQ(q, 4);
+    int seen = 0, claimed = 0;
+    ASSERT_INT_EQ(storage_push_claim(st, "a", 400, 60, 10, conf_take_one, &seen, &claimed), ST_OK);
+    ASSERT_INT_EQ(claimed, 1);
+    ASSERT_INT_EQ(conf_batch_claim(st, "a", 401, 10, &b), 4);
+    ASSERT_STR_EQ(b.id[0], "E1");
     storage_close(st);
 }
 
