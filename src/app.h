@@ -31,6 +31,7 @@ typedef struct ratelimit ratelimit;
 typedef struct http_server http_server;
 typedef struct pusher pusher;
 typedef struct oidc_cache oidc_cache;
+typedef struct webhooks webhooks;
 
 struct app {
     config *cfg;
@@ -42,6 +43,7 @@ struct app {
     int64_t push_not_after; /* expiry of the push certificate (Unix seconds) */
     char *push_subject;     /* its subject (RFC 2253) */
     pusher *pusher;         /* the push outbox worker (push/pusher.h); NULL outside serve */
+    webhooks *webhooks;     /* the webhook delivery thread (webhook/webhook.h); NULL if off */
 
     crypto_cert *scep_ca_cert; /* device identity CA */
     char *scep_ca_pem;         /* the same, for TLS client-certificate requests */

@@ -16,6 +16,7 @@
 #include "mdm/command.h"
 #include "plist/pl.h"
 #include "push/pusher.h"
+#include "webhook/webhook.h"
 
 #define LIST_LIMIT 500
 
@@ -83,6 +84,7 @@ void api_handle_metrics(void *ctx, http_request *req, http_response *res)
                "# TYPE orchard_schema_version gauge\norchard_schema_version %d\n",
                storage_schema_version(app->st));
     api_push_metrics(app, &res->body);
+    webhooks_metrics(app, app->webhooks, &res->body);
     res->status = 200;
     res->content_type = "text/plain; version=0.0.4";
 }

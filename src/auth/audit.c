@@ -2,6 +2,7 @@
 #include "auth/audit.h"
 
 #include "core/log.h"
+#include "webhook/webhook.h"
 
 void audit_record(struct app *app, const char *actor, const char *action, const char *target,
                   const char *detail)
@@ -15,4 +16,7 @@ void audit_record(struct app *app, const char *actor, const char *action, const 
              a.detail);
     if (storage_audit_add(app->st, &a) != 0)
         log_error("event=audit_store_failed action=%s", action);
+    webhook_emit(
+        app, action,
+        (const char *const[]){"actor", actor, "target", a.target, "detail", a.detail, NULL});
 }

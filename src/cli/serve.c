@@ -23,6 +23,7 @@
 #include "http/http.h"
 #include "jobs/jobs.h"
 #include "push/pusher.h"
+#include "webhook/webhook.h"
 #include "routes.h"
 
 #define SIGNIN_WINDOW (15 * 60)
@@ -150,6 +151,18 @@ static int start_pusher(struct app *app)
     return 0;
 }
 
+/* The webhook delivery thread (webhook/webhook.h), if webhook_url is set. */
+static int start_webhooks(struct app *app)
+{
+    char err[512];
+    app->webhooks = webhooks_start(app, err, sizeof(err));
+    if (app->webhooks == NULL && err[0] != '\0') {
+        fprintf(stderr, "orchard: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 static int wait_for_signal(void)
 {
     sigset_t set;
@@ -199,7 +212,8 @@ int cli_serve(int argc, char **argv)
 
     struct app app = {0};
     int rc = 1;
-    if (app_setup(&app, data, listen) != 0 || start_pusher(&app) != 0 || start_http(&app) != 0)
+    if (app_setup(&app, data, listen) != 0 || start_webhooks(&app) != 0 ||
+        start_pusher(&app) != 0 || start_http(&app) != 0)
         goto out;
     log_info("event=serving listen=%s public_url=%s port=%d topic=%s",
              config_get(app.cfg, "listen"), app.public_url, http_server_port(app.http), app.topic);
@@ -212,6 +226,7 @@ int cli_serve(int argc, char **argv)
 out:
     /* After the HTTP server (nothing kicks it any more), before the store closes. */
     pusher_stop(app.pusher);
+    webhooks_stop(app.webhooks);
     ratelimit_free(app.signin_limit);
     oidc_cache_free(app.oidc);
     app_cleanup(&app);

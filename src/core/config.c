@@ -68,6 +68,14 @@ const struct config_key config_keys[] = {
     D("apns_timeout", CONFIG_DURATION, "15s", 1, 600, NULL,
       "A push unanswered this long is cancelled and retried; an APNs connection silent this long "
       "while pushes are in flight is replaced."),
+    D("webhook_url", CONFIG_STRING, "", 0, 0, NULL,
+      "https:// URL that receives a signed POST per event (docs/WEBHOOKS.md); empty = off. "
+      "http:// only to a loopback address."),
+    D("webhook_secret", CONFIG_SECRET, "", 0, 0, NULL,
+      "HMAC-SHA256 key for X-Orchard-Signature (16 characters or more; required with "
+      "webhook_url)."),
+    D("webhook_ca_file", CONFIG_STRING, "", 0, 0, NULL,
+      "CA file to verify the webhook receiver with; empty = system trust store."),
     D("repush_interval", CONFIG_DURATION, "24h", 60, 365 * DAY, NULL,
       "Push again devices with pending commands silent for this long."),
     D("required_app_id", CONFIG_INT, "0", 0, 99999999999LL, NULL,

@@ -15,6 +15,7 @@
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/rand.h>
@@ -572,6 +573,17 @@ void crypto_sha256_hex(const void *data, size_t len, char out[65])
 {
     uint8_t md[32];
     crypto_sha256(data, len, md);
+    hex_lower(md, sizeof md, out);
+}
+
+void crypto_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t len,
+                            char out[65])
+{
+    uint8_t md[32];
+    size_t md_len = sizeof md;
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, data, len, md, sizeof md,
+                  &md_len) == NULL)
+        abort(); /* only on allocation failure: nothing sensible to send */
     hex_lower(md, sizeof md, out);
 }
 

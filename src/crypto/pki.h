@@ -121,6 +121,9 @@ void crypto_uuid(char out[37]);
 void crypto_sha256(const void *data, size_t len, uint8_t out[32]);
 /* SHA-256 as 64 lowercase hex digits plus NUL. */
 void crypto_sha256_hex(const void *data, size_t len, char out[65]);
+/* HMAC-SHA256 of data keyed with key, as 64 lowercase hex digits plus NUL. */
+void crypto_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t len,
+                            char out[65]);
 /* 1 if the n bytes at a and b are equal, 0 otherwise; time depends only on n. */
 int crypto_memeq(const void *a, const void *b, size_t n);
 

@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "mdm/library.h"
 #include "mdm/mdm.h"
+#include "webhook/webhook.h"
 
 static int status_code(const char *s)
 {
@@ -27,7 +28,8 @@ static int status_code(const char *s)
 }
 
 /* Records a report; unknown or already-finished commands are ignored (idempotent). */
-static int record_report(struct app *app, http_request *req, struct mdm_request *m, int status)
+static int record_report(struct app *app, http_request *req, struct mdm_request *m, int status,
+                         const char *status_name)
 {
     const char *uuid = pl_get_string(m->msg, "CommandUUID");
     if (uuid == NULL || strlen(uuid) > 128)
@@ -39,6 +41,10 @@ static int record_report(struct app *app, http_request *req, struct mdm_request 
                  uuid);
     else if (rc != 0)
         return -2;
+    else
+        webhook_emit(app, "command.result",
+                     (const char *const[]){"enrollment_id", m->id, "command_uuid", uuid, "status",
+                                           status_name, NULL});
     return 0;
 }
 
@@ -94,7 +100,7 @@ void mdm_handle_connect(void *ctx, http_request *req, http_response *res)
         goto out;
     }
     if (!idle) {
-        int rc = record_report(app, req, &m, code);
+        int rc = record_report(app, req, &m, code, status);
         if (rc != 0) {
             http_response_error(res, rc == -1 ? 400 : 503,
                                 rc == -1 ? "missing CommandUUID" : "storage unavailable");

@@ -612,6 +612,42 @@ int storage_push_pending(storage *st, int64_t *count)
     STORAGE_CALL(st, push_pending, count);
 }
 
+/* ---- webhook events ---- */
+
+int storage_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
+{
+    assert(st != NULL && type != NULL && data != NULL);
+    int64_t ignored;
+    if (id == NULL)
+        id = &ignored;
+    *id = 0;
+    STORAGE_CALL(st, webhook_add, type, data, now, id);
+}
+
+int storage_webhook_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                          int (*fn)(const st_webhook_event *e, void *ctx), void *ctx, int *claimed)
+{
+    assert(st != NULL && owner != NULL && fn != NULL && claimed != NULL);
+    assert(lease > 0 && limit > 0);
+    *claimed = 0;
+    STORAGE_CALL(st, webhook_claim, owner, now, lease, limit, fn, ctx, claimed);
+}
+
+int storage_webhook_done(storage *st, const char *owner, int64_t id, int outcome, int64_t due_at,
+                         int attempts)
+{
+    assert(st != NULL && owner != NULL);
+    assert(outcome >= ST_WEBHOOK_DELIVERED && outcome <= ST_WEBHOOK_DROP);
+    STORAGE_CALL(st, webhook_done, owner, id, outcome, due_at, attempts);
+}
+
+int storage_webhook_pending(storage *st, int64_t *count)
+{
+    assert(st != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, webhook_pending, count);
+}
+
 /* ---- organisation domains and federated sign-in ---- */
 
 void st_domain_cleanup(st_domain *d)

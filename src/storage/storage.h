@@ -371,6 +371,40 @@ int storage_push_done(storage *st, const char *owner, int64_t now, const st_push
  * tests). */
 int storage_push_pending(storage *st, int64_t *count);
 
+/* ---- webhook events ---- */
+
+/*
+ * Events waiting to be delivered to the webhook receiver (docs/WEBHOOKS.md), oldest first. Ids
+ * increase and are never reused (the receiver deduplicates on them). Leased like the push
+ * outbox, so instances sharing the database never send an event at the same time.
+ */
+typedef struct st_webhook_event {
+    int64_t id;
+    const char *type;
+    const char *data; /* JSON object */
+    int64_t created_at;
+    int attempts; /* failed attempts before this one */
+} st_webhook_event;
+
+/* Adds an event due now; fills *id if id is not NULL. */
+int storage_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id);
+/* Claims up to `limit` due events (due_at <= now, lease free or expired) for owner until
+ * now + lease, and calls fn for each in id order (borrowed strings, no statement open). */
+int storage_webhook_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                          int (*fn)(const st_webhook_event *e, void *ctx), void *ctx, int *claimed);
+
+enum st_webhook_outcome {
+    ST_WEBHOOK_DELIVERED = 0, /* deleted */
+    ST_WEBHOOK_RETRY = 1,     /* released with due_at and attempts as given */
+    ST_WEBHOOK_DROP = 2       /* given up: deleted */
+};
+
+/* Applies the outcome of an event owner claimed; ST_ENOTFOUND if owner no longer holds it. */
+int storage_webhook_done(storage *st, const char *owner, int64_t id, int outcome, int64_t due_at,
+                         int attempts);
+/* Events waiting (metrics, tests). */
+int storage_webhook_pending(storage *st, int64_t *count);
+
 /* ---- organisation domains and federated sign-in (OIDC) ---- */
 
 /*

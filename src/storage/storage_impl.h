@@ -98,6 +98,13 @@ struct storage_ops {
                      size_t n);
     int (*push_pending)(storage *st, int64_t *count);
 
+    int (*webhook_add)(storage *st, const char *type, const char *data, int64_t now, int64_t *id);
+    int (*webhook_claim)(storage *st, const char *owner, int64_t now, int lease, int limit,
+                         int (*fn)(const st_webhook_event *e, void *ctx), void *ctx, int *claimed);
+    int (*webhook_done)(storage *st, const char *owner, int64_t id, int outcome, int64_t due_at,
+                        int attempts);
+    int (*webhook_pending)(storage *st, int64_t *count);
+
     int (*domain_put)(storage *st, const st_domain *d);
     int (*domain_get)(storage *st, const char *name, st_domain *out);
     int (*domain_list)(storage *st, int (*fn)(const st_domain *d, void *ctx), void *ctx);

@@ -301,10 +301,22 @@ static const char sq_schema_push_bulk[] = "CREATE TABLE push_bulk ("
                                           " claimed_until INTEGER NOT NULL DEFAULT 0,"
                                           " created_at INTEGER NOT NULL);";
 
+/* Webhook events waiting for delivery (docs/WEBHOOKS.md); AUTOINCREMENT: ids are never reused,
+ * even after the newest event is delivered and deleted (receivers deduplicate on them). */
+static const char sq_schema_webhooks[] = "CREATE TABLE webhook_events ("
+                                         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                         " type TEXT NOT NULL,"
+                                         " data TEXT NOT NULL,"
+                                         " created_at INTEGER NOT NULL,"
+                                         " due_at INTEGER NOT NULL,"
+                                         " attempts INTEGER NOT NULL DEFAULT 0,"
+                                         " claimed_by TEXT,"
+                                         " claimed_until INTEGER NOT NULL DEFAULT 0);";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,   sq_schema_v2,      sq_schema_reauth,    sq_schema_push,
-    sq_schema_oidc, sq_schema_library, sq_schema_push_bulk,
+    sq_schema_oidc, sq_schema_library, sq_schema_push_bulk, sq_schema_webhooks,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -392,6 +404,12 @@ enum sq_stmt_id {
     SQ_PUSH_DEL_OWNED,
     SQ_PUSH_MARK_DEAD,
     SQ_PUSH_PENDING,
+    SQ_WEBHOOK_ADD,
+    SQ_WEBHOOK_CLAIM,
+    SQ_WEBHOOK_LEASE,
+    SQ_WEBHOOK_DELETE,
+    SQ_WEBHOOK_RETRY,
+    SQ_WEBHOOK_PENDING,
     SQ_DOMAIN_PUT,
     SQ_DOMAIN_GET,
     SQ_DOMAIN_LIST,
@@ -736,6 +754,18 @@ static const char *const sq_sql[SQ_NSTMT] = {
                           "WHERE enrollments.id = j.value ->> 0 "
                           "AND enrollments.push_token = j.value ->> 1",
     [SQ_PUSH_PENDING] = "SELECT count(*) FROM push_outbox",
+    /* Webhook events: oldest first among the due ones; claimed and leased in one write
+     * transaction (sq_webhook_claim). */
+    [SQ_WEBHOOK_ADD] =
+        "INSERT INTO webhook_events (type, data, created_at, due_at) VALUES (?1, ?2, ?3, ?3)",
+    [SQ_WEBHOOK_CLAIM] = "SELECT id, type, data, created_at, attempts FROM webhook_events "
+                         "WHERE due_at <= ?1 AND claimed_until <= ?1 ORDER BY id LIMIT ?2",
+    [SQ_WEBHOOK_LEASE] = "UPDATE webhook_events SET claimed_by = ?1, claimed_until = ?2 "
+                         "WHERE id IN (SELECT value FROM json_each(?3))",
+    [SQ_WEBHOOK_DELETE] = "DELETE FROM webhook_events WHERE id = ?1 AND claimed_by = ?2",
+    [SQ_WEBHOOK_RETRY] = "UPDATE webhook_events SET claimed_by = NULL, claimed_until = 0, "
+                         "due_at = ?3, attempts = ?4 WHERE id = ?1 AND claimed_by = ?2",
+    [SQ_WEBHOOK_PENDING] = "SELECT count(*) FROM webhook_events",
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
@@ -2683,6 +2713,117 @@ static int sq_push_pending(storage *st, int64_t *count)
     return rc;
 }
 
+/* ---- webhook events ---- */
+
+static int sq_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_WEBHOOK_ADD, &c);
+    bind_text(c, s, 1, type);
+    bind_text(c, s, 2, data);
+    bind_int(c, s, 3, now);
+    int rc = sq_run(c, s, "webhook_add", 0);
+    if (rc == ST_OK)
+        *id = sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+/* A claimed event: its strings in the claim's arena. */
+struct sq_webhook_row {
+    int64_t id, created_at;
+    size_t type, data;
+    int attempts;
+};
+
+/* Reads the due events and leases them in one write transaction; fn runs after the commit. */
+static int sq_webhook_claim(storage *st, const char *owner, int64_t now, int lease, int limit,
+                            int (*fn)(const st_webhook_event *e, void *ctx), void *ctx,
+                            int *claimed)
+{
+    const char *op = "webhook_claim";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    struct sq_webhook_row *rows = xcalloc((size_t)limit, sizeof(*rows));
+    buf arena, ids;
+    buf_init(&arena, 0);
+    buf_init(&ids, 0);
+    size_t nids = 0;
+    int n = 0, src = SQLITE_DONE;
+    int rc = sq_begin(c, op);
+    sqlite3_stmt *s = rc == ST_OK ? sq_stmt(c, SQ_WEBHOOK_CLAIM) : NULL;
+    if (s != NULL) {
+        bind_int(c, s, 1, now);
+        bind_int(c, s, 2, limit);
+        while (n < limit && (src = sq_step(c, s)) == SQLITE_ROW) {
+            struct sq_webhook_row *r = &rows[n++];
+            r->id = sqlite3_column_int64(s, 0);
+            r->type = arena_text(&arena, s, 1);
+            r->data = arena_text(&arena, s, 2);
+            r->created_at = sqlite3_column_int64(s, 3);
+            r->attempts = sqlite3_column_int(s, 4);
+            json_rowid(&ids, &nids, r->id);
+        }
+        rc = src == SQLITE_DONE || src == SQLITE_ROW ? ST_OK : sq_error(c, op, src);
+        sq_reset(c, s);
+    } else if (rc == ST_OK) {
+        rc = ST_ERROR;
+    }
+    if (rc == ST_OK && n > 0) {
+        buf_append(&ids, "]", 1);
+        s = sq_stmt(c, SQ_WEBHOOK_LEASE);
+        bind_text(c, s, 1, owner);
+        bind_int(c, s, 2, now + lease);
+        bind_json(c, s, 3, &ids);
+        rc = sq_run(c, s, op, 0);
+    }
+    if (rc == ST_OK)
+        rc = sq_commit(c, op);
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        n = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        st_webhook_event e = {rows[i].id, arena_str(&arena, rows[i].type),
+                              arena_str(&arena, rows[i].data), rows[i].created_at,
+                              rows[i].attempts};
+        (*claimed)++;
+        if (fn(&e, ctx) != 0)
+            break;
+    }
+    buf_cleanup(&arena);
+    buf_cleanup(&ids);
+    free(rows);
+    return rc;
+}
+
+static int sq_webhook_done(storage *st, const char *owner, int64_t id, int outcome, int64_t due_at,
+                           int attempts)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s =
+        sq_prepare(st, outcome == ST_WEBHOOK_RETRY ? SQ_WEBHOOK_RETRY : SQ_WEBHOOK_DELETE, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, owner);
+    if (outcome == ST_WEBHOOK_RETRY) {
+        bind_int(c, s, 3, due_at);
+        bind_int(c, s, 4, attempts);
+    }
+    return sq_run(c, s, "webhook_done", 1);
+}
+
+static int sq_webhook_pending(storage *st, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_WEBHOOK_PENDING, &c);
+    int rc = sq_row(c, s, "webhook_pending");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
 /* ---- organisation domains and federated sign-in ---- */
 
 static void read_domain(sqlite3_stmt *s, st_domain *d)
@@ -3344,6 +3485,10 @@ static const struct storage_ops sqlite_ops = {
     .push_claim = sq_push_claim,
     .push_done = sq_push_done,
     .push_pending = sq_push_pending,
+    .webhook_add = sq_webhook_add,
+    .webhook_claim = sq_webhook_claim,
+    .webhook_done = sq_webhook_done,
+    .webhook_pending = sq_webhook_pending,
     .domain_put = sq_domain_put,
     .domain_get = sq_domain_get,
     .domain_list = sq_domain_list,

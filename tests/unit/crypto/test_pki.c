@@ -370,9 +370,23 @@ TEST(base64_decode)
     ASSERT_INT_EQ(crypto_base64_decode("Zm9v\0Zg==", 10, &out, &len), CRYPTO_EINPUT);
 }
 
+/* RFC 4231 test cases 2 and 6 (a key longer than the block size). */
+TEST(hmac_sha256_rfc4231)
+{
+    char hex[65];
+    const char *data = "what do ya want for nothing?";
+    crypto_hmac_sha256_hex("Jefe", 4, data, strlen(data), hex);
+    ASSERT_STR_EQ(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    uint8_t key[131];
+    memset(key, 0xaa, sizeof key);
+    const char *big = "Test Using Larger Than Block-Size Key - Hash Key First";
+    crypto_hmac_sha256_hex(key, sizeof key, big, strlen(big), hex);
+    ASSERT_STR_EQ(hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
 TEST_MAIN(TEST_ENTRY(init_is_idempotent), TEST_ENTRY(ca_generate),
           TEST_ENTRY(cert_der_pem_roundtrip), TEST_ENTRY(cert_bad_input),
           TEST_ENTRY(fixture_cert_fields), TEST_ENTRY(issue_tls_server),
           TEST_ENTRY(issue_signing_and_wrong_issuer), TEST_ENTRY(push_identity),
           TEST_ENTRY(key_formats), TEST_ENTRY(random_and_uuid), TEST_ENTRY(sha256_and_memeq),
-          TEST_ENTRY(base64_encode), TEST_ENTRY(base64_decode))
+          TEST_ENTRY(hmac_sha256_rfc4231), TEST_ENTRY(base64_encode), TEST_ENTRY(base64_decode))

@@ -2081,6 +2081,83 @@ TEST(conf_push_sweep)
     storage_close(st);
 }
 
+/* ---- webhook events ---- */
+
+struct conf_events {
+    int n;
+    int64_t id[8];
+    char type[8][32], data[8][64];
+    int attempts[8];
+};
+
+static int conf_event_cb(const st_webhook_event *e, void *ctx)
+{
+    struct conf_events *c = ctx;
+    if (c->n < 8) {
+        c->id[c->n] = e->id;
+        snprintf(c->type[c->n], sizeof(c->type[0]), "%s", e->type);
+        snprintf(c->data[c->n], sizeof(c->data[0]), "%s", e->data);
+        c->attempts[c->n] = e->attempts;
+    }
+    c->n++;
+    return 0;
+}
+
+static inline int conf_event_claim(storage *st, const char *owner, int64_t now, int limit,
+                                   struct conf_events *c)
+{
+    memset(c, 0, sizeof(*c));
+    int claimed = 0;
+    int rc = storage_webhook_claim(st, owner, now, 60, limit, conf_event_cb, c, &claimed);
+    return rc != ST_OK ? rc : claimed == c->n ? claimed : -100;
+}
+
+TEST(conf_webhook_events)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t ids[3];
+    const char *data[] = {"{\"a\":1}", "{\"b\":\"\\u00e9\"}", "{}"};
+    for (int i = 0; i < 3; i++) {
+        ASSERT_INT_EQ(
+            storage_webhook_add(st, i == 1 ? "command.result" : "audit.x", data[i], 100, &ids[i]),
+            ST_OK);
+        ASSERT(i == 0 || ids[i] > ids[i - 1]);
+    }
+    int64_t pending = -1;
+    ASSERT_INT_EQ(storage_webhook_pending(st, &pending), ST_OK);
+    ASSERT_INT_EQ(pending, 3);
+    struct conf_events c;
+    ASSERT_INT_EQ(conf_event_claim(st, "a", 99, 8, &c), 0); /* not due yet */
+    ASSERT_INT_EQ(conf_event_claim(st, "a", 100, 2, &c), 2);
+    ASSERT(c.id[0] == ids[0] && c.id[1] == ids[1]); /* oldest first */
+    ASSERT_STR_EQ(c.type[1], "command.result");
+    ASSERT_STR_EQ(c.data[1], data[1]);
+    ASSERT_INT_EQ(c.attempts[0], 0);
+    ASSERT_INT_EQ(conf_event_claim(st, "b", 101, 8, &c), 1); /* a's two are leased */
+    ASSERT(c.id[0] == ids[2]);
+    ASSERT_INT_EQ(conf_event_claim(st, "b", 101, 8, &c), 0);
+
+    ASSERT_INT_EQ(storage_webhook_done(st, "a", ids[0], ST_WEBHOOK_DELIVERED, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_webhook_done(st, "b", ids[0], ST_WEBHOOK_DELIVERED, 0, 0), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_webhook_done(st, "a", ids[1], ST_WEBHOOK_RETRY, 200, 1), ST_OK);
+    ASSERT_INT_EQ(conf_event_claim(st, "c", 150, 8, &c), 0); /* in backoff, and b's lease */
+    /* At 200 the retry is due and b's lease (until 161) has expired: both, in order. */
+    ASSERT_INT_EQ(conf_event_claim(st, "c", 200, 8, &c), 2);
+    ASSERT(c.id[0] == ids[1] && c.id[1] == ids[2]);
+    ASSERT_INT_EQ(c.attempts[0], 1);
+    ASSERT_INT_EQ(storage_webhook_done(st, "b", ids[2], ST_WEBHOOK_DELIVERED, 0, 0), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_webhook_done(st, "c", ids[2], ST_WEBHOOK_DROP, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_webhook_done(st, "c", ids[1], ST_WEBHOOK_DELIVERED, 0, 0), ST_OK);
+    ASSERT_INT_EQ(storage_webhook_pending(st, &pending), ST_OK);
+    ASSERT_INT_EQ(pending, 0);
+    /* Ids are never reused, even once every event is gone. */
+    int64_t next = 0;
+    ASSERT_INT_EQ(storage_webhook_add(st, "audit.y", "{}", 300, &next), ST_OK);
+    ASSERT(next > ids[2]);
+    storage_close(st);
+}
+
 /* Every conformance case, for the backend test's table. */
 /* ---- organisation domains and federated sign-in (issue 8) ---- */
 
@@ -2400,7 +2477,7 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_history_prune), TEST_ENTRY(conf_audit), TEST_ENTRY(conf_fault_wrapper),    \
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
-        TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk),                                   \
+        TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk), TEST_ENTRY(conf_webhook_events),  \
         TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
         TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
         TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
