@@ -45,7 +45,7 @@ static int authorize(struct app *app, http_request *req, http_response *res, cha
             return 0;
         }
     }
-    log_warn("event=api_unauthorized rid=%s remote=%s", req->request_id, req->remote_addr);
+    log_warn("event=api_unauthorized rid=%s remote=%s", req->request_id, req->client_addr);
     http_response_set_header(res, "WWW-Authenticate", "Bearer realm=\"orchard-api\"");
     http_response_error(res, 401, "a valid API key is required");
     return -1;

@@ -545,8 +545,8 @@ static void refuse(struct app *app, http_request *req, http_response *res, int s
                    const char *ident, const char *title, const char *message, const char *reason)
 {
     log_warn("event=signin_refused rid=%s method=oidc reason=\"%s\" remote=%s", req->request_id,
-             reason, req->remote_addr);
-    char *detail = xasprintf("oidc: %s (remote %s)", reason, req->remote_addr);
+             reason, req->client_addr);
+    char *detail = xasprintf("oidc: %s (remote %s)", reason, req->client_addr);
     audit_record(app, "anonymous", "signin.fail", ident ? ident : "unknown", detail);
     free(detail);
     signin_render_message(res, status, title, message);

@@ -173,7 +173,7 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
     st_user user = {0};
     if (!csrf_ok(req, csrf)) {
         log_warn("event=signin_refused rid=%s reason=csrf remote=%s", req->request_id,
-                 req->remote_addr);
+                 req->client_addr);
         signin_render_message(res, 403, "Session expired",
                               "This sign-in page has expired. Go back and start again.");
         goto out;
@@ -183,9 +183,9 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
         goto out;
     }
     if (ratelimit_blocked(app->signin_limit, ident, now) ||
-        ratelimit_blocked(app->signin_limit, req->remote_addr, now)) {
+        ratelimit_blocked(app->signin_limit, req->client_addr, now)) {
         log_warn("event=signin_refused rid=%s reason=rate_limited remote=%s", req->request_id,
-                 req->remote_addr);
+                 req->client_addr);
         render_form(app, res, 429, ident_raw,
                     "Too many attempts. Wait a few minutes before trying again.");
         goto out;
@@ -198,8 +198,8 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
     free(domain);
     if (federated || auth_provider_local.verify_password(app, ident, password, &user) != 0) {
         ratelimit_fail(app->signin_limit, ident, now);
-        ratelimit_fail(app->signin_limit, req->remote_addr, now);
-        audit_record(app, "anonymous", "signin.fail", ident, req->remote_addr);
+        ratelimit_fail(app->signin_limit, req->client_addr, now);
+        audit_record(app, "anonymous", "signin.fail", ident, req->client_addr);
         render_form(app, res, 401, ident_raw, GENERIC_FAILURE);
         goto out;
     }

@@ -114,6 +114,7 @@ static int start_http(struct app *app)
                                     .cert_pem = cert,
                                     .key_pem = key,
                                     .client_ca_pem = app->scep_ca_pem,
+                                    .trusted_proxies = config_get(app->cfg, "trusted_proxies"),
                                     .threads = (int)config_get_int(app->cfg, "threads"),
                                     .max_body = (size_t)config_get_int(app->cfg, "max_body"),
                                     .access_log = (int)config_get_int(app->cfg, "access_log"),

@@ -38,7 +38,9 @@ const struct config_key config_keys[] = {
       "Least severe level logged."),
     D("access_log", CONFIG_BOOL, "true", 0, 1, NULL, "Log one line per HTTP request."),
     D("trusted_proxies", CONFIG_STRING, "", 0, 0, NULL,
-      "Addresses of TLS-terminating proxies allowed to pass client certificates in headers."),
+      "Addresses or CIDR ranges of TLS-terminating proxies (load balancers): they may pass "
+      "client certificates (Client-Cert, X-SSL-Client-Cert) and the client address "
+      "(X-Forwarded-For, used for sign-in rate limits and logs)."),
     D("metrics_token", CONFIG_SECRET, "", 0, 0, NULL,
       "If set, /metrics requires Authorization: Bearer <token>."),
     D("enroll_token_ttl", CONFIG_DURATION, "1h", 60, 30 * DAY, NULL,

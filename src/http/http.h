@@ -23,8 +23,9 @@ typedef struct http_request {
     const char *method; /* "GET", "PUT", ...; HEAD requests are routed as GET */
     const char *path;   /* decoded path without the query string */
     char request_id[17];
-    char remote_addr[64];
-    const char *body; /* NUL-terminated copy of the body (may contain NULs) */
+    char remote_addr[64]; /* the TCP peer */
+    char client_addr[64]; /* the client: the peer, or what a trusted proxy forwarded */
+    const char *body;     /* NUL-terminated copy of the body (may contain NULs) */
     size_t body_len;
     const char *params[HTTP_MAX_PARAMS]; /* values of {name} segments of the route, in order */
     int nparams;
@@ -64,6 +65,20 @@ int http_request_cookie(const http_request *req, const char *name, char *out, si
  */
 int http_request_client_cert(const http_request *req, uint8_t **der, size_t *len);
 
+/*
+ * Trusted reverse proxies (http/proxy.c). A list is comma- or space-separated IPv4/IPv6
+ * addresses and CIDR ranges ("10.0.0.0/8, 2001:db8::/32, 127.0.0.1").
+ */
+/* 1 if addr (textual IPv4 or IPv6) is in list. */
+int http_addr_in_list(const char *list, const char *addr);
+/*
+ * The client's address, written to out: the peer, or, when the peer is in `trusted`, the
+ * right-most address of X-Forwarded-For that is not itself trusted (the peer again if the
+ * header is absent or malformed).
+ */
+void http_client_addr(const char *trusted, const char *peer, const char *forwarded_for, char *out,
+                      size_t len);
+
 /* Response helpers. */
 void http_response_set_header(http_response *res, const char *name, const char *value);
 /* Sets status, Content-Type and a copy of the body. */
@@ -77,8 +92,10 @@ typedef struct http_server http_server;
 struct http_server_options {
     const char *listen; /* HOST:PORT */
     const char *cert_pem, *key_pem;
-    const char *client_ca_pem; /* if set, TLS client certificates are requested */
-    int threads;               /* 0 = HTTP_THREADS_PER_CORE per core */
+    const char *client_ca_pem;   /* if set, TLS client certificates are requested */
+    const char *trusted_proxies; /* peers whose X-Forwarded-For is believed (http_addr_in_list);
+                                  * not copied: must outlive the server */
+    int threads;                 /* 0 = HTTP_THREADS_PER_CORE per core */
     size_t max_body;
     int access_log;
     const struct http_route *routes; /* terminated by a NULL pattern; not copied */

@@ -221,10 +221,11 @@ static enum MHD_Result queue(http_server *s, struct MHD_Connection *conn, struct
     double secs = elapsed_s(&st->start);
     record(s, route, res->status, secs);
     if (s->opts.access_log)
-        log_info("event=http rid=%s remote=%s method=%s path=%s route=%s status=%d bytes=%zu "
-                 "in=%zu dur_us=%.0f",
-                 st->req.request_id, st->req.remote_addr, st->req.method, st->req.path,
-                 route_name(s, route), res->status, res->body.len, st->req.body_len, secs * 1e6);
+        log_info("event=http rid=%s remote=%s client=%s method=%s path=%s route=%s status=%d "
+                 "bytes=%zu in=%zu dur_us=%.0f",
+                 st->req.request_id, st->req.remote_addr, st->req.client_addr, st->req.method,
+                 st->req.path, route_name(s, route), res->status, res->body.len, st->req.body_len,
+                 secs * 1e6);
     return rc;
 }
 
@@ -255,6 +256,9 @@ static struct req_state *state_new(http_server *s, struct MHD_Connection *conn, 
     snprintf(st->req.request_id, sizeof(st->req.request_id), "%016llx",
              (unsigned long long)atomic_fetch_add(&s->next_id, 1));
     remote_addr(conn, st->req.remote_addr, sizeof(st->req.remote_addr));
+    http_client_addr(s->opts.trusted_proxies, st->req.remote_addr,
+                     MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Forwarded-For"),
+                     st->req.client_addr, sizeof(st->req.client_addr));
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > s->opts.max_body)
         st->too_large = 1;

@@ -22,24 +22,10 @@ static int from_signature(const http_request *req, crypto_cert **cert)
     return rc == 0 ? 0 : -1;
 }
 
-static int trusted_proxy(const struct app *app, const char *addr)
-{
-    const char *list = config_get(app->cfg, "trusted_proxies");
-    size_t n = strlen(addr);
-    for (const char *p = list; *p;) {
-        p += strspn(p, ", ");
-        size_t len = strcspn(p, ", ");
-        if (len == n && len > 0 && strncmp(p, addr, n) == 0)
-            return 1;
-        p += len;
-    }
-    return 0;
-}
-
 /* Client certificate forwarded by a trusted proxy; 1 if none. */
 static int from_proxy(const struct app *app, const http_request *req, crypto_cert **cert)
 {
-    if (!trusted_proxy(app, req->remote_addr))
+    if (!http_addr_in_list(config_get(app->cfg, "trusted_proxies"), req->remote_addr))
         return 1;
     const char *h = http_request_header(req, "Client-Cert"); /* RFC 9440: :base64(DER): */
     if (h) {

@@ -336,6 +336,43 @@ def signin_rate_limit_answers_429_even_with_the_right_password():
         s.stop()
 
 
+@test
+def behind_a_trusted_proxy_the_signin_limit_keys_on_the_forwarded_client_address():
+    # A load balancer in front of Orchard: every request comes from its address, and the
+    # client's is in X-Forwarded-For. Only a trusted peer's header is believed, and only its
+    # right-most untrusted hop (what the client wrote itself proves nothing).
+    s = Server(domains=("example.com",), name="ratelimit-proxy",
+               env={"ORCHARD_SIGNIN_RATE_LIMIT": "3", "ORCHARD_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.0/8"})
+    try:
+        s.add_user(*ALICE)
+        s.add_user(*BOB)
+        s.start()
+
+        def attempt(who, password, xff):
+            d = device(s, who)
+            d.challenge_url = s.url + "/auth/signin"
+            r, page, jar, page_url = d.open_signin()
+            form = page.login_form()
+            return d.submit_form(page_url, form, d.form_fields(form, who[0], password), jar,
+                                 extra_headers={"X-Forwarded-For": xff})
+
+        for i in range(3):  # three unknown identifiers: only the per-address limit counts
+            r = attempt(("u%d@example.com" % i, None, "x"), "wrong", "203.0.113.5")
+            ok(r.status != 429, "failure %d from 203.0.113.5 is within the limit" % (i + 1), r)
+        r = attempt(ALICE, ALICE[2], "203.0.113.5")
+        status(r, 429, "the right password from the limited client address")
+        r = attempt(ALICE, ALICE[2], "198.51.100.77, 203.0.113.5, 10.1.2.3")
+        status(r, 429, "a spoofed left-most hop does not escape the limit")
+        r = attempt(BOB, BOB[2], "203.0.113.6")
+        ok(sim.token_from_location(r) is not None,
+           "another client behind the same proxy signs in (the proxy's own address is not limited)", r)
+        audit = s.api("GET", "/api/v1/audit").text
+        ok("203.0.113.5" in audit, "signin.fail is audited with the client's address: %s" % audit[:300])
+        ok(b"client=203.0.113.5" in open(s.log_path, "rb").read(), "the access log names the client")
+    finally:
+        s.stop()
+
+
 # --- 5/6. tokens and the profile -----------------------------------------------------------------
 
 @test

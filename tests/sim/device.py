@@ -344,10 +344,11 @@ class Device:
                 fields.append((n, i.get("value", "")))
         return fields
 
-    def submit_form(self, page_url, form, fields, jar, origin=True):
+    def submit_form(self, page_url, form, fields, jar, origin=True, extra_headers=None):
         action = urllib.parse.urljoin(page_url, form["action"] or page_url)
         h = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "text/html",
              "User-Agent": "Mozilla/5.0 (iPhone) Orchard-sim"}
+        h.update(extra_headers or {})
         if origin:  # what a browser sends with a form POST
             h["Origin"] = self.url
             h["Referer"] = page_url
