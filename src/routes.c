@@ -40,6 +40,7 @@ const struct http_route orchard_routes[] = {
     {"GET", "/api/v1/profiles", api_handle_profiles, "api_profiles"},
     {"POST", "/api/v1/profiles", api_handle_profiles, "api_profile_add"},
     {"GET", "/api/v1/profiles/{id}", api_handle_profile, "api_profile"},
+    {"PUT", "/api/v1/profiles/{id}", api_handle_profile, "api_profile_replace"},
     {"DELETE", "/api/v1/profiles/{id}", api_handle_profile, "api_profile_delete"},
     {"GET", "/api/v1/apps", api_handle_apps, "api_apps"},
     {"POST", "/api/v1/apps", api_handle_apps, "api_app_add"},

@@ -74,10 +74,11 @@ static json_t *stats_json(const struct lib_reconcile_stats *s)
 
 static json_t *profile_json(const st_profile *p)
 {
-    return json_pack("{s:I, s:s, s:o, s:s, s:b, s:b, s:I}", "id", (json_int_t)p->id, "identifier",
-                     p->identifier, "name", p->name ? json_string(p->name) : json_null(),
-                     "platforms", p->platforms, "sensitive", p->sensitive, "sign", p->sign,
-                     "created_at", (json_int_t)p->created_at);
+    return json_pack("{s:I, s:s, s:o, s:s, s:b, s:b, s:I, s:I}", "id", (json_int_t)p->id,
+                     "identifier", p->identifier, "name",
+                     p->name ? json_string(p->name) : json_null(), "platforms", p->platforms,
+                     "sensitive", p->sensitive, "sign", p->sign, "created_at",
+                     (json_int_t)p->created_at, "version", (json_int_t)p->version);
 }
 
 static int add_profile(const st_profile *p, void *ctx)
@@ -127,6 +128,66 @@ static void profile_create(struct app *app, http_request *req, http_response *re
     st_profile_cleanup(&p);
 }
 
+/* A query flag if present, else the current value. */
+static int query_flag_or(http_request *req, const char *name, int current)
+{
+    return http_request_query(req, name) ? query_true(req, name) : current;
+}
+
+/*
+ * PUT /api/v1/profiles/{id}: new content for a profile, validated as for POST. It must keep the
+ * PayloadIdentifier (devices know the profile by it). Its version goes up, and every enrollment
+ * that has an older version gets the new one installed over it.
+ */
+static void profile_replace(struct app *app, http_request *req, http_response *res,
+                            const char *actor, const st_profile *old)
+{
+    unsigned mask = 0;
+    const char *platform = http_request_query(req, "platform");
+    if (platform && lib_platforms_parse(platform, &mask) != 0) {
+        http_response_error(res, 400, "platform must be ios, macos or visionos (comma-separated)");
+        return;
+    }
+    st_profile p = {0};
+    char err[LIB_MSG_MAX + 128];
+    json_t *warnings = json_array();
+    if (lib_profile_prepare((const uint8_t *)req->body, req->body_len, mask, collect_warning,
+                            warnings, &p, err, sizeof(err)) != 0) {
+        log_info("event=profile_refused rid=%s reason=\"%s\"", req->request_id, err);
+        json_decref(warnings);
+        api_send_json(res, 422, json_pack("{s:s}", "error", err));
+        return;
+    }
+    p.id = old->id;
+    p.sensitive = query_flag_or(req, "sensitive", old->sensitive);
+    p.sign = query_flag_or(req, "sign", old->sign);
+    int rc = strcmp(p.identifier, old->identifier) == 0 ? storage_profile_replace(app->st, &p)
+                                                        : ST_ECONFLICT;
+    if (rc == ST_ECONFLICT) {
+        json_decref(warnings);
+        api_send_json(res, 409,
+                      json_pack("{s:s, s:s}", "error",
+                                "a replacement must keep the PayloadIdentifier (devices know the "
+                                "profile by it); add a different one as a new profile",
+                                "identifier", old->identifier));
+    } else if (rc != 0) {
+        json_decref(warnings);
+        storage_error(res, rc, "no such profile");
+    } else {
+        char detail[48];
+        snprintf(detail, sizeof detail, "version=%lld", (long long)p.version);
+        audit_record(app, actor, "profile.replace", p.identifier, detail);
+        struct lib_reconcile_stats s = {0};
+        lib_reconcile_item(app, ST_ITEM_PROFILE, p.id, &s);
+        api_send_json(res, 200,
+                      json_pack("{s:I, s:s, s:I, s:s, s:o, s:o}", "id", (json_int_t)p.id,
+                                "identifier", p.identifier, "version", (json_int_t)p.version,
+                                "platforms", p.platforms, "warnings", warnings, "reconciled",
+                                stats_json(&s)));
+    }
+    st_profile_cleanup(&p);
+}
+
 void api_handle_profiles(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
@@ -157,7 +218,9 @@ void api_handle_profile(void *ctx, http_request *req, http_response *res)
         storage_error(res, rc, "no such profile");
         return;
     }
-    if (strcmp(req->method, "DELETE") == 0) {
+    if (strcmp(req->method, "PUT") == 0) {
+        profile_replace(app, req, res, actor, &p);
+    } else if (strcmp(req->method, "DELETE") == 0) {
         struct lib_reconcile_stats s = {0};
         rc = storage_profile_delete(app->st, id);
         if (rc != 0) {
@@ -430,14 +493,15 @@ static const char *state_name(int s)
 static int add_state(const st_item_state *s, void *ctx)
 {
     json_array_append_new(
-        ctx, json_pack("{s:s, s:I, s:o, s:s, s:o, s:b, s:o, s:I}", "kind",
+        ctx, json_pack("{s:s, s:I, s:o, s:s, s:o, s:b, s:o, s:I, s:I}", "kind",
                        s->item_kind == ST_ITEM_PROFILE ? "profile" : "app", "item_id",
                        (json_int_t)s->item_id, "identifier",
                        s->identifier ? json_string(s->identifier) : json_null(), "state",
                        state_name(s->state), "command_uuid",
                        s->command_uuid ? json_string(s->command_uuid) : json_null(), "sensitive",
                        s->sensitive, "detail", s->detail ? json_string(s->detail) : json_null(),
-                       "updated_at", (json_int_t)s->updated_at));
+                       "updated_at", (json_int_t)s->updated_at, "version",
+                       (json_int_t)s->version));
     return 0;
 }
 

@@ -225,7 +225,8 @@ static int observed_has(const struct observed *o, int kind, const char *identifi
 
 /* Claims the row for a new command (compare-and-set), then enqueues it. */
 static int claim_and_enqueue(struct rc_run *r, struct row *w, int kind, int64_t id,
-                             const char *identifier, int state, int sensitive, plist_t cmd)
+                             const char *identifier, int state, int sensitive, int64_t version,
+                             plist_t cmd)
 {
     struct mdm_command mc;
     char err[LIB_MSG_MAX];
@@ -243,7 +244,8 @@ static int claim_and_enqueue(struct rc_run *r, struct row *w, int kind, int64_t 
                        .state = state,
                        .command_uuid = mc.uuid,
                        .sensitive = sensitive,
-                       .updated_at = app_now(r->app)};
+                       .updated_at = app_now(r->app),
+                       .version = version};
     int rc = storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
     if (rc == ST_ECONFLICT) {
         log_debug("event=library_claim_lost enrollment=%s kind=%d item=%lld", r->e.id, kind,
@@ -326,17 +328,21 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         identifier = a.identifier;
         sensitive = a.sensitive;
     }
+    int64_t version = kind == ST_ITEM_PROFILE ? p.version : 1;
     struct row *w = find_row(r, kind, id);
     if (w)
         w->desired = 1;
+    /* The profile was replaced since this version went out: install the new one over it (same
+     * identifier, so the device replaces it in place). */
+    int outdated = w && w->s.state != ST_ITEM_REMOVING && w->s.version < version;
     const char *status = NULL;
     int seen =
         observed_has(r->obs, kind, w && w->s.identifier ? w->s.identifier : identifier, &status);
-    if (w && w->pending && w->s.state == ST_ITEM_INSTALLING)
+    if (w && w->pending && w->s.state == ST_ITEM_INSTALLING && !outdated)
         goto out; /* being installed; a pending removal is followed by a new install */
     /* A removal still queued will take it off the device: install again after it. */
     int removing = w && w->pending && w->s.state == ST_ITEM_REMOVING;
-    if (seen == 1 && !removing &&
+    if (seen == 1 && !removing && !outdated &&
         (w == NULL || w->s.state != ST_ITEM_INSTALLED ||
          (status && (!w->s.detail || strcmp(w->s.detail, status) != 0)))) {
         /* The device has it: record that instead of installing it again. */
@@ -348,17 +354,24 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
                            .state = ST_ITEM_INSTALLED,
                            .sensitive = sensitive,
                            .detail = (char *)status,
-                           .updated_at = app_now(r->app)};
+                           .updated_at = app_now(r->app),
+                           .version = w ? w->s.version : version};
         storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
         goto out;
     }
-    if (!removing && w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
+    if (!removing && !outdated && w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
         goto out; /* installed, and no list says otherwise */
-    if (w && w->s.state == ST_ITEM_FAILED)
-        goto out; /* refused by the device: not retried automatically (no command storms) */
+    if (!outdated && w && w->s.state == ST_ITEM_FAILED)
+        goto out; /* refused by the device: not retried automatically (no command storms); a
+                   * new version gets one try */
     if (sensitive && r->e.auth_state && strcmp(r->e.auth_state, "reauth_failed") == 0)
         goto out; /* the re-authentication policy withholds sensitive items (auth/reauth.c) */
-    if (seen == 0 && w)
+    if (outdated)
+        log_info("event=library_outdated enrollment=%s item=%s version=%lld installed=%lld "
+                 "action=reinstall",
+                 r->e.id, identifier ? identifier : "-", (long long)version,
+                 (long long)w->s.version);
+    else if (seen == 0 && w)
         log_info("event=library_missing enrollment=%s item=%s action=reinstall", r->e.id,
                  identifier ? identifier : "-");
     if (kind == ST_ITEM_PROFILE) {
@@ -374,7 +387,7 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         goto out;
     }
     claim_and_enqueue(r, w, kind, id, w && w->s.identifier ? w->s.identifier : identifier,
-                      ST_ITEM_INSTALLING, sensitive, cmd);
+                      ST_ITEM_INSTALLING, sensitive, version, cmd);
 out:
     plist_free(cmd);
     st_profile_cleanup(&p);
@@ -408,7 +421,7 @@ static void unwant_row(struct rc_run *r, struct row *w)
     pl_set_string(cmd, "RequestType", rt);
     pl_set_string(cmd, "Identifier", ident);
     claim_and_enqueue(r, w, w->s.item_kind, w->s.item_id, ident, ST_ITEM_REMOVING, w->s.sensitive,
-                      cmd);
+                      w->s.version, cmd);
     plist_free(cmd);
 }
 

@@ -790,6 +790,13 @@ int storage_profile_delete(storage *st, int64_t id)
     STORAGE_CALL(st, profile_delete, id);
 }
 
+int storage_profile_replace(storage *st, st_profile *p)
+{
+    assert(st != NULL && p != NULL && p->identifier != NULL && p->platforms != NULL);
+    assert(p->body != NULL);
+    STORAGE_CALL(st, profile_replace, p);
+}
+
 int storage_app_add(storage *st, st_app *a)
 {
     assert(st != NULL && a != NULL && a->spec != NULL);

@@ -473,6 +473,7 @@ typedef struct st_profile {
     int sensitive; /* carried into st_command.sensitive */
     int sign;      /* sign with the profile-signing identity when sent */
     int64_t created_at;
+    int64_t version; /* 1 when added, one more at each replacement */
 } st_profile;
 
 void st_profile_cleanup(st_profile *p);
@@ -484,6 +485,12 @@ int storage_profile_list(storage *st, int (*fn)(const st_profile *p, void *ctx),
 /* Deletes the profile and its assignments in one transaction (installed state stays, so the
  * reconciler can still remove it from devices). */
 int storage_profile_delete(storage *st, int64_t id);
+/*
+ * Replaces the content of profile p->id (name, platforms, body, sensitive, sign) and raises its
+ * version, which fills p->version. The identifier must stay the same (devices know a profile
+ * by it): ST_ECONFLICT if p->identifier differs, ST_ENOTFOUND for an unknown id.
+ */
+int storage_profile_replace(storage *st, st_profile *p);
 
 typedef struct st_app {
     int64_t id;
@@ -545,6 +552,7 @@ typedef struct st_item_state {
     int sensitive;
     char *detail; /* the device's last word: app Status, error chain; may be NULL */
     int64_t updated_at;
+    int64_t version; /* the item version installed or being installed (profiles; apps: 1) */
 } st_item_state;
 
 void st_item_state_cleanup(st_item_state *s);

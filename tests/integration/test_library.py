@@ -358,6 +358,67 @@ def t_signed_sensitive_delivery():
     ok(it and it["sensitive"] and it["state"] == "installed", "state: %r" % it)
 
 
+@test("a profile replaced in place is installed again where an older version is, and only there")
+def t_profile_replace():
+    s = srv()
+    carol = ("carol@example.com", "carol@appleid.example.com", "carol-Pa55word!")
+    s.add_user(*carol)
+    d = enrolled(carol)
+    eq(d.idle(), None, "nothing queued before any assignment")
+
+    def wifi(ssid):
+        return mobileconfig("com.example.replace.wifi",
+                            payload("com.apple.wifi.managed", "com.example.replace.wifi.w",
+                                    SSID_STR=ssid, EncryptionType="WPA2", AutoJoin=True))
+
+    def replace(pid, body, expect=200):
+        r = s.api("PUT", "/api/v1/profiles/%d" % pid, body,
+                  headers={"Content-Type": "application/x-apple-aspen-config"})
+        status(r, expect, "PUT profile %d" % pid)
+        return r.json()
+
+    def installs(d):
+        """Drains the device's queue, acknowledging; returns the SSIDs it was given."""
+        got, cmd = [], d.idle()
+        while cmd is not None:
+            eq(cmd["Command"]["RequestType"], "InstallProfile", "only installs")
+            inner = plistlib.loads(cmd["Command"]["Payload"])
+            got.append(inner["PayloadContent"][0]["SSID_STR"])
+            cmd = answer(d, cmd)
+        return got
+
+    pid = upload(s, wifi("Corp"))["id"]
+    assign(s, {"profile_id": pid, "user": carol[0]})
+    eq(installs(d), ["Corp"], "version 1 installed")
+    j = replace(pid, wifi("Corp-5G"))
+    eq((j["version"], j["identifier"]), (2, "com.example.replace.wifi"), "version 2")
+    eq(j["reconciled"]["installs"], 1, "one reinstall enqueued")
+    eq(installs(d), ["Corp-5G"], "the new content goes out over the old")
+    it = item(library(s, d), "profile", "com.example.replace.wifi")
+    ok(it and it["state"] == "installed" and it["version"] == 2, "installed at version 2: %r" % it)
+    r = s.api("POST", "/api/v1/enrollments/%s/reconcile" % d.enrollment_id)
+    eq(r.json()["reconciled"]["installs"], 0, "up to date: nothing more")
+    eq(d.idle(), None, "no new command")
+    # Two replacements before the device comes back: both go out, the newest last.
+    replace(pid, wifi("Corp-v3"))
+    replace(pid, wifi("Corp-v4"))
+    eq(installs(d), ["Corp-v3", "Corp-v4"], "in order, newest last")
+    it = item(library(s, d), "profile", "com.example.replace.wifi")
+    ok(it and it["state"] == "installed" and it["version"] == 4, "installed at version 4: %r" % it)
+    r = s.api("GET", "/api/v1/profiles/%d" % pid)
+    eq(r.json()["version"], 4, "GET shows the version")
+    ok("Corp-v4" in r.json()["profile"], "and the new content")
+    # Refusals: another identifier, an invalid profile, an unknown id; nothing changes.
+    j = replace(pid, wifi_profile("com.example.other.wifi"), expect=409)
+    eq(j["identifier"], "com.example.replace.wifi", "the 409 names the identifier to keep")
+    bad = mobileconfig("com.example.replace.wifi", payload("com.apple.vpn.managed", "com.example.replace.v",
+                                                          VPNType="IKEv2"))
+    ok("com.apple.vpn.managed" in replace(pid, bad, expect=422)["error"], "the 422 names the payload")
+    replace(999999, wifi("x"), expect=404)
+    eq(s.api("GET", "/api/v1/profiles/%d" % pid).json()["version"], 4, "still version 4")
+    eq(d.idle(), None, "nothing sent for the refusals")
+
+
 @test("servers stop cleanly")
 def t_stop():
     if _srv is not None:

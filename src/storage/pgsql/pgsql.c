@@ -304,13 +304,18 @@ static const char pg_schema_v8[] = "CREATE TABLE webhook_events ("
                                    " claimed_by TEXT COLLATE \"C\","
                                    " claimed_until BIGINT NOT NULL DEFAULT 0);";
 
+/* Migration 9 (as sqlite.c's): profile versions. */
+static const char pg_schema_v9[] =
+    "ALTER TABLE profiles ADD COLUMN version BIGINT NOT NULL DEFAULT 1;"
+    "ALTER TABLE item_state ADD COLUMN version BIGINT NOT NULL DEFAULT 1;";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
-    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4,
-    pg_schema_v5, pg_schema_v6, pg_schema_v7, pg_schema_v8,
+    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4, pg_schema_v5,
+    pg_schema_v6, pg_schema_v7, pg_schema_v8, pg_schema_v9,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -409,6 +414,8 @@ enum pg_stmt_id {
     PG_LIB_PROFILE_GET,
     PG_LIB_PROFILE_LIST,
     PG_LIB_PROFILE_DELETE,
+    PG_LIB_PROFILE_REPLACE,
+    PG_LIB_PROFILE_IDENT,
     PG_LIB_APP_ADD,
     PG_LIB_APP_GET,
     PG_LIB_APP_LIST,
@@ -452,13 +459,13 @@ enum pg_stmt_id {
 #define OIDC_PENDING_COLS                                                                          \
     "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at"
 #define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
-#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS
+#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS ", version"
 #define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
 #define LIB_APP_COLS "id, " LIB_APP_INS_COLS
 #define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
 #define LIB_STATE_COLS                                                                             \
     "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
-    "updated_at"
+    "updated_at, version"
 
 /* An enrollment that can be pushed to (sqlite.c's SQ_PUSHABLE); `e` is enrollments. */
 #define PUSHABLE "e.push_token IS NOT NULL AND e.push_token_dead = 0 AND e.unenrolled_at = 0"
@@ -818,6 +825,11 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                              " FROM profiles WHERE id > $1 ORDER BY id LIMIT $2",
                              RETRY},
     [PG_LIB_PROFILE_DELETE] = {"DELETE FROM profiles WHERE id = $1", ONCE},
+    [PG_LIB_PROFILE_REPLACE] = {"UPDATE profiles SET name = $3, platforms = $4, body = $5,"
+                                " sensitive = $6, sign = $7, version = version + 1"
+                                " WHERE id = $1 AND identifier = $2 RETURNING version",
+                                ONCE},
+    [PG_LIB_PROFILE_IDENT] = {"SELECT identifier FROM profiles WHERE id = $1", RETRY},
     [PG_LIB_APP_ADD] = {"INSERT INTO apps (" LIB_APP_INS_COLS
                         ") VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                         ONCE},
@@ -848,11 +860,12 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     /* Compare-and-set on command_uuid ($10); IS NOT DISTINCT FROM compares NULLs as equal. Of
      * two concurrent puts on an absent row, the second finds the first's row and its CAS fails. */
     [PG_LIB_STATE_PUT] = {"INSERT INTO item_state (" LIB_STATE_COLS
-                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                          ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11) "
                           "ON CONFLICT (enrollment_id, item_kind, item_id) DO UPDATE SET "
                           "identifier = excluded.identifier, state = excluded.state, "
                           "command_uuid = excluded.command_uuid, sensitive = excluded.sensitive, "
-                          "detail = excluded.detail, updated_at = excluded.updated_at "
+                          "detail = excluded.detail, updated_at = excluded.updated_at, "
+                          "version = excluded.version "
                           "WHERE item_state.command_uuid IS NOT DISTINCT FROM $10::text",
                           ONCE},
     [PG_LIB_STATE_DELETE] = {"DELETE FROM item_state WHERE enrollment_id = $1 AND item_kind = $2"
@@ -2830,6 +2843,7 @@ static int64_t read_lib_profile(const PGresult *r, int i, union pg_lib_row *row)
     p->sensitive = (int)col_int(r, i, 5);
     p->sign = (int)col_int(r, i, 6);
     p->created_at = col_int(r, i, 7);
+    p->version = col_int(r, i, 8);
     return p->id;
 }
 
@@ -2870,6 +2884,7 @@ static int64_t read_lib_state(const PGresult *r, int i, union pg_lib_row *row)
     x->sensitive = (int)col_int(r, i, 6);
     x->detail = col_text(r, i, 7);
     x->updated_at = col_int(r, i, 8);
+    x->version = col_int(r, i, 9);
     return 0;
 }
 
@@ -3040,6 +3055,33 @@ static int pg_profile_add(storage *st, st_profile *x)
     return rc;
 }
 
+static int pg_profile_replace(storage *st, st_profile *x)
+{
+    static const char op[] = "profile_replace";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_int(&p, x->id);
+    p_text(&p, x->identifier);
+    p_text(&p, x->name);
+    p_text(&p, x->platforms);
+    p_blob(&p, x->body, x->body_len);
+    p_int(&p, x->sensitive ? 1 : 0);
+    p_int(&p, x->sign ? 1 : 0);
+    PGresult *r;
+    int rc = pg_row(c, PG_LIB_PROFILE_REPLACE, &p, op, &r);
+    if (rc == ST_OK)
+        x->version = col_int(r, 0, 0);
+    PQclear(r);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Unknown, or another identifier. */
+    struct pg_params q = {0};
+    p_int(&q, x->id);
+    rc = pg_row(c, PG_LIB_PROFILE_IDENT, &q, op, &r);
+    PQclear(r);
+    return rc == ST_OK ? ST_ECONFLICT : rc;
+}
+
 static int pg_profile_get(storage *st, int64_t id, st_profile *out)
 {
     struct pg_params p = {0};
@@ -3172,6 +3214,7 @@ static int pg_item_state_put(storage *st, const st_item_state *x, const char *ex
     p_text(&p, x->detail);
     p_int(&p, x->updated_at);
     p_text(&p, expect_command);
+    p_int(&p, x->version > 0 ? x->version : 1);
     int rc = pg_run(conn_get(st), PG_LIB_STATE_PUT, &p, "item_state_put", 1, NULL);
     return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
 }
@@ -3290,6 +3333,7 @@ static const struct storage_ops pgsql_ops = {
     .profile_add = pg_profile_add,
     .profile_get = pg_profile_get,
     .profile_list = pg_profile_list,
+    .profile_replace = pg_profile_replace,
     .profile_delete = pg_profile_delete,
     .app_add = pg_app_add,
     .app_get = pg_app_get,

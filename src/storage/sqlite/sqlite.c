@@ -313,10 +313,16 @@ static const char sq_schema_webhooks[] = "CREATE TABLE webhook_events ("
                                          " claimed_by TEXT,"
                                          " claimed_until INTEGER NOT NULL DEFAULT 0);";
 
+/* Profile versions (a profile replaced in place is installed again where an older version is):
+ * rows from before count as version 1. */
+static const char sq_schema_versions[] =
+    "ALTER TABLE profiles ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE item_state ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,   sq_schema_v2,      sq_schema_reauth,    sq_schema_push,
-    sq_schema_oidc, sq_schema_library, sq_schema_push_bulk, sq_schema_webhooks,
+    sq_schema_v1,      sq_schema_v2,        sq_schema_reauth,   sq_schema_push,     sq_schema_oidc,
+    sq_schema_library, sq_schema_push_bulk, sq_schema_webhooks, sq_schema_versions,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -421,6 +427,8 @@ enum sq_stmt_id {
     SQ_LIB_PROFILE_GET,
     SQ_LIB_PROFILE_LIST,
     SQ_LIB_PROFILE_DELETE,
+    SQ_LIB_PROFILE_REPLACE,
+    SQ_LIB_PROFILE_IDENT,
     SQ_LIB_APP_ADD,
     SQ_LIB_APP_GET,
     SQ_LIB_APP_LIST,
@@ -499,13 +507,13 @@ enum sq_stmt_id {
     "again = CASE WHEN claimed_until > excluded.due_at THEN 1 ELSE again END"
 
 #define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
-#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS
+#define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS ", version"
 #define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
 #define LIB_APP_COLS "id, " LIB_APP_INS_COLS
 #define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
 #define LIB_STATE_COLS                                                                             \
     "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
-    "updated_at"
+    "updated_at, version"
 
 static const char *const sq_sql[SQ_NSTMT] = {
     /* ---- library (profiles, apps, assignments, installed state) ---- */
@@ -515,6 +523,10 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_LIB_PROFILE_LIST] =
         "SELECT " LIB_PROFILE_COLS " FROM profiles WHERE id > ?1 ORDER BY id LIMIT ?2",
     [SQ_LIB_PROFILE_DELETE] = "DELETE FROM profiles WHERE id = ?1",
+    [SQ_LIB_PROFILE_REPLACE] =
+        "UPDATE profiles SET name = ?3, platforms = ?4, body = ?5, sensitive = ?6, sign = ?7, "
+        "version = version + 1 WHERE id = ?1 AND identifier = ?2 RETURNING version",
+    [SQ_LIB_PROFILE_IDENT] = "SELECT identifier FROM profiles WHERE id = ?1",
     [SQ_LIB_APP_ADD] = "INSERT INTO apps (" LIB_APP_INS_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [SQ_LIB_APP_GET] = "SELECT " LIB_APP_COLS " FROM apps WHERE id = ?1",
     [SQ_LIB_APP_LIST] = "SELECT " LIB_APP_COLS " FROM apps WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -535,11 +547,11 @@ static const char *const sq_sql[SQ_NSTMT] = {
         "ORDER BY item_kind, item_id",
     /* Compare-and-set on command_uuid (?10): IS compares NULLs as equal. */
     [SQ_LIB_STATE_PUT] =
-        "INSERT INTO item_state (" LIB_STATE_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
-        "ON CONFLICT (enrollment_id, item_kind, item_id) DO UPDATE SET "
+        "INSERT INTO item_state (" LIB_STATE_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+        "?11) ON CONFLICT (enrollment_id, item_kind, item_id) DO UPDATE SET "
         "identifier = excluded.identifier, state = excluded.state, "
         "command_uuid = excluded.command_uuid, sensitive = excluded.sensitive, "
-        "detail = excluded.detail, updated_at = excluded.updated_at "
+        "detail = excluded.detail, updated_at = excluded.updated_at, version = excluded.version "
         "WHERE item_state.command_uuid IS ?10",
     [SQ_LIB_STATE_DELETE] =
         "DELETE FROM item_state WHERE enrollment_id = ?1 AND item_kind = ?2 AND item_id = ?3",
@@ -2979,6 +2991,7 @@ static int64_t read_lib_profile(sqlite3_stmt *s, void *row)
     p->sensitive = sqlite3_column_int(s, 5);
     p->sign = sqlite3_column_int(s, 6);
     p->created_at = sqlite3_column_int64(s, 7);
+    p->version = sqlite3_column_int64(s, 8);
     return p->id;
 }
 
@@ -3019,6 +3032,7 @@ static int64_t read_lib_state(sqlite3_stmt *s, void *row)
     x->sensitive = sqlite3_column_int(s, 6);
     x->detail = col_text(s, 7);
     x->updated_at = sqlite3_column_int64(s, 8);
+    x->version = sqlite3_column_int64(s, 9);
     return 0;
 }
 
@@ -3193,6 +3207,36 @@ static int sq_profile_delete(storage *st, int64_t id)
     return lib_item_delete(st, SQ_LIB_PROFILE_DELETE, ST_ITEM_PROFILE, id, "profile_delete");
 }
 
+static int sq_profile_replace(storage *st, st_profile *p)
+{
+    const char *op = "profile_replace";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_PROFILE_REPLACE, &c);
+    bind_int(c, s, 1, p->id);
+    bind_text(c, s, 2, p->identifier);
+    bind_text(c, s, 3, p->name);
+    bind_text(c, s, 4, p->platforms);
+    bind_blob(c, s, 5, p->body, p->body_len);
+    bind_int(c, s, 6, p->sensitive ? 1 : 0);
+    bind_int(c, s, 7, p->sign ? 1 : 0);
+    int rc = sq_row(c, s, op);
+    if (rc == 1) {
+        p->version = sqlite3_column_int64(s, 0);
+        sq_reset(c, s);
+        return ST_OK;
+    }
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    /* Unknown, or another identifier. */
+    s = sq_stmt(c, SQ_LIB_PROFILE_IDENT);
+    bind_int(c, s, 1, p->id);
+    rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    sq_reset(c, s);
+    return ST_ECONFLICT;
+}
+
 static int sq_app_add(storage *st, st_app *a)
 {
     struct sq_conn *c;
@@ -3344,6 +3388,7 @@ static int sq_item_state_put(storage *st, const st_item_state *x, const char *ex
     bind_text(c, s, 8, x->detail);
     bind_int(c, s, 9, x->updated_at);
     bind_text(c, s, 10, expect_command);
+    bind_int(c, s, 11, x->version > 0 ? x->version : 1);
     int rc = sq_run(c, s, "item_state_put", 1);
     return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
 }
@@ -3499,6 +3544,7 @@ static const struct storage_ops sqlite_ops = {
     .profile_get = sq_profile_get,
     .profile_list = sq_profile_list,
     .profile_delete = sq_profile_delete,
+    .profile_replace = sq_profile_replace,
     .app_add = sq_app_add,
     .app_get = sq_app_get,
     .app_list = sq_app_list,

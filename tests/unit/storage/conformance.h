@@ -2279,6 +2279,73 @@ static int conf_sum_item(int kind, int64_t id, void *ctx)
     return 0;
 }
 
+/* A profile replaced in place: same identifier, new content, version + 1; the installed
+ * state records which version a device got. */
+TEST(conf_profile_replace)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_profile p = {.identifier = "com.example.r",
+                    .platforms = "ios",
+                    .body = "<plist>1</plist>",
+                    .body_len = 16,
+                    .created_at = 5};
+    ASSERT_INT_EQ(storage_profile_add(st, &p), ST_OK);
+    st_profile g = {0};
+    ASSERT_INT_EQ(storage_profile_get(st, p.id, &g), ST_OK);
+    ASSERT_INT_EQ(g.version, 1);
+    st_profile_cleanup(&g);
+    st_profile n = {.id = p.id,
+                    .identifier = "com.example.r",
+                    .name = "R2",
+                    .platforms = "ios,macos",
+                    .body = "<plist>22</plist>",
+                    .body_len = 17,
+                    .sign = 1};
+    ASSERT_INT_EQ(storage_profile_replace(st, &n), ST_OK);
+    ASSERT_INT_EQ(n.version, 2);
+    ASSERT_INT_EQ(storage_profile_get(st, p.id, &g), ST_OK);
+    ASSERT_INT_EQ(g.version, 2);
+    ASSERT_STR_EQ(g.name, "R2");
+    ASSERT_STR_EQ(g.platforms, "ios,macos");
+    ASSERT_INT_EQ(g.body_len, 17);
+    ASSERT(memcmp(g.body, "<plist>22</plist>", 17) == 0);
+    ASSERT_INT_EQ(g.sign, 1);
+    ASSERT_INT_EQ(g.created_at, 5);
+    st_profile_cleanup(&g);
+    st_profile other = n;
+    other.identifier = "com.example.other";
+    ASSERT_INT_EQ(storage_profile_replace(st, &other), ST_ECONFLICT);
+    other = n;
+    other.id = p.id + 1000;
+    ASSERT_INT_EQ(storage_profile_replace(st, &other), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_profile_get(st, p.id, &g), ST_OK);
+    ASSERT_INT_EQ(g.version, 2); /* the refusals changed nothing */
+    st_profile_cleanup(&g);
+
+    ASSERT_INT_EQ(conf_enroll(st, "R1", 0), ST_OK);
+    st_item_state x = {.enrollment_id = "R1",
+                       .item_kind = ST_ITEM_PROFILE,
+                       .item_id = p.id,
+                       .identifier = "com.example.r",
+                       .state = ST_ITEM_INSTALLING,
+                       .command_uuid = "C1",
+                       .updated_at = 10,
+                       .version = 2};
+    ASSERT_INT_EQ(storage_item_state_put(st, &x, NULL), ST_OK);
+    st_item_state y = {0};
+    ASSERT_INT_EQ(storage_item_state_by_command(st, "C1", &y), ST_OK);
+    ASSERT_INT_EQ(y.version, 2);
+    st_item_state_cleanup(&y);
+    x.state = ST_ITEM_INSTALLED;
+    x.version = 0; /* unknown: stored as 1 */
+    ASSERT_INT_EQ(storage_item_state_put(st, &x, "C1"), ST_OK);
+    ASSERT_INT_EQ(storage_item_state_by_command(st, "C1", &y), ST_OK);
+    ASSERT_INT_EQ(y.version, 1);
+    st_item_state_cleanup(&y);
+    storage_close(st);
+}
+
 TEST(conf_library_items)
 {
     storage *st = conf_open();
@@ -2478,8 +2545,9 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
         TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk), TEST_ENTRY(conf_webhook_events),  \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
-        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
-        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_profile_replace), TEST_ENTRY(conf_auth_state_transition_and_audit_count),  \
+        TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
+        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
+        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
