@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/log.h"
 #include "core/mem.h"
+#include "crypto/pki.h"
 
 #define SLOTS 4096
 
@@ -16,6 +18,7 @@ struct slot {
 };
 
 struct ratelimit {
+    storage *st; /* NULL: this process only */
     pthread_mutex_t lock;
     int max_failures;
     int64_t window;
@@ -39,6 +42,24 @@ ratelimit *ratelimit_new(int max_failures, int64_t window_seconds)
     rl->max_failures = max_failures;
     rl->window = window_seconds;
     return rl;
+}
+
+ratelimit *ratelimit_new_shared(storage *st, int max_failures, int64_t window_seconds)
+{
+    ratelimit *rl = ratelimit_new(max_failures, window_seconds);
+    rl->st = st;
+    return rl;
+}
+
+/* The stored key: no identifier or address is kept in clear. */
+static void stored_key(const char *key, char out[65])
+{
+    crypto_sha256_hex(key, strlen(key), out);
+}
+
+static int64_t window_of(const ratelimit *rl, int64_t now)
+{
+    return now - (now % rl->window + rl->window) % rl->window;
 }
 
 void ratelimit_free(ratelimit *rl)
@@ -70,7 +91,14 @@ int ratelimit_blocked(ratelimit *rl, const char *key, int64_t now)
     pthread_mutex_lock(&rl->lock);
     int blocked = slot_for(rl, key, now)->failures >= rl->max_failures;
     pthread_mutex_unlock(&rl->lock);
-    return blocked;
+    if (blocked || rl->st == NULL)
+        return blocked;
+    char k[65];
+    stored_key(key, k);
+    int64_t n = 0;
+    if (storage_failure_count(rl->st, k, window_of(rl, now), &n) != ST_OK)
+        log_warn("event=ratelimit_store_failed op=count"); /* this instance's count still holds */
+    return n >= rl->max_failures;
 }
 
 void ratelimit_fail(ratelimit *rl, const char *key, int64_t now)
@@ -78,4 +106,11 @@ void ratelimit_fail(ratelimit *rl, const char *key, int64_t now)
     pthread_mutex_lock(&rl->lock);
     slot_for(rl, key, now)->failures++;
     pthread_mutex_unlock(&rl->lock);
+    if (rl->st == NULL)
+        return;
+    char k[65];
+    stored_key(key, k);
+    int64_t n = 0;
+    if (storage_failure_add(rl->st, k, window_of(rl, now), &n) != ST_OK)
+        log_warn("event=ratelimit_store_failed op=add");
 }

@@ -2,6 +2,9 @@
  * Counting failures per key (a user identifier, a source address) in a fixed window, to slow
  * down password guessing. Fixed memory: keys hash into a bounded table; a collision between
  * two live keys makes them share a counter, which only errs on the side of limiting.
+ * A shared limiter also counts in the store (storage_failure_*, aligned windows, keys hashed
+ * with SHA-256), so that several instances on one database share one budget; a key is blocked
+ * when either count is used up, so a store error never loosens the limit of this instance.
  * Thread-safe.
  */
 #ifndef ORCHARD_AUTH_RATELIMIT_H
@@ -9,9 +12,13 @@
 
 #include <stdint.h>
 
+#include "storage/storage.h"
+
 typedef struct ratelimit ratelimit;
 
 ratelimit *ratelimit_new(int max_failures, int64_t window_seconds);
+/* The same, also counting in st (borrowed: must outlive the limiter). */
+ratelimit *ratelimit_new_shared(storage *st, int max_failures, int64_t window_seconds);
 void ratelimit_free(ratelimit *rl);
 /* 1 if the key has used up its failures in the current window. */
 int ratelimit_blocked(ratelimit *rl, const char *key, int64_t now);

@@ -93,8 +93,8 @@ static int app_setup(struct app *app, const char *data, const char *listen)
         fprintf(stderr, "orchard: %s\n", err);
         return -1;
     }
-    app->signin_limit =
-        ratelimit_new((int)config_get_int(app->cfg, "signin_rate_limit"), SIGNIN_WINDOW);
+    app->signin_limit = ratelimit_new_shared(
+        app->st, (int)config_get_int(app->cfg, "signin_rate_limit"), SIGNIN_WINDOW);
     app->oidc = oidc_cache_new();
     return 0;
 }

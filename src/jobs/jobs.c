@@ -25,6 +25,9 @@ static void prune_history(struct app *app)
     int64_t before = app_now(app) - config_get_int(app->cfg, "history_retention");
     if (storage_history_prune(app->st, before, &deleted) == 0 && deleted > 0)
         log_info("event=history_pruned deleted=%lld", (long long)deleted);
+    /* Sign-in failure windows last minutes; a day is plenty for any configured window. */
+    if (storage_failure_prune(app->st, app_now(app) - 86400, &deleted) == 0 && deleted > 0)
+        log_info("event=signin_failures_pruned deleted=%lld", (long long)deleted);
 }
 
 void jobs_run_once(struct app *app)

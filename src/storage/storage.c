@@ -612,6 +612,29 @@ int storage_push_pending(storage *st, int64_t *count)
     STORAGE_CALL(st, push_pending, count);
 }
 
+/* ---- sign-in failure counters ---- */
+
+int storage_failure_add(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    assert(st != NULL && key != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, failure_add, key, window_start, count);
+}
+
+int storage_failure_count(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    assert(st != NULL && key != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, failure_count, key, window_start, count);
+}
+
+int storage_failure_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL);
+    *deleted = 0;
+    STORAGE_CALL(st, failure_prune, before, deleted);
+}
+
 /* ---- webhook events ---- */
 
 int storage_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)

@@ -371,6 +371,19 @@ int storage_push_done(storage *st, const char *owner, int64_t now, const st_push
  * tests). */
 int storage_push_pending(storage *st, int64_t *count);
 
+/* ---- sign-in failure counters ---- */
+
+/*
+ * Failures per key (a hashed user identifier or client address) in fixed windows, in the store
+ * so that every instance sharing it counts against one budget (auth/ratelimit.h).
+ */
+/* Adds one failure to (key, window_start); fills *count with the window's failures after it. */
+int storage_failure_add(storage *st, const char *key, int64_t window_start, int64_t *count);
+/* The failures of (key, window_start); 0 when there are none. */
+int storage_failure_count(storage *st, const char *key, int64_t window_start, int64_t *count);
+/* Deletes the windows that started before `before`; fills *deleted. */
+int storage_failure_prune(storage *st, int64_t before, int64_t *deleted);
+
 /* ---- webhook events ---- */
 
 /*

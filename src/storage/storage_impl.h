@@ -98,6 +98,10 @@ struct storage_ops {
                      size_t n);
     int (*push_pending)(storage *st, int64_t *count);
 
+    int (*failure_add)(storage *st, const char *key, int64_t window_start, int64_t *count);
+    int (*failure_count)(storage *st, const char *key, int64_t window_start, int64_t *count);
+    int (*failure_prune)(storage *st, int64_t before, int64_t *deleted);
+
     int (*webhook_add)(storage *st, const char *type, const char *data, int64_t now, int64_t *id);
     int (*webhook_claim)(storage *st, const char *owner, int64_t now, int lease, int limit,
                          int (*fn)(const st_webhook_event *e, void *ctx), void *ctx, int *claimed);

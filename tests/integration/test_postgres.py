@@ -266,5 +266,41 @@ def two_instances_share_a_bulk_push_and_one_takes_over_when_the_other_stops():
             a.start()
 
 
+@test
+def two_instances_share_one_signin_failure_budget():
+    # A password guesser spreading attempts over the instances behind the load balancer gets
+    # one budget, not one per instance: the counters live in the shared database.
+    a = srv()
+    env = {"ORCHARD_SIGNIN_RATE_LIMIT": "3"}
+    pair = []
+    for name in ("pg-c-rl", "pg-d-rl"):
+        x = Server(init=False, name=name)
+        x.data = a.data
+        x._api_key = a.api_key
+        x.start(env=env)
+        pair.append(x)
+    c, d = pair
+    ident = "guess-%s@example.com" % secrets.token_hex(3)
+
+    def attempt(s):
+        dev = new_device(s, (ident, None, "wrong-password"))
+        dev.challenge_url = s.url + "/auth/signin"
+        r, page, jar, page_url = dev.open_signin()
+        form = page.login_form()
+        return dev.submit_form(page_url, form, dev.form_fields(form, ident, "wrong-password"), jar)
+
+    try:
+        for i, s in enumerate((c, d, c)):
+            r = attempt(s)
+            ok(400 <= r.status < 500 and r.status != 429, "failure %d is within the budget: %d" % (i + 1, r.status))
+        status(attempt(d), 429, "the 4th attempt, on the instance that saw only one failure")
+        status(attempt(c), 429, "and on the other")
+        eq(scalar("SELECT count(*) FROM signin_failures WHERE key LIKE '%%@%%'"), "0",
+           "identifiers and addresses are stored hashed")
+    finally:
+        for x in pair:
+            eq(x.stop(), 0, "%s exits cleanly" % x.url)
+
+
 if __name__ == "__main__":
     orchard.main()

@@ -309,13 +309,20 @@ static const char pg_schema_v9[] =
     "ALTER TABLE profiles ADD COLUMN version BIGINT NOT NULL DEFAULT 1;"
     "ALTER TABLE item_state ADD COLUMN version BIGINT NOT NULL DEFAULT 1;";
 
+/* Migration 10 (as sqlite.c's): sign-in failure counters shared by the instances. */
+static const char pg_schema_v10[] = "CREATE TABLE signin_failures ("
+                                    " key TEXT COLLATE \"C\" NOT NULL,"
+                                    " window_start BIGINT NOT NULL,"
+                                    " failures BIGINT NOT NULL,"
+                                    " PRIMARY KEY (key, window_start));";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
     pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4, pg_schema_v5,
-    pg_schema_v6, pg_schema_v7, pg_schema_v8, pg_schema_v9,
+    pg_schema_v6, pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -398,6 +405,9 @@ enum pg_stmt_id {
     PG_PUSH_DEL_OWNED,
     PG_PUSH_MARK_DEAD,
     PG_PUSH_PENDING,
+    PG_FAILURE_ADD,
+    PG_FAILURE_COUNT,
+    PG_FAILURE_PRUNE,
     PG_WEBHOOK_ADD,
     PG_WEBHOOK_CLAIM,
     PG_WEBHOOK_DELETE,
@@ -773,6 +783,15 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                            " WHERE e.id = j.v ->> 0 AND e.push_token = j.v ->> 1",
                            RETRY},
     [PG_PUSH_PENDING] = {"SELECT count(*) FROM push_outbox", RETRY},
+
+    /* ---- sign-in failure counters: an upsert, so concurrent failures all count ---- */
+    [PG_FAILURE_ADD] = {"INSERT INTO signin_failures (key, window_start, failures)"
+                        " VALUES ($1, $2, 1) ON CONFLICT (key, window_start)"
+                        " DO UPDATE SET failures = signin_failures.failures + 1 RETURNING failures",
+                        ONCE},
+    [PG_FAILURE_COUNT] =
+        {"SELECT failures FROM signin_failures WHERE key = $1 AND window_start = $2", RETRY},
+    [PG_FAILURE_PRUNE] = {"DELETE FROM signin_failures WHERE window_start < $1", RETRY},
 
     /* ---- webhook events ---- */
     [PG_WEBHOOK_ADD] = {"INSERT INTO webhook_events (type, data, created_at, due_at)"
@@ -2623,6 +2642,40 @@ static int pg_push_pending(storage *st, int64_t *count)
     return rc;
 }
 
+/* ---- sign-in failure counters ---- */
+
+static int pg_failure_read(storage *st, enum pg_stmt_id id, const char *key, int64_t window_start,
+                           int64_t *count)
+{
+    struct pg_params p = {0};
+    p_text(&p, key);
+    p_int(&p, window_start);
+    PGresult *r;
+    int rc =
+        pg_row(conn_get(st), id, &p, id == PG_FAILURE_ADD ? "failure_add" : "failure_count", &r);
+    if (rc == ST_OK)
+        *count = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_OK : rc;
+}
+
+static int pg_failure_add(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    return pg_failure_read(st, PG_FAILURE_ADD, key, window_start, count);
+}
+
+static int pg_failure_count(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    return pg_failure_read(st, PG_FAILURE_COUNT, key, window_start, count);
+}
+
+static int pg_failure_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    return pg_run(conn_get(st), PG_FAILURE_PRUNE, &p, "failure_prune", 0, deleted);
+}
+
 /* ---- webhook events ---- */
 
 static int pg_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
@@ -3320,6 +3373,9 @@ static const struct storage_ops pgsql_ops = {
     .push_claim = pg_push_claim,
     .push_done = pg_push_done,
     .push_pending = pg_push_pending,
+    .failure_add = pg_failure_add,
+    .failure_count = pg_failure_count,
+    .failure_prune = pg_failure_prune,
     .webhook_add = pg_webhook_add,
     .webhook_claim = pg_webhook_claim,
     .webhook_done = pg_webhook_done,

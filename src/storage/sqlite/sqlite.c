@@ -319,10 +319,18 @@ static const char sq_schema_versions[] =
     "ALTER TABLE profiles ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
     "ALTER TABLE item_state ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
 
+/* Sign-in failures per hashed key and fixed window, shared by every process on the database. */
+static const char sq_schema_failures[] = "CREATE TABLE signin_failures ("
+                                         " key TEXT NOT NULL,"
+                                         " window_start INTEGER NOT NULL,"
+                                         " failures INTEGER NOT NULL,"
+                                         " PRIMARY KEY (key, window_start));";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,      sq_schema_v2,        sq_schema_reauth,   sq_schema_push,     sq_schema_oidc,
-    sq_schema_library, sq_schema_push_bulk, sq_schema_webhooks, sq_schema_versions,
+    sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,    sq_schema_push,
+    sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk, sq_schema_webhooks,
+    sq_schema_versions, sq_schema_failures,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -410,6 +418,9 @@ enum sq_stmt_id {
     SQ_PUSH_DEL_OWNED,
     SQ_PUSH_MARK_DEAD,
     SQ_PUSH_PENDING,
+    SQ_FAILURE_ADD,
+    SQ_FAILURE_COUNT,
+    SQ_FAILURE_PRUNE,
     SQ_WEBHOOK_ADD,
     SQ_WEBHOOK_CLAIM,
     SQ_WEBHOOK_LEASE,
@@ -768,6 +779,13 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_PUSH_PENDING] = "SELECT count(*) FROM push_outbox",
     /* Webhook events: oldest first among the due ones; claimed and leased in one write
      * transaction (sq_webhook_claim). */
+    [SQ_FAILURE_ADD] =
+        "INSERT INTO signin_failures (key, window_start, failures) VALUES (?1, ?2, 1) "
+        "ON CONFLICT (key, window_start) DO UPDATE SET failures = failures + 1 "
+        "RETURNING failures",
+    [SQ_FAILURE_COUNT] =
+        "SELECT failures FROM signin_failures WHERE key = ?1 AND window_start = ?2",
+    [SQ_FAILURE_PRUNE] = "DELETE FROM signin_failures WHERE window_start < ?1",
     [SQ_WEBHOOK_ADD] =
         "INSERT INTO webhook_events (type, data, created_at, due_at) VALUES (?1, ?2, ?3, ?3)",
     [SQ_WEBHOOK_CLAIM] = "SELECT id, type, data, created_at, attempts FROM webhook_events "
@@ -2725,6 +2743,46 @@ static int sq_push_pending(storage *st, int64_t *count)
     return rc;
 }
 
+/* ---- sign-in failure counters ---- */
+
+static int sq_failure_read(storage *st, enum sq_stmt_id id, const char *key, int64_t window_start,
+                           int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, id, &c);
+    bind_text(c, s, 1, key);
+    bind_int(c, s, 2, window_start);
+    int rc = sq_row(c, s, id == SQ_FAILURE_ADD ? "failure_add" : "failure_count");
+    if (rc == ST_ENOTFOUND)
+        return ST_OK; /* no failures yet */
+    if (rc != 1)
+        return rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_failure_add(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    return sq_failure_read(st, SQ_FAILURE_ADD, key, window_start, count);
+}
+
+static int sq_failure_count(storage *st, const char *key, int64_t window_start, int64_t *count)
+{
+    return sq_failure_read(st, SQ_FAILURE_COUNT, key, window_start, count);
+}
+
+static int sq_failure_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_FAILURE_PRUNE, &c);
+    bind_int(c, s, 1, before);
+    int rc = sq_run(c, s, "failure_prune", 0);
+    if (rc == ST_OK)
+        *deleted = sqlite3_changes64(c->db);
+    return rc;
+}
+
 /* ---- webhook events ---- */
 
 static int sq_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
@@ -3530,6 +3588,9 @@ static const struct storage_ops sqlite_ops = {
     .push_claim = sq_push_claim,
     .push_done = sq_push_done,
     .push_pending = sq_push_pending,
+    .failure_add = sq_failure_add,
+    .failure_count = sq_failure_count,
+    .failure_prune = sq_failure_prune,
     .webhook_add = sq_webhook_add,
     .webhook_claim = sq_webhook_claim,
     .webhook_done = sq_webhook_done,

@@ -2081,6 +2081,34 @@ TEST(conf_push_sweep)
     storage_close(st);
 }
 
+/* ---- sign-in failure counters ---- */
+
+TEST(conf_failure_counters)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t n = -1, deleted = -1;
+    ASSERT_INT_EQ(storage_failure_count(st, "k1", 900, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0);
+    for (int i = 1; i <= 3; i++) {
+        ASSERT_INT_EQ(storage_failure_add(st, "k1", 900, &n), ST_OK);
+        ASSERT_INT_EQ(n, i);
+    }
+    ASSERT_INT_EQ(storage_failure_add(st, "k2", 900, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    ASSERT_INT_EQ(storage_failure_add(st, "k1", 1800, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1); /* a new window */
+    ASSERT_INT_EQ(storage_failure_count(st, "k1", 900, &n), ST_OK);
+    ASSERT_INT_EQ(n, 3);
+    ASSERT_INT_EQ(storage_failure_prune(st, 1800, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 2);
+    ASSERT_INT_EQ(storage_failure_count(st, "k1", 900, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0);
+    ASSERT_INT_EQ(storage_failure_count(st, "k1", 1800, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1);
+    storage_close(st);
+}
+
 /* ---- webhook events ---- */
 
 struct conf_events {
@@ -2545,9 +2573,9 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
         TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk), TEST_ENTRY(conf_webhook_events),  \
-        TEST_ENTRY(conf_profile_replace), TEST_ENTRY(conf_auth_state_transition_and_audit_count),  \
-        TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
-        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
-        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_profile_replace), TEST_ENTRY(conf_failure_counters),                       \
+        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
+        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
+        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
