@@ -500,8 +500,7 @@ static int add_state(const st_item_state *s, void *ctx)
                        state_name(s->state), "command_uuid",
                        s->command_uuid ? json_string(s->command_uuid) : json_null(), "sensitive",
                        s->sensitive, "detail", s->detail ? json_string(s->detail) : json_null(),
-                       "updated_at", (json_int_t)s->updated_at, "version",
-                       (json_int_t)s->version));
+                       "updated_at", (json_int_t)s->updated_at, "version", (json_int_t)s->version));
     return 0;
 }
 
