@@ -45,6 +45,7 @@ const struct http_route orchard_routes[] = {
     {"GET", "/api/v1/apps", api_handle_apps, "api_apps"},
     {"POST", "/api/v1/apps", api_handle_apps, "api_app_add"},
     {"GET", "/api/v1/apps/{id}", api_handle_app, "api_app"},
+    {"PUT", "/api/v1/apps/{id}", api_handle_app, "api_app_replace"},
     {"DELETE", "/api/v1/apps/{id}", api_handle_app, "api_app_delete"},
     {"GET", "/api/v1/assignments", api_handle_assignments, "api_assignments"},
     {"POST", "/api/v1/assignments", api_handle_assignments, "api_assignment_add"},

@@ -245,12 +245,13 @@ void api_handle_profile(void *ctx, http_request *req, http_response *res)
 static json_t *app_json(const st_app *a)
 {
     json_t *spec = json_loads(a->spec ? a->spec : "{}", 0, NULL);
-    return json_pack("{s:I, s:o, s:o, s:o, s:b, s:o, s:I}", "id", (json_int_t)a->id, "bundle_id",
-                     a->identifier ? json_string(a->identifier) : json_null(), "itunes_store_id",
+    return json_pack("{s:I, s:o, s:o, s:o, s:b, s:o, s:I, s:I}", "id", (json_int_t)a->id,
+                     "bundle_id", a->identifier ? json_string(a->identifier) : json_null(),
+                     "itunes_store_id",
                      a->itunes_store_id ? json_integer(a->itunes_store_id) : json_null(),
                      "manifest_url", a->manifest_url ? json_string(a->manifest_url) : json_null(),
                      "sensitive", a->sensitive, "spec", spec ? spec : json_object(), "created_at",
-                     (json_int_t)a->created_at);
+                     (json_int_t)a->created_at, "version", (json_int_t)a->version);
 }
 
 static int add_app(const st_app *a, void *ctx)
@@ -295,6 +296,53 @@ void api_handle_apps(void *ctx, http_request *req, http_response *res)
     api_send_json(res, 200, json_pack("{s:o}", "apps", arr));
 }
 
+/*
+ * PUT /api/v1/apps/{id}: a new definition (configuration, attributes, options, manifest) of the
+ * same app, validated as for POST. The bundle id and App Store id must stay (409 otherwise).
+ * Its version goes up and every enrollment with an older version gets the install command again
+ * (which updates the app's managed configuration in place).
+ */
+static void app_replace(struct app *app, http_request *req, http_response *res, const char *actor,
+                        const st_app *old)
+{
+    st_app a = {0};
+    char err[LIB_MSG_MAX + 128];
+    json_t *warnings = json_array();
+    if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, &a, err,
+                        sizeof(err)) != 0) {
+        json_decref(warnings);
+        api_send_json(res, 422, json_pack("{s:s}", "error", err));
+        return;
+    }
+    a.id = old->id;
+    int rc = storage_app_replace(app->st, &a);
+    if (rc == ST_ECONFLICT) {
+        json_decref(warnings);
+        api_send_json(
+            res, 409,
+            json_pack("{s:s, s:o, s:o}", "error",
+                      "a replacement must keep the bundle_id and itunes_store_id (it is "
+                      "the same app); add a different app as a new one",
+                      "bundle_id", old->identifier ? json_string(old->identifier) : json_null(),
+                      "itunes_store_id",
+                      old->itunes_store_id ? json_integer(old->itunes_store_id) : json_null()));
+    } else if (rc != 0) {
+        json_decref(warnings);
+        storage_error(res, rc, "no such app");
+    } else {
+        char detail[48];
+        snprintf(detail, sizeof detail, "version=%lld", (long long)a.version);
+        audit_record(app, actor, "app.replace", a.identifier ? a.identifier : "-", detail);
+        struct lib_reconcile_stats s = {0};
+        lib_reconcile_item(app, ST_ITEM_APP, a.id, &s);
+        json_t *j = app_json(&a);
+        json_object_set_new(j, "warnings", warnings);
+        json_object_set_new(j, "reconciled", stats_json(&s));
+        api_send_json(res, 200, j);
+    }
+    st_app_cleanup(&a);
+}
+
 void api_handle_app(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
@@ -308,7 +356,9 @@ void api_handle_app(void *ctx, http_request *req, http_response *res)
         storage_error(res, rc, "no such app");
         return;
     }
-    if (strcmp(req->method, "DELETE") == 0) {
+    if (strcmp(req->method, "PUT") == 0) {
+        app_replace(app, req, res, actor, &a);
+    } else if (strcmp(req->method, "DELETE") == 0) {
         struct lib_reconcile_stats s = {0};
         rc = storage_app_delete(app->st, id);
         if (rc != 0) {

@@ -328,12 +328,13 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
         identifier = a.identifier;
         sensitive = a.sensitive;
     }
-    int64_t version = kind == ST_ITEM_PROFILE ? p.version : 1;
+    int64_t version = kind == ST_ITEM_PROFILE ? p.version : a.version;
     struct row *w = find_row(r, kind, id);
     if (w)
         w->desired = 1;
-    /* The profile was replaced since this version went out: install the new one over it (same
-     * identifier, so the device replaces it in place). */
+    /* The item was replaced since this version went out: install the new one over it (same
+     * identifier, so the device replaces the profile, or updates the app and its managed
+     * configuration, in place). */
     int outdated = w && w->s.state != ST_ITEM_REMOVING && w->s.version < version;
     const char *status = NULL;
     int seen =

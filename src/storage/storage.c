@@ -791,6 +791,7 @@ int storage_profile_add(storage *st, st_profile *p)
 {
     assert(st != NULL && p != NULL && p->identifier != NULL && p->platforms != NULL &&
            p->body != NULL);
+    p->version = 1; /* every new item starts at version 1 (the column default) */
     STORAGE_CALL(st, profile_add, p);
 }
 
@@ -820,9 +821,16 @@ int storage_profile_replace(storage *st, st_profile *p)
     STORAGE_CALL(st, profile_replace, p);
 }
 
+int storage_app_replace(storage *st, st_app *a)
+{
+    assert(st != NULL && a != NULL && a->spec != NULL);
+    STORAGE_CALL(st, app_replace, a);
+}
+
 int storage_app_add(storage *st, st_app *a)
 {
     assert(st != NULL && a != NULL && a->spec != NULL);
+    a->version = 1; /* as profiles */
     STORAGE_CALL(st, app_add, a);
 }
 

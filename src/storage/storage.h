@@ -513,11 +513,18 @@ typedef struct st_app {
     char *spec;              /* JSON object: configuration, attributes, options (as posted) */
     int sensitive;
     int64_t created_at;
+    int64_t version; /* 1 when added, one more at each replacement */
 } st_app;
 
 void st_app_cleanup(st_app *a);
 int storage_app_add(storage *st, st_app *a);
 int storage_app_get(storage *st, int64_t id, st_app *out);
+/*
+ * Replaces app a->id's manifest_url, spec and sensitive and raises its version (fills
+ * a->version). Its identity must stay: ST_ECONFLICT if the stored bundle id or App Store id
+ * differs from a's, ST_ENOTFOUND for an unknown id.
+ */
+int storage_app_replace(storage *st, st_app *a);
 int storage_app_list(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx);
 /* Deletes the app and its assignments in one transaction. */
 int storage_app_delete(storage *st, int64_t id);

@@ -122,6 +122,7 @@ struct storage_ops {
     int (*profile_list)(storage *st, int (*fn)(const st_profile *p, void *ctx), void *ctx);
     int (*profile_delete)(storage *st, int64_t id);
     int (*profile_replace)(storage *st, st_profile *p);
+    int (*app_replace)(storage *st, st_app *a);
     int (*app_add)(storage *st, st_app *a);
     int (*app_get)(storage *st, int64_t id, st_app *out);
     int (*app_list)(storage *st, int (*fn)(const st_app *a, void *ctx), void *ctx);

@@ -419,6 +419,45 @@ def t_profile_replace():
     eq(d.idle(), None, "nothing sent for the refusals")
 
 
+@test("an app replaced in place gets its new managed configuration where an older version is")
+def t_app_replace():
+    s = srv()
+    dave = ("dave@example.com", "dave@appleid.example.com", "dave-Pa55word!")
+    s.add_user(*dave)
+    d = enrolled(dave)
+
+    def spec(url):
+        return {"bundle_id": "com.example.notes", "configuration": {"ServerURL": url}}
+
+    r = s.api("POST", "/api/v1/apps", spec("https://v1.example.com"))
+    status(r, 201, "app created")
+    app_id = r.json()["id"]
+    eq(r.json()["version"], 1, "version 1")
+    assign(s, {"app_id": app_id, "user": dave[0]})
+    cmd = d.idle()
+    eq(cmd["Command"]["Configuration"], {"ServerURL": "https://v1.example.com"}, "first configuration")
+    eq(answer(d, cmd, Identifier="com.example.notes", State="Managed"), None, "installed")
+    r = s.api("PUT", "/api/v1/apps/%d" % app_id, spec("https://v2.example.com"))
+    status(r, 200, "replaced")
+    eq((r.json()["version"], r.json()["reconciled"]["installs"]), (2, 1), "version 2, one reinstall")
+    cmd = d.idle()
+    eq(cmd["Command"]["RequestType"], "InstallApplication", "InstallApplication again")
+    eq(cmd["Command"]["Configuration"], {"ServerURL": "https://v2.example.com"}, "the new configuration")
+    eq(answer(d, cmd, Identifier="com.example.notes", State="Managed"), None, "updated")
+    it = item(library(s, d), "app", "com.example.notes")
+    ok(it and it["state"] == "installed" and it["version"] == 2, "installed at version 2: %r" % it)
+    r = s.api("POST", "/api/v1/enrollments/%s/reconcile" % d.enrollment_id)
+    eq(r.json()["reconciled"]["installs"], 0, "up to date")
+    r = s.api("PUT", "/api/v1/apps/%d" % app_id, {"bundle_id": "com.example.other"})
+    status(r, 409, "another bundle id is another app")
+    eq(r.json()["bundle_id"], "com.example.notes", "the 409 names the bundle id to keep")
+    status(s.api("PUT", "/api/v1/apps/%d" % app_id, {"bundle_id": "com.example.notes",
+                                                    "manifest_url": "http://insecure/x.plist"}), 422, "invalid")
+    status(s.api("PUT", "/api/v1/apps/999999", spec("https://x.example.com")), 404, "unknown app")
+    eq(s.api("GET", "/api/v1/apps/%d" % app_id).json()["version"], 2, "refusals changed nothing")
+    eq(d.idle(), None, "nothing more sent")
+
+
 @test("servers stop cleanly")
 def t_stop():
     if _srv is not None:

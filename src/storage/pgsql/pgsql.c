@@ -316,13 +316,17 @@ static const char pg_schema_v10[] = "CREATE TABLE signin_failures ("
                                     " failures BIGINT NOT NULL,"
                                     " PRIMARY KEY (key, window_start));";
 
+/* Migration 11 (as sqlite.c's): app versions. */
+static const char pg_schema_v11[] =
+    "ALTER TABLE apps ADD COLUMN version BIGINT NOT NULL DEFAULT 1;";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
-    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4, pg_schema_v5,
-    pg_schema_v6, pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10,
+    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4,  pg_schema_v5,  pg_schema_v6,
+    pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10, pg_schema_v11,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -430,6 +434,8 @@ enum pg_stmt_id {
     PG_LIB_APP_GET,
     PG_LIB_APP_LIST,
     PG_LIB_APP_DELETE,
+    PG_LIB_APP_REPLACE,
+    PG_LIB_APP_EXISTS,
     PG_LIB_ITEM_UNASSIGN,
     PG_LIB_ASSIGN_ADD,
     PG_LIB_ASSIGN_GET,
@@ -471,7 +477,7 @@ enum pg_stmt_id {
 #define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
 #define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS ", version"
 #define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
-#define LIB_APP_COLS "id, " LIB_APP_INS_COLS
+#define LIB_APP_COLS "id, " LIB_APP_INS_COLS ", version"
 #define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
 #define LIB_STATE_COLS                                                                             \
     "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
@@ -856,6 +862,12 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     [PG_LIB_APP_LIST] = {"SELECT " LIB_APP_COLS " FROM apps WHERE id > $1 ORDER BY id LIMIT $2",
                          RETRY},
     [PG_LIB_APP_DELETE] = {"DELETE FROM apps WHERE id = $1", ONCE},
+    [PG_LIB_APP_REPLACE] = {"UPDATE apps SET manifest_url = $4, spec = $5, sensitive = $6,"
+                            " version = version + 1 WHERE id = $1"
+                            " AND identifier IS NOT DISTINCT FROM $2::text"
+                            " AND itunes_store_id = $3 RETURNING version",
+                            ONCE},
+    [PG_LIB_APP_EXISTS] = {"SELECT 1 FROM apps WHERE id = $1", RETRY},
     [PG_LIB_ITEM_UNASSIGN] = {"DELETE FROM assignments WHERE item_kind = $1 AND item_id = $2",
                               ONCE},
     /* The item must exist: no row inserted means ST_ENOTFOUND. FOR KEY SHARE holds the item
@@ -2910,6 +2922,7 @@ static int64_t read_lib_app(const PGresult *r, int i, union pg_lib_row *row)
     a->spec = col_text(r, i, 4);
     a->sensitive = (int)col_int(r, i, 5);
     a->created_at = col_int(r, i, 6);
+    a->version = col_int(r, i, 7);
     return a->id;
 }
 
@@ -3157,6 +3170,31 @@ static int pg_profile_delete(storage *st, int64_t id)
     return pg_lib_item_delete(st, PG_LIB_PROFILE_DELETE, ST_ITEM_PROFILE, id, "profile_delete");
 }
 
+static int pg_app_replace(storage *st, st_app *a)
+{
+    static const char op[] = "app_replace";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_int(&p, a->id);
+    p_text(&p, a->identifier);
+    p_int(&p, a->itunes_store_id);
+    p_text(&p, a->manifest_url);
+    p_text(&p, a->spec);
+    p_int(&p, a->sensitive ? 1 : 0);
+    PGresult *r;
+    int rc = pg_row(c, PG_LIB_APP_REPLACE, &p, op, &r);
+    if (rc == ST_OK)
+        a->version = col_int(r, 0, 0);
+    PQclear(r);
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    struct pg_params q = {0}; /* unknown, or another identity */
+    p_int(&q, a->id);
+    rc = pg_row(c, PG_LIB_APP_EXISTS, &q, op, &r);
+    PQclear(r);
+    return rc == ST_OK ? ST_ECONFLICT : rc;
+}
+
 static int pg_app_add(storage *st, st_app *a)
 {
     struct pg_params p = {0};
@@ -3395,6 +3433,7 @@ static const struct storage_ops pgsql_ops = {
     .app_get = pg_app_get,
     .app_list = pg_app_list,
     .app_delete = pg_app_delete,
+    .app_replace = pg_app_replace,
     .assignment_add = pg_assignment_add,
     .assignment_get = pg_assignment_get,
     .assignment_delete = pg_assignment_delete,

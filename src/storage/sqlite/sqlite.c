@@ -326,11 +326,15 @@ static const char sq_schema_failures[] = "CREATE TABLE signin_failures ("
                                          " failures INTEGER NOT NULL,"
                                          " PRIMARY KEY (key, window_start));";
 
+/* App versions, as profile versions (sq_schema_versions). */
+static const char sq_schema_app_versions[] =
+    "ALTER TABLE apps ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,    sq_schema_push,
-    sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk, sq_schema_webhooks,
-    sq_schema_versions, sq_schema_failures,
+    sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,       sq_schema_push,
+    sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk,    sq_schema_webhooks,
+    sq_schema_versions, sq_schema_failures, sq_schema_app_versions,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -444,6 +448,8 @@ enum sq_stmt_id {
     SQ_LIB_APP_GET,
     SQ_LIB_APP_LIST,
     SQ_LIB_APP_DELETE,
+    SQ_LIB_APP_REPLACE,
+    SQ_LIB_APP_EXISTS,
     SQ_LIB_ITEM_UNASSIGN,
     SQ_LIB_ASSIGN_ADD,
     SQ_LIB_ASSIGN_GET,
@@ -520,7 +526,7 @@ enum sq_stmt_id {
 #define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
 #define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS ", version"
 #define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
-#define LIB_APP_COLS "id, " LIB_APP_INS_COLS
+#define LIB_APP_COLS "id, " LIB_APP_INS_COLS ", version"
 #define LIB_ASSIGN_COLS "id, item_kind, item_id, target_type, target, created_at"
 #define LIB_STATE_COLS                                                                             \
     "enrollment_id, item_kind, item_id, identifier, state, command_uuid, sensitive, detail, "      \
@@ -542,6 +548,11 @@ static const char *const sq_sql[SQ_NSTMT] = {
     [SQ_LIB_APP_GET] = "SELECT " LIB_APP_COLS " FROM apps WHERE id = ?1",
     [SQ_LIB_APP_LIST] = "SELECT " LIB_APP_COLS " FROM apps WHERE id > ?1 ORDER BY id LIMIT ?2",
     [SQ_LIB_APP_DELETE] = "DELETE FROM apps WHERE id = ?1",
+    /* The identity (bundle id, App Store id) must not change: IS compares NULLs as equal. */
+    [SQ_LIB_APP_REPLACE] = "UPDATE apps SET manifest_url = ?4, spec = ?5, sensitive = ?6, "
+                           "version = version + 1 WHERE id = ?1 AND identifier IS ?2 AND "
+                           "itunes_store_id = ?3 RETURNING version",
+    [SQ_LIB_APP_EXISTS] = "SELECT 1 FROM apps WHERE id = ?1",
     [SQ_LIB_ITEM_UNASSIGN] = "DELETE FROM assignments WHERE item_kind = ?1 AND item_id = ?2",
     /* The item must exist: no row inserted means ST_ENOTFOUND. */
     [SQ_LIB_ASSIGN_ADD] =
@@ -3063,6 +3074,7 @@ static int64_t read_lib_app(sqlite3_stmt *s, void *row)
     a->spec = col_text(s, 4);
     a->sensitive = sqlite3_column_int(s, 5);
     a->created_at = sqlite3_column_int64(s, 6);
+    a->version = sqlite3_column_int64(s, 7);
     return a->id;
 }
 
@@ -3309,6 +3321,34 @@ static int sq_app_add(storage *st, st_app *a)
     if (rc == ST_OK)
         a->id = sqlite3_last_insert_rowid(c->db);
     return rc;
+}
+
+static int sq_app_replace(storage *st, st_app *a)
+{
+    const char *op = "app_replace";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_LIB_APP_REPLACE, &c);
+    bind_int(c, s, 1, a->id);
+    bind_text(c, s, 2, a->identifier);
+    bind_int(c, s, 3, a->itunes_store_id);
+    bind_text(c, s, 4, a->manifest_url);
+    bind_text(c, s, 5, a->spec);
+    bind_int(c, s, 6, a->sensitive ? 1 : 0);
+    int rc = sq_row(c, s, op);
+    if (rc == 1) {
+        a->version = sqlite3_column_int64(s, 0);
+        sq_reset(c, s);
+        return ST_OK;
+    }
+    if (rc != ST_ENOTFOUND)
+        return rc;
+    s = sq_stmt(c, SQ_LIB_APP_EXISTS); /* unknown, or another identity */
+    bind_int(c, s, 1, a->id);
+    rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    sq_reset(c, s);
+    return ST_ECONFLICT;
 }
 
 static int sq_app_get(storage *st, int64_t id, st_app *out)
@@ -3610,6 +3650,7 @@ static const struct storage_ops sqlite_ops = {
     .app_get = sq_app_get,
     .app_list = sq_app_list,
     .app_delete = sq_app_delete,
+    .app_replace = sq_app_replace,
     .assignment_add = sq_assignment_add,
     .assignment_get = sq_assignment_get,
     .assignment_delete = sq_assignment_delete,

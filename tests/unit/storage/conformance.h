@@ -2374,6 +2374,46 @@ TEST(conf_profile_replace)
     storage_close(st);
 }
 
+/* An app replaced in place: same bundle id and App Store id, new spec, version + 1. */
+TEST(conf_app_replace)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    st_app a = {.identifier = "com.example.a", .spec = "{\"v\":1}", .created_at = 5};
+    ASSERT_INT_EQ(storage_app_add(st, &a), ST_OK);
+    st_app g = {0};
+    ASSERT_INT_EQ(storage_app_get(st, a.id, &g), ST_OK);
+    ASSERT_INT_EQ(g.version, 1);
+    st_app_cleanup(&g);
+    st_app n = {.id = a.id, .identifier = "com.example.a", .spec = "{\"v\":2}", .sensitive = 1};
+    ASSERT_INT_EQ(storage_app_replace(st, &n), ST_OK);
+    ASSERT_INT_EQ(n.version, 2);
+    ASSERT_INT_EQ(storage_app_get(st, a.id, &g), ST_OK);
+    ASSERT_STR_EQ(g.spec, "{\"v\":2}");
+    ASSERT_INT_EQ(g.sensitive, 1);
+    ASSERT_INT_EQ(g.version, 2);
+    st_app_cleanup(&g);
+    st_app other = n;
+    other.identifier = "com.example.b";
+    ASSERT_INT_EQ(storage_app_replace(st, &other), ST_ECONFLICT);
+    other = n;
+    other.itunes_store_id = 42;
+    ASSERT_INT_EQ(storage_app_replace(st, &other), ST_ECONFLICT);
+    other = n;
+    other.identifier = NULL;
+    ASSERT_INT_EQ(storage_app_replace(st, &other), ST_ECONFLICT);
+    other = n;
+    other.id = a.id + 1000;
+    ASSERT_INT_EQ(storage_app_replace(st, &other), ST_ENOTFOUND);
+    /* An app known only by its App Store id keeps that. */
+    st_app s2 = {.itunes_store_id = 7, .spec = "{}", .created_at = 6};
+    ASSERT_INT_EQ(storage_app_add(st, &s2), ST_OK);
+    st_app n2 = {.id = s2.id, .itunes_store_id = 7, .spec = "{\"c\":1}"};
+    ASSERT_INT_EQ(storage_app_replace(st, &n2), ST_OK);
+    ASSERT_INT_EQ(n2.version, 2);
+    storage_close(st);
+}
+
 TEST(conf_library_items)
 {
     storage *st = conf_open();
@@ -2573,9 +2613,10 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_fault_steps), TEST_ENTRY(conf_concurrency), TEST_ENTRY(conf_push_outbox),  \
         TEST_ENTRY(conf_push_filter), TEST_ENTRY(conf_push_sweep), TEST_ENTRY(conf_push_batch),    \
         TEST_ENTRY(conf_push_drain), TEST_ENTRY(conf_push_bulk), TEST_ENTRY(conf_webhook_events),  \
-        TEST_ENTRY(conf_profile_replace), TEST_ENTRY(conf_failure_counters),                       \
-        TEST_ENTRY(conf_auth_state_transition_and_audit_count), TEST_ENTRY(conf_device_lookup),    \
-        TEST_ENTRY(conf_library_items), TEST_ENTRY(conf_library_assignments),                      \
-        TEST_ENTRY(conf_library_state), TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_profile_replace), TEST_ENTRY(conf_app_replace),                            \
+        TEST_ENTRY(conf_failure_counters), TEST_ENTRY(conf_auth_state_transition_and_audit_count), \
+        TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
+        TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
+        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
 
 #endif
