@@ -98,9 +98,12 @@ void webhook_emit(struct app *app, const char *type, const char *const *kv)
     if (config_get(app->cfg, "webhook_url")[0] == '\0')
         return;
     json_t *data = json_object();
-    for (size_t i = 0; kv[i] != NULL; i += 2)
-        if (kv[i + 1] != NULL)
-            json_object_set_new(data, kv[i], json_string(kv[i + 1]));
+    for (size_t i = 0; kv[i] != NULL; i += 2) {
+        if (kv[i + 1] == NULL)
+            continue;
+        json_t *v = json_string(kv[i + 1]); /* NULL if not UTF-8 (a device-supplied name) */
+        json_object_set_new(data, kv[i], v ? v : json_string("(not UTF-8)"));
+    }
     char *text = json_dumps(data, JSON_COMPACT);
     json_decref(data);
     if (text == NULL || storage_webhook_add(app->st, type, text, app_now(app), NULL) != ST_OK)
