@@ -24,8 +24,8 @@
 #include "crypto/pki.h"
 #include "storage/storage.h"
 
-#define WEBHOOK_LEASE 120    /* seconds an event is ours; longer than a batch of timeouts */
-#define WEBHOOK_BATCH 50     /* events claimed at a time: 50 x 10 s timeout < the lease */
+#define WEBHOOK_LEASE 120    /* seconds an event is ours; a batch stops at half of it */
+#define WEBHOOK_BATCH 50     /* events claimed at a time */
 #define WEBHOOK_POLL_MS 1000 /* idle poll: retries coming due, events from other processes */
 #define WEBHOOK_TIMEOUT 10   /* seconds per request */
 
@@ -261,8 +261,19 @@ static int stopping(struct webhooks *w)
     return s;
 }
 
-/* Claims and delivers one batch; returns how many were claimed. Events left unsent because
- * the thread is stopping are given back, due now, attempts unchanged. */
+static int64_t monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+/*
+ * Claims and delivers one batch; returns how many were claimed. Events left unsent are given
+ * back, due now, attempts unchanged: when the thread is stopping, and when half the lease has
+ * gone (a receiver timing out on every request must not let the lease expire under us, or
+ * another instance would send the same events meanwhile).
+ */
 static int deliver_batch(struct webhooks *w)
 {
     struct app *app = w->app;
@@ -271,8 +282,9 @@ static int deliver_batch(struct webhooks *w)
     if (storage_webhook_claim(app->st, w->owner, app_now(app), WEBHOOK_LEASE, WEBHOOK_BATCH,
                               on_claim, &b, &claimed) != ST_OK)
         return 0;
+    int64_t started = monotonic_s();
     for (int i = 0; i < b.n; i++) {
-        if (stopping(w))
+        if (stopping(w) || monotonic_s() - started > WEBHOOK_LEASE / 2)
             storage_webhook_done(app->st, w->owner, b.ev[i].id, ST_WEBHOOK_RETRY, app_now(app),
                                  b.ev[i].attempts);
         else
