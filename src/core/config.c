@@ -67,6 +67,9 @@ const struct config_key config_keys[] = {
       "CA file to verify the APNs server with; empty = system trust store."),
     D("apns_expiration", CONFIG_DURATION, "24h", 0, 30 * DAY, NULL,
       "apns-expiration of MDM pushes, relative to sending."),
+    D("apns_proxy", CONFIG_STRING, "", 0, 0, NULL,
+      "http://HOST:PORT of an HTTP proxy to reach APNs through (CONNECT tunnel; TLS stays end "
+      "to end); empty = direct."),
     D("apns_timeout", CONFIG_DURATION, "15s", 1, 600, NULL,
       "A push unanswered this long is cancelled and retried; an APNs connection silent this long "
       "while pushes are in flight is replaced."),

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,8 @@ struct tls_client {
     SSL_CTX *ctx;
     unsigned char alpn[64]; /* wire format: length-prefixed */
     size_t alpn_len;
+    char proxy_host[256]; /* "" = direct */
+    int proxy_port;
 };
 
 struct tls_conn {
@@ -88,6 +91,39 @@ static int set_alpn(tls_client *tc, const char *alpn)
     return SSL_CTX_set_alpn_protos(tc->ctx, tc->alpn, (unsigned)tc->alpn_len) == 0 ? 0 : -1;
 }
 
+/* "http://HOST:PORT[/]" or "HOST:PORT" ("[v6]:PORT" too) into tc->proxy_host/port. */
+static int parse_proxy(tls_client *tc, const char *proxy)
+{
+    const char *p = proxy;
+    if (strncasecmp(p, "http://", 7) == 0)
+        p += 7;
+    else if (strstr(p, "://") != NULL)
+        return -1; /* https:// proxies (TLS to the proxy) are not supported */
+    const char *host = p, *end;
+    if (*p == '[') {
+        host = p + 1;
+        end = strchr(host, ']');
+        if (end == NULL || end[1] != ':')
+            return -1;
+        p = end + 1;
+    } else {
+        end = strrchr(p, ':');
+        if (end == NULL)
+            return -1;
+        p = end;
+    }
+    size_t n = (size_t)(end - host);
+    char *rest = NULL;
+    long port = strtol(p + 1, &rest, 10);
+    if (n == 0 || n >= sizeof(tc->proxy_host) || memchr(host, '@', n) != NULL || port < 1 ||
+        port > 65535 || rest == p + 1 || (*rest != '\0' && strcmp(rest, "/") != 0))
+        return -1;
+    memcpy(tc->proxy_host, host, n);
+    tc->proxy_host[n] = '\0';
+    tc->proxy_port = (int)port;
+    return 0;
+}
+
 tls_client *tls_client_new(const struct tls_client_options *o, char *err, size_t err_len)
 {
     tls_client *tc = xcalloc(1, sizeof(*tc));
@@ -118,6 +154,10 @@ tls_client *tls_client_new(const struct tls_client_options *o, char *err, size_t
     }
     if (o->alpn != NULL && set_alpn(tc, o->alpn) != 0) {
         snprintf(err, err_len, "bad ALPN protocol");
+        goto fail;
+    }
+    if (o->proxy != NULL && o->proxy[0] != '\0' && parse_proxy(tc, o->proxy) != 0) {
+        snprintf(err, err_len, "the proxy must be http://HOST:PORT");
         goto fail;
     }
     return tc;
@@ -241,13 +281,78 @@ static int handshake(tls_client *tc, tls_conn *c, int64_t deadline, char *err, s
     return 0;
 }
 
+/*
+ * Asks the proxy on fd for a tunnel to host:port (RFC 9110 CONNECT) and reads its answer up to
+ * the blank line, a byte at a time so that nothing of the tunnel is consumed. 0 on a 2xx.
+ */
+static int proxy_tunnel(int fd, const char *host, int port, int64_t deadline, char *err,
+                        size_t err_len)
+{
+    char req[600];
+    int v6 = strchr(host, ':') != NULL;
+    int n = snprintf(req, sizeof(req),
+                     "CONNECT %s%s%s:%d HTTP/1.1\r\nHost: %s%s%s:%d\r\n"
+                     "User-Agent: orchard\r\n\r\n",
+                     v6 ? "[" : "", host, v6 ? "]" : "", port, v6 ? "[" : "", host, v6 ? "]" : "",
+                     port);
+    for (int off = 0; off < n;) {
+        ssize_t w = send(fd, req + off, (size_t)(n - off), MSG_NOSIGNAL);
+        if (w > 0)
+            off += (int)w;
+        else if (w < 0 && errno != EAGAIN && errno != EINTR)
+            goto io_error;
+        else if (wait_fd(fd, POLLOUT, deadline) != 1)
+            goto timeout;
+    }
+    char resp[4096];
+    size_t len = 0;
+    while (len < 4 || memcmp(resp + len - 4, "\r\n\r\n", 4) != 0) {
+        if (len + 1 >= sizeof(resp)) {
+            snprintf(err, err_len, "proxy: answer too long");
+            return -1;
+        }
+        ssize_t r = recv(fd, resp + len, 1, 0);
+        if (r == 1) {
+            len++;
+        } else if (r == 0) {
+            snprintf(err, err_len, "proxy: closed the connection before answering CONNECT");
+            return -1;
+        } else if (errno != EAGAIN && errno != EINTR) {
+            goto io_error;
+        } else if (wait_fd(fd, POLLIN, deadline) != 1) {
+            goto timeout;
+        }
+    }
+    resp[len] = '\0';
+    int status = 0;
+    if (sscanf(resp, "HTTP/1.%*1[01] %3d", &status) != 1 || status < 200 || status > 299) {
+        size_t line = strcspn(resp, "\r\n");
+        snprintf(err, err_len, "proxy refused CONNECT %s:%d: %.*s", host, port,
+                 (int)(line < 120 ? line : 120), resp);
+        return -1;
+    }
+    return 0;
+io_error:
+    snprintf(err, err_len, "proxy: connection failed: %s", strerror(errno));
+    return -1;
+timeout:
+    snprintf(err, err_len, "proxy: CONNECT timed out");
+    return -1;
+}
+
 tls_conn *tls_connect(tls_client *tc, const char *host, int port, int timeout_ms, char *err,
                       size_t err_len)
 {
     int64_t deadline = now_ms() + timeout_ms;
-    int fd = tcp_connect(host, port, deadline, err, err_len);
+    int direct = tc->proxy_host[0] == '\0';
+    int fd = tcp_connect(direct ? host : tc->proxy_host, direct ? port : tc->proxy_port, deadline,
+                         err, err_len);
     if (fd < 0)
         return NULL;
+    if (!direct && proxy_tunnel(fd, host, port, deadline, err, err_len) != 0) {
+        close(fd);
+        return NULL;
+    }
     tls_conn *c = xcalloc(1, sizeof(*c));
     c->fd = fd;
     c->ssl = SSL_new(tc->ctx);

@@ -23,6 +23,8 @@ struct tls_client_options {
     const char *key_pem;  /* its unencrypted private key (PEM) */
     const char *ca_file;  /* trust anchors; NULL or "" = the system store */
     const char *alpn;     /* the one application protocol to insist on, e.g. "h2"; or NULL */
+    const char *proxy;    /* "http://HOST:PORT" (or "HOST:PORT"): tunnel with HTTP CONNECT;
+                           * NULL or "" = connect directly */
 };
 
 /* NULL with a reason in err when the certificate, key or CA file cannot be used. */
@@ -30,8 +32,9 @@ tls_client *tls_client_new(const struct tls_client_options *o, char *err, size_t
 void tls_client_free(tls_client *tc);
 
 /*
- * Connects to host:port (a name, or an IPv4/IPv6 literal) and completes the handshake within
- * timeout_ms, verifying the server against the host. NULL with a reason in err (also when
+ * Connects to host:port (a name, or an IPv4/IPv6 literal), through the proxy if one is
+ * configured, and completes the handshake within timeout_ms, verifying the server against the
+ * host (end to end: the proxy only relays the TLS bytes). NULL with a reason in err (also when
  * the server did not agree to the ALPN protocol).
  */
 tls_conn *tls_connect(tls_client *tc, const char *host, int port, int timeout_ms, char *err,

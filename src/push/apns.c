@@ -565,8 +565,11 @@ push_client *push_apns_new(const struct push_apns_options *o, char *err, size_t 
         apns_free(&c->base);
         return NULL;
     }
-    struct tls_client_options to = {
-        .cert_pem = o->cert_pem, .key_pem = o->key_pem, .ca_file = o->ca_file, .alpn = "h2"};
+    struct tls_client_options to = {.cert_pem = o->cert_pem,
+                                    .key_pem = o->key_pem,
+                                    .ca_file = o->ca_file,
+                                    .alpn = "h2",
+                                    .proxy = o->proxy};
     c->tls = tls_client_new(&to, err, err_len);
     if (c->tls == NULL) {
         apns_free(&c->base);

@@ -57,6 +57,8 @@ struct push_apns_options {
     const char *ca_file;  /* CA bundle to verify the server with; NULL or "" = system store */
     int max_streams;      /* concurrent HTTP/2 streams on the connection (e.g. 1000) */
     int timeout_ms;       /* per request, connection set-up included */
+    const char
+        *proxy; /* "http://HOST:PORT": reach APNs through HTTP CONNECT; NULL or "" = direct */
 };
 
 /* The HTTP/2 APNs client (libnghttp2 over crypto/tls_client). NULL with a message in err. */

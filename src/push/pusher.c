@@ -422,7 +422,8 @@ pusher *pusher_start(struct app *app, char *err, size_t err_len)
                 .key_pem = key,
                 .ca_file = config_get(app->cfg, "apns_ca_file"),
                 .max_streams = (int)config_get_int(app->cfg, "push_streams"),
-                .timeout_ms = (int)config_get_int(app->cfg, "apns_timeout") * 1000};
+                .timeout_ms = (int)config_get_int(app->cfg, "apns_timeout") * 1000,
+                .proxy = config_get(app->cfg, "apns_proxy")};
             client = push_apns_new(&o, err, err_len);
         }
         if (key != NULL)

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -446,6 +447,106 @@ def apns_timeout_cancels_a_slow_push_but_an_idle_connection_is_reused():
         eq(st.stats()["answered"], 2, "the stub answered only the two quick ones meanwhile")
     finally:
         s.stop()
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy: records each CONNECT target and relays bytes both ways, or
+    answers every CONNECT with `refuse` (e.g. 403)."""
+
+    def __init__(self, refuse=None):
+        import socket
+        self.targets, self.refuse = [], refuse
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import socket
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = c.recv(1)
+            if not chunk:
+                c.close()
+                return
+            head += chunk
+        target = head.split(b" ")[1].decode()
+        self.targets.append(target)
+        if self.refuse:
+            c.sendall(b"HTTP/1.1 %d Forbidden\r\nContent-Length: 0\r\n\r\n" % self.refuse)
+            c.close()
+            return
+        host, port = target.rsplit(":", 1)
+        up = socket.create_connection((host, int(port)))
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pipe(a, b):
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+            except OSError:
+                pass
+            for x in (a, b):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        threading.Thread(target=pipe, args=(up, c), daemon=True).start()
+        pipe(c, up)
+
+    def close(self):
+        self.sock.close()
+
+
+@test
+def pushes_go_through_an_http_connect_proxy_and_a_refusing_proxy_is_reported():
+    s = Server(name="push-proxy", env=env())
+    st = Stub(s)
+    proxy = ConnectProxy()
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file, "ORCHARD_APNS_PROXY": proxy.url})
+    try:
+        toks = seed(s, {"px@example.com": 3})["px@example.com"]
+        status(s.api("POST", "/api/v1/push", {"user": "px@example.com"}), 202, "bulk push")
+        for tok in toks:
+            got = st.wait_for(tok, 1)
+            eq(got[0]["status"], 200, "pushed through the proxy")
+        eq(proxy.targets, [st.url[len("https://"):]], "one CONNECT tunnel, to the push server")
+    finally:
+        s.stop()
+        proxy.close()
+    # A proxy that refuses the tunnel: nothing reaches APNs, the reason is logged, the pushes wait.
+    refusing = ConnectProxy(refuse=403)
+    s.start(env={"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file,
+                 "ORCHARD_APNS_PROXY": refusing.url})
+    try:
+        before = st.stats()["requests"]
+        toks = seed(s, {"px2@example.com": 1})["px2@example.com"]
+        status(s.api("POST", "/api/v1/push", {"user": "px2@example.com"}), 202, "bulk push")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "proxy refused CONNECT" not in s.log_text():
+            time.sleep(0.1)
+        ok("proxy refused CONNECT" in s.log_text() and "403" in s.log_text(), "the refusal is logged with its status")
+        eq(st.stats()["requests"], before, "nothing reached the push server")
+        ok(refusing.targets, "the proxy was asked")
+    finally:
+        s.stop()
+        refusing.close()
+    # A proxy setting Orchard cannot use stops `orchard serve` with a clear message.
+    p = subprocess.run([orchard.BIN, "serve", "--data", s.data], env=dict(os.environ, ORCHARD_APNS_PROXY="socks5://x:1"),
+                       capture_output=True, text=True, timeout=30)
+    ok(p.returncode != 0 and "proxy" in p.stderr, "serve refuses a proxy it cannot use: %r" % p.stderr)
 
 
 # --- orchard pushcert ------------------------------------------------------------------------------
