@@ -87,25 +87,37 @@ static int add_profile(const st_profile *p, void *ctx)
     return 0;
 }
 
-static void profile_create(struct app *app, http_request *req, http_response *res,
-                           const char *actor)
+/*
+ * Validates an uploaded profile for ?platform= (POST and PUT): fills p and returns the warnings
+ * (a new JSON array), or answers 400/422 and returns NULL.
+ */
+static json_t *profile_from_request(http_request *req, http_response *res, st_profile *p)
 {
     unsigned mask = 0;
     const char *platform = http_request_query(req, "platform");
     if (platform && lib_platforms_parse(platform, &mask) != 0) {
         http_response_error(res, 400, "platform must be ios, macos or visionos (comma-separated)");
-        return;
+        return NULL;
     }
-    st_profile p = {0};
     char err[LIB_MSG_MAX + 128];
     json_t *warnings = json_array();
     if (lib_profile_prepare((const uint8_t *)req->body, req->body_len, mask, collect_warning,
-                            warnings, &p, err, sizeof(err)) != 0) {
+                            warnings, p, err, sizeof(err)) != 0) {
         log_info("event=profile_refused rid=%s reason=\"%s\"", req->request_id, err);
         json_decref(warnings);
         api_send_json(res, 422, json_pack("{s:s}", "error", err));
-        return;
+        return NULL;
     }
+    return warnings;
+}
+
+static void profile_create(struct app *app, http_request *req, http_response *res,
+                           const char *actor)
+{
+    st_profile p = {0};
+    json_t *warnings = profile_from_request(req, res, &p);
+    if (warnings == NULL)
+        return;
     p.sensitive = query_true(req, "sensitive");
     p.sign = query_true(req, "sign");
     p.created_at = app_now(app);
@@ -142,22 +154,10 @@ static int query_flag_or(http_request *req, const char *name, int current)
 static void profile_replace(struct app *app, http_request *req, http_response *res,
                             const char *actor, const st_profile *old)
 {
-    unsigned mask = 0;
-    const char *platform = http_request_query(req, "platform");
-    if (platform && lib_platforms_parse(platform, &mask) != 0) {
-        http_response_error(res, 400, "platform must be ios, macos or visionos (comma-separated)");
-        return;
-    }
     st_profile p = {0};
-    char err[LIB_MSG_MAX + 128];
-    json_t *warnings = json_array();
-    if (lib_profile_prepare((const uint8_t *)req->body, req->body_len, mask, collect_warning,
-                            warnings, &p, err, sizeof(err)) != 0) {
-        log_info("event=profile_refused rid=%s reason=\"%s\"", req->request_id, err);
-        json_decref(warnings);
-        api_send_json(res, 422, json_pack("{s:s}", "error", err));
+    json_t *warnings = profile_from_request(req, res, &p);
+    if (warnings == NULL)
         return;
-    }
     p.id = old->id;
     p.sensitive = query_flag_or(req, "sensitive", old->sensitive);
     p.sign = query_flag_or(req, "sign", old->sign);
