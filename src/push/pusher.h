@@ -2,9 +2,10 @@
  * The push service of `orchard serve`: the outbox worker thread and the calls that feed it.
  *
  * Pushes are never sent from a request thread. A trigger (a command enqueued, an admin push,
- * a bulk push, the re-push sweeper) only writes a row to the durable outbox in storage and
- * wakes the worker; the worker claims due rows in batches under a lease, sends each batch over
- * the push client (push.h) and records every outcome: sent rows are deleted, transient
+ * the re-push sweeper) only writes a row to the durable outbox in storage, and a bulk push (a
+ * filter) one bulk-push record, and wakes the worker; the worker claims due rows, then pages of
+ * a bulk push, in batches under a lease (storage.h), sends each batch over the push client
+ * (push.h) and records every outcome: sent rows are deleted, transient
  * failures come back with a jittered backoff (30 s, 2 m, 8 m, 30 m ...; dropped after
  * PUSHER_MAX_ATTEMPTS), permanent ones (410 Unregistered, BadDeviceToken,
  * DeviceTokenNotForTopic) mark the token dead until the device's next TokenUpdate.
