@@ -23,6 +23,7 @@
 #include "core/mem.h"
 #include "crypto/pki.h"
 #include "storage/storage.h"
+#include "webhook/webhook.h"
 
 #define PUSHER_LEASE 120         /* seconds a claim is ours; longer than any batch can take */
 #define PUSHER_POLL_MS 1000      /* idle poll: retries coming due, other instances' rows */
@@ -153,6 +154,10 @@ static void pusher_outcomes(struct pusher *p, struct pusher_batch *b, int64_t no
             res->outcome = ST_PUSH_DEAD;
             log_warn("event=push_token_dead enrollment=%s token=%s status=%d reason=\"%s\"", r->id,
                      th, m->status, m->reason);
+            /* The device can no longer be woken until it sends a new TokenUpdate: worth telling
+             * whoever watches the fleet. */
+            webhook_emit(p->app, "push.token_dead",
+                         (const char *const[]){"enrollment_id", r->id, "reason", m->reason, NULL});
             break;
         case PUSH_DROP:
             res->outcome = ST_PUSH_DROP;

@@ -565,6 +565,30 @@ def events_survive_a_receiver_outage_and_a_restart():
         rx.stop()
 
 
+@test
+def a_push_token_apns_declares_dead_is_an_event():
+    from apns import Stub
+    s = Server(name="wh-dead")
+    s.add_user(*ALICE)
+    rx = Receiver(s).start()
+    st = Stub(s)
+    secret = new_secret()
+    env = webhook_env(rx.url, secret, s)
+    env.update({"ORCHARD_APNS_URL": st.url, "ORCHARD_APNS_CA_FILE": s.ca_file})
+    s.start(env=env)
+    try:
+        d = enrolled(s)
+        st.script(tokens={d.push_token.hex(): [{"status": 410, "reason": "Unregistered"}]})
+        enqueue(s, d)  # its push is answered 410
+        got = rx.wait(lambda reqs: of_type(reqs, "push.token_dead", enrollment_id=d.enrollment_id),
+                      what="a push.token_dead event")
+        eq(body_of(got[0])["data"], {"enrollment_id": d.enrollment_id, "reason": "Unregistered"}, "event data")
+        check_request(got[0], secret, [time.time()], "push.token_dead")
+        ok(d.push_token.hex() not in got[0]["body"].decode(), "the token itself is not sent")
+    finally:
+        s.stop()
+
+
 def start_expecting_refusal(s, env, timeout=20):
     """Starts `orchard serve`, which must exit on its own; returns (exit code, its output)."""
     before = len(s.log_text())
