@@ -127,7 +127,8 @@ static void profile_create(struct app *app, http_request *req, http_response *re
         api_send_json(
             res, 409,
             json_pack("{s:s}", "error",
-                      "a profile with this PayloadIdentifier is in the library; delete it first"));
+                      "a profile with this PayloadIdentifier is in the library; replace it with "
+                      "PUT /api/v1/profiles/{id}"));
     } else if (rc != 0) {
         json_decref(warnings);
         http_response_error(res, 503, "storage unavailable");
