@@ -261,20 +261,30 @@ static int add_app(const st_app *a, void *ctx)
     return 0;
 }
 
+/* Validates an app definition (POST and PUT): fills a and returns the warnings (a new JSON
+ * array), or answers 422 and returns NULL. */
+static json_t *app_from_request(http_request *req, http_response *res, st_app *a)
+{
+    char err[LIB_MSG_MAX + 128];
+    json_t *warnings = json_array();
+    if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, a, err, sizeof(err)) !=
+        0) {
+        json_decref(warnings);
+        api_send_json(res, 422, json_pack("{s:s}", "error", err));
+        return NULL;
+    }
+    return warnings;
+}
+
 void api_handle_apps(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
     AUTH();
     if (strcmp(req->method, "POST") == 0) {
         st_app a = {0};
-        char err[LIB_MSG_MAX + 128];
-        json_t *warnings = json_array();
-        if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, &a, err,
-                            sizeof(err)) != 0) {
-            json_decref(warnings);
-            api_send_json(res, 422, json_pack("{s:s}", "error", err));
+        json_t *warnings = app_from_request(req, res, &a);
+        if (warnings == NULL)
             return;
-        }
         a.created_at = app_now(app);
         if (storage_app_add(app->st, &a) != 0) {
             json_decref(warnings);
@@ -307,14 +317,9 @@ static void app_replace(struct app *app, http_request *req, http_response *res, 
                         const st_app *old)
 {
     st_app a = {0};
-    char err[LIB_MSG_MAX + 128];
-    json_t *warnings = json_array();
-    if (lib_app_prepare(req->body, req->body_len, collect_warning, warnings, &a, err,
-                        sizeof(err)) != 0) {
-        json_decref(warnings);
-        api_send_json(res, 422, json_pack("{s:s}", "error", err));
+    json_t *warnings = app_from_request(req, res, &a);
+    if (warnings == NULL)
         return;
-    }
     a.id = old->id;
     int rc = storage_app_replace(app->st, &a);
     if (rc == ST_ECONFLICT) {
