@@ -62,14 +62,15 @@ __attribute__((constructor)) static void install_counting_allocator(void)
     counting = CRYPTO_set_mem_functions(count_malloc, count_realloc, count_free);
 }
 
-/* Runs every single-bit flip of sig through verify (one of the two entry points). */
+typedef int verify_fn(const uint8_t *, size_t, const uint8_t *, size_t, crypto_cert **);
+
+/* Runs single-bit flips of sig through verify: every bit, or only bit j % 8 of byte j. */
 static int run_mutations(uint8_t *sig, size_t len, const uint8_t *body, size_t body_len,
-                         int (*verify)(const uint8_t *, size_t, const uint8_t *, size_t,
-                                       crypto_cert **))
+                         verify_fn *verify, int every_bit)
 {
     int runs = 0;
     for (size_t j = 0; j < len; j++)
-        for (unsigned bit = 0; bit < 8; bit++) {
+        for (unsigned bit = every_bit ? 0 : j % 8; bit < (every_bit ? 8 : j % 8 + 1); bit++) {
             crypto_cert *signer = NULL;
             sig[j] ^= (uint8_t)(1u << bit);
             if (verify(sig, len, body, body_len, &signer) == 0)
@@ -80,9 +81,7 @@ static int run_mutations(uint8_t *sig, size_t len, const uint8_t *body, size_t b
     return runs;
 }
 
-static void check_flat(const char *fixture,
-                       int (*verify)(const uint8_t *, size_t, const uint8_t *, size_t,
-                                     crypto_cert **))
+static void check_flat(const char *fixture, verify_fn *verify)
 {
     size_t body_len = 0, len = 0;
     uint8_t *body = local_fixture("checkin-body.plist", &body_len);
@@ -90,9 +89,9 @@ static void check_flat(const char *fixture,
     ASSERT_NOT_NULL(body);
     ASSERT_NOT_NULL(sig);
     /* A warm-up pass fills the one-time state: per-thread error queue, method caches. */
-    run_mutations(sig, len, body, body_len, verify);
+    run_mutations(sig, len, body, body_len, verify, 1);
     long blocks = live_blocks, bytes = live_bytes;
-    int runs = run_mutations(sig, len, body, body_len, verify);
+    int runs = run_mutations(sig, len, body, body_len, verify, 1);
     if (live_blocks != blocks || live_bytes != bytes)
         fprintf(stderr, "%s: %d verifications left %ld blocks, %ld bytes behind\n", fixture, runs,
                 live_blocks - blocks, live_bytes - bytes);
@@ -129,6 +128,35 @@ TEST(verify_detached_flat_on_mutations)
     check_flat("mdm-signature-ec.der", cms_verify_detached);
 }
 
-TEST_MAIN(TEST_ENTRY(allocator_counts_openssl), TEST_ENTRY(slow_path_flat_on_sha1_mutations),
+/* The enrollment POST's signed MachineInfo (attached content, BER), before any token. */
+static int verify_attached(const uint8_t *der, size_t len, const uint8_t *body, size_t body_len,
+                           crypto_cert **signer)
+{
+    (void)body, (void)body_len;
+    uint8_t *content = NULL;
+    size_t content_len = 0;
+    int rc = cms_attached_verify(der, len, &content, &content_len, signer);
+    free(content);
+    return rc;
+}
+
+TEST(attached_verify_flat_on_mutations)
+{
+    size_t b64_len = 0, len = 0;
+    char *b64 = (char *)spec_fixture("oreore-ios-mdm/enroll_body.b64", &b64_len);
+    uint8_t *der = NULL;
+    ASSERT_NOT_NULL(b64);
+    ASSERT_INT_EQ(crypto_base64_decode(b64, b64_len, &der, &len), 0);
+    run_mutations(der, len, NULL, 0, verify_attached, 0);
+    long blocks = live_blocks, bytes = live_bytes;
+    int runs = run_mutations(der, len, NULL, 0, verify_attached, 0);
+    ASSERT(runs > 2000);
+    ASSERT_INT_EQ(live_blocks, blocks);
+    ASSERT_INT_EQ(live_bytes, bytes);
+    free(der);
+    free(b64);
+}
+
+TEST_MAIN(TEST_ENTRY(allocator_counts_openssl), TEST_ENTRY(attached_verify_flat_on_mutations), TEST_ENTRY(slow_path_flat_on_sha1_mutations),
           TEST_ENTRY(slow_path_flat_on_sha256_mutations),
           TEST_ENTRY(verify_detached_flat_on_mutations))
