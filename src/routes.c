@@ -27,6 +27,7 @@ const struct http_route orchard_routes[] = {
     {"POST", "/api/v1/enrollments/{id}/reauthenticate", api_handle_reauthenticate,
      "api_reauthenticate"},
     {"POST", "/api/v1/enrollments/{id}/unenroll", api_handle_unenroll, "api_unenroll"},
+    {"POST", "/api/v1/enrollments/{id}/revoke", api_handle_revoke, "api_revoke"},
     {"POST", "/api/v1/enrollments/{id}/push", api_handle_enrollment_push, "api_push"},
     {"POST", "/api/v1/push", api_handle_push_bulk, "api_push_bulk"},
     {"GET", "/api/v1/pushcert", api_handle_pushcert, "api_pushcert"},

@@ -14,6 +14,8 @@
 #include "core/mem.h"
 #include "enroll/enroll.h"
 #include "mdm/command.h"
+#include "mdm/mdm.h"
+#include "mdm/platform.h"
 #include "plist/pl.h"
 #include "push/pusher.h"
 #include "webhook/webhook.h"
@@ -114,7 +116,7 @@ static json_t *enrollment_json(struct app *app, const st_enrollment *e)
         str_or_null(u.managed_apple_id), "product_name", str_or_null(e->product_name), "model",
         str_or_null(e->model), "os_version", str_or_null(e->os_version), "build_version",
         str_or_null(e->build_version), "device_name", str_or_null(e->device_name), "platform",
-        json_string(ue_os_name(mdm_os_of_product(e->product_name, e->model))), "auth_state",
+        json_string(ue_os_name(mdm_platform_of(e->product_name, e->model))), "auth_state",
         str_or_null(state), "auth_state_since", (json_int_t)e->auth_state_since, "last_auth_method",
         str_or_null(e->last_auth_method), "parent_id", str_or_null(e->parent_id), "last_auth_at",
         (json_int_t)e->last_auth_at, "enrolled_at", (json_int_t)e->enrolled_at, "last_seen_at",
@@ -223,7 +225,7 @@ static void enqueue(struct app *app, http_request *req, http_response *res, cons
         goto out;
     }
     int ue = e.type == ST_ENR_USER || e.type == ST_ENR_USER_CHANNEL;
-    if (mdm_command_from_body(req->body, req->body_len, mdm_os_of_product(e.product_name, e.model),
+    if (mdm_command_from_body(req->body, req->body_len, mdm_platform_of(e.product_name, e.model),
                               ue, &cmd, err, sizeof(err)) != 0) {
         log_info("event=command_refused rid=%s enrollment=%s reason=\"%s\"", req->request_id, e.id,
                  err);
@@ -290,8 +292,9 @@ void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
     int rc = reauth_require(app, req->params[0], actor, "admin request");
     if (rc == ST_ENOTFOUND)
         http_response_error(res, 404, "no such enrollment");
-    else if (rc == -2)
-        http_response_error(res, 409, "only enrolled user enrollments can re-authenticate");
+    else if (rc == ST_ECONFLICT)
+        http_response_error(res, 409,
+                            "only enrolled, unrevoked user enrollments can re-authenticate");
     else if (rc != 0)
         http_response_error(res, 503, "storage unavailable");
     else
@@ -334,7 +337,7 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
         "{\"request_type\":\"RemoveProfile\",\"Identifier\":\"" ENROLL_PROFILE_ID "\"}";
     if (load_enrollment(app, req, res, &e) != 0)
         goto out;
-    if (mdm_command_from_body(body, sizeof(body) - 1, mdm_os_of_product(e.product_name, e.model), 0,
+    if (mdm_command_from_body(body, sizeof(body) - 1, mdm_platform_of(e.product_name, e.model), 0,
                               &cmd, err, sizeof(err)) != 0) {
         http_response_error(res, 500, err);
         goto out;
@@ -350,6 +353,21 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res)
 out:
     mdm_command_cleanup(&cmd);
     st_enrollment_cleanup(&e);
+}
+
+void api_handle_revoke(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    int rc = mdm_revoke(app, req->params[0], actor);
+    if (rc == ST_ENOTFOUND)
+        http_response_error(res, 404, "no such enrollment");
+    else if (rc != 0)
+        http_response_error(res, 503, "storage unavailable");
+    else
+        api_send_json(
+            res, 202,
+            json_pack("{s:s, s:s}", "id", req->params[0], "auth_state", MDM_STATE_REVOKED));
 }
 
 static int add_audit(const st_audit *a, void *ctx)

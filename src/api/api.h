@@ -21,6 +21,7 @@ void api_handle_command(void *ctx, http_request *req, http_response *res);
 void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res);
 void api_handle_user_reauthenticate(void *ctx, http_request *req, http_response *res);
 void api_handle_unenroll(void *ctx, http_request *req, http_response *res);
+void api_handle_revoke(void *ctx, http_request *req, http_response *res);
 void api_handle_audit(void *ctx, http_request *req, http_response *res);
 void api_handle_debug_clock(void *ctx, http_request *req, http_response *res);
 

@@ -23,6 +23,7 @@
 #include "core/log.h"
 #include "core/mem.h"
 #include "mdm/library.h"
+#include "mdm/platform.h"
 #include "plist/pl.h"
 
 #define AUTH()                                                                                     \
@@ -623,7 +624,7 @@ void api_handle_enrollment_library(void *ctx, http_request *req, http_response *
 static int enqueue_refresh(struct app *app, const st_enrollment *e)
 {
     static const char *const types[] = {"ProfileList", "ManagedApplicationList"};
-    enum ue_os os = mdm_os_of_product(e->product_name, e->model);
+    enum ue_os os = mdm_platform_of(e->product_name, e->model);
     int ue = e->type == ST_ENR_USER || e->type == ST_ENR_USER_CHANNEL;
     for (size_t i = 0; i < 2; i++) {
         struct mdm_command mc;

@@ -11,6 +11,7 @@
 #include "crypto/cms.h"
 #include "enroll/enroll.h"
 #include "mdm/command.h"
+#include "mdm/platform.h"
 #include "plist/pl.h"
 #include "push/pusher.h"
 
@@ -23,8 +24,9 @@ int reauth_require(struct app *app, const char *enrollment_id, const char *actor
 {
     st_enrollment e = {0};
     int rc = storage_enrollment_get(app->st, enrollment_id, &e);
-    if (rc == 0 && (!is_user_enrollment(e.type) || e.unenrolled_at))
-        rc = -2;
+    if (rc == 0 && (!is_user_enrollment(e.type) || e.unenrolled_at ||
+                    (e.auth_state && strcmp(e.auth_state, "revoked") == 0)))
+        rc = ST_ECONFLICT; /* a revoked device stays cut off */
     int64_t now = app_now(app);
     if (rc == 0 && (storage_session_revoke_enrollment(app->st, e.id, now) != 0 ||
                     storage_enrollment_set_auth_state(app->st, e.id, "reauth_required", now)))
@@ -129,7 +131,7 @@ static int enqueue_json(struct app *app, const st_enrollment *e, const char *jso
 {
     struct mdm_command cmd;
     char err[256];
-    int rc = mdm_command_from_body(json, strlen(json), mdm_os_of_product(e->product_name, e->model),
+    int rc = mdm_command_from_body(json, strlen(json), mdm_platform_of(e->product_name, e->model),
                                    0, &cmd, err, sizeof(err));
     if (rc != 0) {
         log_error("event=reauth_enqueue_failed enrollment=%s err=\"%s\"", e->id, err);

@@ -22,7 +22,8 @@
 
 /*
  * Invalidates the enrollment's tokens and marks it reauth_required. Only user enrollments can
- * re-authenticate: -2 for others, ST_ENOTFOUND if unknown, 0 on success.
+ * re-authenticate: ST_ECONFLICT for others (and for revoked or ended ones), ST_ENOTFOUND if
+ * unknown, 0 on success.
  */
 int reauth_require(struct app *app, const char *enrollment_id, const char *actor, const char *why);
 /* reauth_require for every enrolled user enrollment of the user; returns how many, or -1. */

@@ -61,9 +61,9 @@ int cli_reauth(int argc, char **argv)
             printf("%s: re-authentication required\n", enrollment);
         else
             fprintf(stderr, "orchard reauth: %s\n",
-                    r == ST_ENOTFOUND ? "no such enrollment"
-                    : r == -2         ? "not an enrolled user enrollment"
-                                      : "storage error");
+                    r == ST_ENOTFOUND   ? "no such enrollment"
+                    : r == ST_ECONFLICT ? "not an enrolled, unrevoked user enrollment"
+                                        : "storage error");
         rc = r == 0 ? 0 : 1;
     } else {
         st_user u = {0};

@@ -13,86 +13,196 @@
 #include "core/mem.h"
 #include "mdm/library.h"
 #include "mdm/mdm.h"
+#include "mdm/platform.h"
 
-static int is_mac(const st_enrollment *e)
-{
-    return (e->product_name && strncmp(e->product_name, "Mac", 3) == 0) ||
-           (e->model && strncmp(e->model, "Mac", 3) == 0);
-}
-
-/* macOS sends the bearer only on the user channel (PROTOCOL.md 7.1). */
-static int needs_token(const struct mdm_request *m, const st_enrollment *e)
-{
-    return m->type == ST_ENR_USER_CHANNEL || (m->type == ST_ENR_USER && !is_mac(e));
-}
-
+/* A missing token is accepted only where the stored platform never sends one (7.1). */
 static int session_ok(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                       const st_enrollment *e, int allow_expired)
 {
-    if (!needs_token(m, e) && m->session_status == SESSION_MISSING)
+    if (mdm_token_optional(e) && m->session_status == SESSION_MISSING)
         return 0;
     return mdm_check_session(app, req, res, m, e, allow_expired);
+}
+
+static void refuse_authenticate(http_request *req, http_response *res, const struct mdm_request *m,
+                                const char *reason, const char *msg)
+{
+    log_warn("event=authenticate_refused rid=%s enrollment=%s reason=%s", req->request_id, m->id,
+             reason);
+    http_response_error(res, 403, msg);
+}
+
+/*
+ * The PRODUCT of the MachineInfo Orchard recorded when it issued the profile whose SCEP
+ * challenge produced this certificate (caller frees; NULL if none). It is what the device
+ * said before it had any identity, so a later message cannot change its platform.
+ */
+static char *recorded_product(struct app *app, const char *fingerprint)
+{
+    st_cert c = {0};
+    st_session s = {0};
+    char *product = NULL, err[64];
+    if (storage_cert_get_by_fingerprint(app->st, fingerprint, &c) == 0 && c.session_hash &&
+        storage_session_get(app->st, c.session_hash, &s) == 0 && s.machine_info) {
+        plist_t info = pl_parse_dict(s.machine_info, strlen(s.machine_info), err, sizeof(err));
+        const char *p = pl_get_string(info, "PRODUCT");
+        product = p ? xstrdup(p) : NULL;
+        if (info)
+            plist_free(info);
+    }
+    st_cert_cleanup(&c);
+    st_session_cleanup(&s);
+    return product;
+}
+
+/* 1 if two product names are of the same platform, or the claim is absent. */
+static int same_platform(const char *recorded, const char *claimed)
+{
+    return claimed == NULL || mdm_platform_of(recorded, NULL) == mdm_platform_of(claimed, NULL);
+}
+
+/*
+ * What an Authenticate may not change of an existing enrollment: its user, its platform, and
+ * that it has ended (a new enrollment of the same device has a new EnrollmentID, PROTOCOL.md
+ * 2). 0 if the Authenticate may go on.
+ */
+static int existing_allows(struct app *app, http_request *req, http_response *res,
+                           const struct mdm_request *m, const st_enrollment *old, int64_t cert_user,
+                           const char *claimed)
+{
+    if (old->type != m->type) {
+        refuse_authenticate(req, res, m, "identifier_form",
+                            "the message's identifiers do not match this enrollment");
+        return -1;
+    }
+    if (old->user_id != cert_user) {
+        audit_record(app, "device", "enrollment.takeover_refused", m->id,
+                     "Authenticate with another user's certificate");
+        refuse_authenticate(req, res, m, "other_user",
+                            "device identity not accepted for this enrollment");
+        return -1;
+    }
+    if (old->unenrolled_at ||
+        (old->auth_state && strcmp(old->auth_state, MDM_STATE_REVOKED) == 0)) {
+        refuse_authenticate(req, res, m, "ended", "this enrollment has ended; enroll again");
+        return -1;
+    }
+    if (!same_platform(old->product_name, claimed)) {
+        refuse_authenticate(req, res, m, "platform", "ProductName does not match this enrollment");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * The enrollment an Authenticate records. For a known id the stored user, platform and
+ * re-authentication state stand; only a valid token of that user (checked afterwards) sets
+ * it active again. For a new id the platform is the recorded MachineInfo's, which the claim
+ * must agree with. Strings borrow from m, old and *product.
+ */
+static int authenticate_record(struct app *app, http_request *req, http_response *res,
+                               struct mdm_request *m, const st_enrollment *old, int64_t cert_user,
+                               char **product, st_enrollment *e)
+{
+    const char *claimed = pl_get_string(m->msg, "ProductName");
+    int64_t now = app_now(app);
+    *e = (st_enrollment){.id = m->id,
+                         .type = m->type,
+                         .user_id = cert_user,
+                         .topic = app->topic,
+                         .cert_fingerprint = m->fp,
+                         .os_version = (char *)pl_get_string(m->msg, "OSVersion"),
+                         .build_version = (char *)pl_get_string(m->msg, "BuildVersion"),
+                         .device_name = (char *)pl_get_string(m->msg, "DeviceName"),
+                         .auth_state = "active",
+                         .auth_state_since = now,
+                         .enrolled_at = now,
+                         .last_seen_at = now};
+    if (old->id) {
+        if (existing_allows(app, req, res, m, old, cert_user, claimed) != 0)
+            return -1;
+        e->product_name = old->product_name;
+        e->model = old->model;
+        e->auth_state = old->auth_state;
+        e->auth_state_since = old->auth_state_since;
+        e->last_auth_at = old->last_auth_at;
+        e->last_auth_method = old->last_auth_method;
+        return 0;
+    }
+    *product = recorded_product(app, m->fp);
+    int claims_mac = mdm_platform_is_mac(claimed);
+    if (!same_platform(*product, claimed) || (claims_mac && !mdm_platform_is_mac(*product))) {
+        refuse_authenticate(req, res, m, "platform",
+                            "ProductName does not match the device that enrolled");
+        return -1;
+    }
+    e->product_name = claimed ? (char *)claimed : *product;
+    e->model = (char *)pl_get_string(m->msg, "Model");
+    return 0;
 }
 
 static void handle_authenticate(struct app *app, http_request *req, http_response *res,
                                 struct mdm_request *m)
 {
     const char *topic = pl_get_string(m->msg, "Topic");
+    st_enrollment old = {0}, e;
+    char *product = NULL;
     int64_t cert_user = 0;
     if (topic == NULL || strcmp(topic, app->topic) != 0) {
-        log_warn("event=authenticate_refused rid=%s enrollment=%s reason=topic", req->request_id,
-                 m->id);
-        http_response_error(res, 403, "Topic does not match this server's push topic");
-        return;
+        refuse_authenticate(req, res, m, "topic", "Topic does not match this server's push topic");
+        goto out;
+    }
+    if (m->type != ST_ENR_USER) { /* the macOS user channel starts with TokenUpdate */
+        refuse_authenticate(req, res, m, "channel", "Authenticate comes on the device channel");
+        goto out;
     }
     if (mdm_cert_owner(app, m, &cert_user) != 0) {
-        log_warn("event=authenticate_refused rid=%s enrollment=%s reason=certificate",
-                 req->request_id, m->id);
-        http_response_error(res, 403, "device identity not accepted for this enrollment");
-        return;
+        refuse_authenticate(req, res, m, "certificate",
+                            "device identity not accepted for this enrollment");
+        goto out;
     }
-    st_enrollment e = {.id = m->id,
-                       .type = m->type,
-                       .parent_id = m->parent_id[0] ? m->parent_id : NULL,
-                       .user_id = cert_user,
-                       .topic = (char *)topic,
-                       .cert_fingerprint = m->fp,
-                       .os_version = (char *)pl_get_string(m->msg, "OSVersion"),
-                       .build_version = (char *)pl_get_string(m->msg, "BuildVersion"),
-                       .product_name = (char *)pl_get_string(m->msg, "ProductName"),
-                       .device_name = (char *)pl_get_string(m->msg, "DeviceName"),
-                       .model = (char *)pl_get_string(m->msg, "Model"),
-                       .auth_state = "active",
-                       .auth_state_since = app_now(app),
-                       .enrolled_at = app_now(app),
-                       .last_seen_at = app_now(app)};
+    int rc = mdm_request_get_enrollment(app, m, &old);
+    if (rc != 0 && rc != ST_ENOTFOUND) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    if (authenticate_record(app, req, res, m, &old, cert_user, &product, &e) != 0)
+        goto out;
+    /* The token must belong to the enrollment's user, and be unbound or bound to it. */
+    if (session_ok(app, req, res, m, &e, 0) != 0)
+        goto out;
     if (m->session_status == SESSION_OK) {
         e.last_auth_at = m->session.issued_at;
         e.last_auth_method = m->session.method;
+        if (strcmp(e.auth_state, "active") != 0) { /* a fresh sign-in of the same user */
+            e.auth_state = "active";
+            e.auth_state_since = app_now(app);
+        }
     }
-    /* The token must belong to the user the identity was issued to, and be unbound or ours. */
-    if (session_ok(app, req, res, m, &e, 0) != 0)
-        return;
     if (storage_enrollment_authenticate(app->st, &e) != 0 ||
         storage_cert_set_enrollment(app->st, m->fp, m->id) != 0 ||
         (m->session_status == SESSION_OK && m->session.enrollment_id == NULL &&
          storage_session_bind(app->st, m->session.token_hash, m->id) != 0)) {
         http_response_error(res, 503, "storage unavailable");
-        return;
+        goto out;
     }
     audit_record(app, "device", "enrollment.authenticate", m->id, e.product_name);
     res->status = 200;
+out:
+    free(product);
+    st_enrollment_cleanup(&old);
 }
 
 /* The macOS user channel starts with TokenUpdate; it inherits its device channel's user. */
-static int create_user_channel(struct app *app, struct mdm_request *m, st_enrollment *out)
+static int create_user_channel(struct app *app, struct mdm_request *m)
 {
     st_enrollment parent = {0};
+    int rc = -1;
     if (m->parent_id[0] == '\0' || storage_enrollment_get(app->st, m->parent_id, &parent) != 0 ||
-        parent.unenrolled_at || strcmp(parent.cert_fingerprint ?: "", m->fp) != 0) {
-        st_enrollment_cleanup(&parent);
-        return -1;
-    }
+        parent.unenrolled_at || parent.type != ST_ENR_USER || !mdm_token_optional(&parent) ||
+        (parent.auth_state && strcmp(parent.auth_state, MDM_STATE_REVOKED) == 0) ||
+        strcmp(parent.cert_fingerprint ?: "", m->fp) != 0)
+        goto out;
     st_enrollment e = {.id = m->id,
                        .type = m->type,
                        .parent_id = m->parent_id,
@@ -101,27 +211,30 @@ static int create_user_channel(struct app *app, struct mdm_request *m, st_enroll
                        .cert_fingerprint = m->fp,
                        .product_name = parent.product_name,
                        .model = parent.model,
-                       .auth_state = "active",
-                       .auth_state_since = app_now(app),
+                       .auth_state = parent.auth_state,
+                       .auth_state_since = parent.auth_state_since,
                        .enrolled_at = app_now(app)};
-    int rc = storage_enrollment_authenticate(app->st, &e);
+    rc = storage_enrollment_authenticate(app->st, &e);
+out:
     st_enrollment_cleanup(&parent);
-    return rc == 0 ? storage_enrollment_get(app->st, m->id, out) : -1;
+    return rc;
 }
 
-/* Loads the enrollment and checks it is enrolled and presents the bound certificate. */
+/*
+ * Loads the enrollment and checks it against what Orchard stored (mdm_request_load). A macOS
+ * user channel is created by its first TokenUpdate, under a Mac device channel that presents
+ * the same certificate.
+ */
 static int load_enrollment(struct app *app, http_request *req, http_response *res,
                            struct mdm_request *m, st_enrollment *e, int create_user_chan)
 {
-    int rc = mdm_request_get_enrollment(app, m, e);
-    if (rc == ST_ENOTFOUND && create_user_chan && m->type == ST_ENR_USER_CHANNEL)
-        rc = create_user_channel(app, m, e);
-    if (rc != 0 || e->unenrolled_at) {
-        log_warn("event=mdm_unknown_enrollment rid=%s enrollment=%s", req->request_id, m->id);
-        http_response_error(res, 403, "unknown enrollment");
-        return -1;
+    if (create_user_chan && m->type == ST_ENR_USER_CHANNEL) {
+        st_enrollment probe = {0};
+        if (mdm_request_get_enrollment(app, m, &probe) == ST_ENOTFOUND)
+            create_user_channel(app, m);
+        st_enrollment_cleanup(&probe); /* mdm_request_load reads it again */
     }
-    return mdm_check_identity(app, req, res, m, e);
+    return mdm_request_load(app, req, res, m, e);
 }
 
 static char *hex_of(const uint8_t *d, size_t n)

@@ -30,16 +30,6 @@ int mdm_command_enqueue(struct app *app, const char *enrollment_id, const struct
     return storage_queue_enqueue(app->st, &c);
 }
 
-enum ue_os mdm_os_of_product(const char *product, const char *model)
-{
-    const char *p = product ? product : (model ? model : "");
-    if (strncmp(p, "Mac", 3) == 0 || strncmp(p, "iMac", 4) == 0)
-        return UE_OS_MACOS;
-    if (strncmp(p, "RealityDevice", 13) == 0)
-        return UE_OS_VISIONOS;
-    return UE_OS_IOS;
-}
-
 static plist_t object_to_dict(json_t *obj, const struct ue_entry *entry,
                               const struct ue_key *parent, const char *skip_prefix, char *err,
                               size_t err_len)

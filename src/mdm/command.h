@@ -47,7 +47,4 @@ plist_t mdm_json_to_plist(json_t *j, const struct ue_key *schema, char *err, siz
  */
 int mdm_command_enqueue(struct app *app, const char *enrollment_id, const struct mdm_command *cmd);
 
-/* The platform of an enrollment from its ProductName/Model ("iPhone14,5", "Mac14,2", ...). */
-enum ue_os mdm_os_of_product(const char *product, const char *model);
-
 #endif

@@ -70,18 +70,10 @@ static void send_next(struct app *app, http_request *req, http_response *res, st
 static int load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                 st_enrollment *e)
 {
-    if (mdm_request_get_enrollment(app, m, e) != 0 || e->unenrolled_at) {
-        log_warn("event=connect_refused rid=%s enrollment=%s reason=unknown_enrollment",
-                 req->request_id, m->id);
-        http_response_error(res, 403, "unknown enrollment");
+    if (mdm_request_load(app, req, res, m, e) != 0)
         return -1;
-    }
-    if (mdm_check_identity(app, req, res, m, e) != 0)
-        return -1;
-    int is_mac_device =
-        m->type == ST_ENR_USER && e->product_name && strncmp(e->product_name, "Mac", 3) == 0;
-    if (is_mac_device && m->session_status == SESSION_MISSING)
-        return 0; /* macOS device channel carries no bearer (PROTOCOL.md 7.1) */
+    if (mdm_token_optional(e) && m->session_status == SESSION_MISSING)
+        return 0; /* a Mac's device channel carries no bearer (PROTOCOL.md 7.1) */
     return mdm_check_session(app, req, res, m, e, 0);
 }
 

@@ -33,6 +33,9 @@ struct mdm_request {
     int have_enr;
 };
 
+/* auth_state of an enrollment an admin cut off (POST /api/v1/enrollments/{id}/revoke). */
+#define MDM_STATE_REVOKED "revoked"
+
 /*
  * Parses and identifies the request; on failure fills res (400/403) and returns -1. The caller
  * must call mdm_request_cleanup either way.
@@ -45,6 +48,21 @@ void mdm_request_cleanup(struct mdm_request *m);
  * the caller owns *e. ST_ENOTFOUND if unknown.
  */
 int mdm_request_get_enrollment(struct app *app, struct mdm_request *m, st_enrollment *e);
+/*
+ * Loads the request's enrollment and checks it against what Orchard stored, never against the
+ * message's claims: it exists and is enrolled, the message uses its identifier form (device or
+ * user channel), it is not revoked, and the request's certificate is its own (or a renewal,
+ * see mdm_check_identity). On refusal fills res (403) and returns -1; the caller owns *e
+ * either way.
+ */
+int mdm_request_load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                     st_enrollment *e);
+/*
+ * 1 if the enrollment's requests may come without a bearer token: only the device channel of
+ * a Mac (PROTOCOL.md 7.1), judged from the stored ProductName. A token that is sent is
+ * checked all the same.
+ */
+int mdm_token_optional(const st_enrollment *e);
 /*
  * For user enrollments: checks the session token against the enrollment (bound to it, or
  * unbound and of the same user: a re-authentication, which is then bound and audited).
@@ -65,5 +83,11 @@ int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_i
  */
 int mdm_check_identity(struct app *app, http_request *req, http_response *res,
                        struct mdm_request *m, const st_enrollment *e);
+
+/*
+ * Revokes the enrollment (and a Mac's user channels under it): certificates, tokens, state
+ * MDM_STATE_REVOKED; audited with actor. 0, ST_ENOTFOUND or ST_ERROR.
+ */
+int mdm_revoke(struct app *app, const char *enrollment_id, const char *actor);
 
 #endif

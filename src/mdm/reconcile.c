@@ -28,6 +28,7 @@
 #include "crypto/pki.h"
 #include "enroll/enroll.h"
 #include "mdm/library.h"
+#include "mdm/platform.h"
 #include "plist/pl.h"
 
 /* ---- commands ---- */
@@ -447,7 +448,7 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
         return rc == ST_ENOTFOUND ? 0 : (rc ? -1 : 0);
     }
     r.stats->enrollments++;
-    r.os = mdm_os_of_product(r.e.product_name, r.e.model);
+    r.os = mdm_platform_of(r.e.product_name, r.e.model);
     r.ue = r.e.type == ST_ENR_USER || r.e.type == ST_ENR_USER_CHANNEL;
     /* User and domain assignments reach device channels; a macOS user channel gets only what is
      * assigned to it by id. */

@@ -10,6 +10,7 @@
 #include "core/mem.h"
 #include "mdm/identity.h"
 #include "mdm/mdm.h"
+#include "mdm/platform.h"
 
 static int valid_id(const char *s)
 {
@@ -24,23 +25,31 @@ static int valid_id(const char *s)
     return 1;
 }
 
-/* PROTOCOL.md 2: UDID present -> device enrollment; else EnrollmentID -> user enrollment. */
-static int resolve_channel(struct mdm_request *m)
+/*
+ * PROTOCOL.md 2 and 8.2: a user enrollment sends EnrollmentID (plus EnrollmentUserID on the
+ * macOS user channel) and never UDID. Orchard serves only user enrollments, so a UDID is
+ * refused outright: the message's keys never choose a kind of enrollment that skips the
+ * token check. 0, or -1 with a reason for the log.
+ */
+static int resolve_channel(struct mdm_request *m, const char **why)
 {
-    const char *udid = pl_get_string(m->msg, "UDID");
     const char *eid = pl_get_string(m->msg, "EnrollmentID");
-    const char *dev = udid ? udid : eid;
-    const char *user =
-        udid ? pl_get_string(m->msg, "UserID") : pl_get_string(m->msg, "EnrollmentUserID");
-    if (dev == NULL || !valid_id(dev) || (user && !valid_id(user)))
+    const char *user = pl_get_string(m->msg, "EnrollmentUserID");
+    if (plist_dict_get_item(m->msg, "UDID") != NULL) {
+        *why = "udid";
         return -1;
+    }
+    if (eid == NULL || !valid_id(eid) || (user && !valid_id(user))) {
+        *why = "no_identifier";
+        return -1;
+    }
     if (user) {
-        snprintf(m->id, sizeof(m->id), "%s:%s", dev, user);
-        snprintf(m->parent_id, sizeof(m->parent_id), "%s", dev);
-        m->type = udid ? ST_ENR_DEVICE_USER : ST_ENR_USER_CHANNEL;
+        snprintf(m->id, sizeof(m->id), "%s:%s", eid, user);
+        snprintf(m->parent_id, sizeof(m->parent_id), "%s", eid);
+        m->type = ST_ENR_USER_CHANNEL;
     } else {
-        snprintf(m->id, sizeof(m->id), "%s", dev);
-        m->type = udid ? ST_ENR_DEVICE : ST_ENR_USER;
+        snprintf(m->id, sizeof(m->id), "%s", eid);
+        m->type = ST_ENR_USER;
     }
     return 0;
 }
@@ -82,9 +91,13 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res, st
         http_response_error(res, 400, "the body must be a plist dictionary");
         return -1;
     }
-    if (resolve_channel(m) != 0) {
-        log_warn("event=mdm_bad_body rid=%s reason=no_identifier", req->request_id);
-        http_response_error(res, 400, "no valid EnrollmentID or UDID");
+    if (resolve_channel(m, &why) != 0) {
+        log_warn("event=mdm_bad_body rid=%s reason=%s", req->request_id, why);
+        /* 403, never 401: a device enrollment would take a 401 as "unenroll" (7.3). */
+        if (strcmp(why, "udid") == 0)
+            http_response_error(res, 403, "this server manages user enrollments only");
+        else
+            http_response_error(res, 400, "no valid EnrollmentID");
         return -1;
     }
     if (identity_verify(app, req, m->fp, &why) != 0) {
@@ -93,8 +106,7 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res, st
         http_response_error(res, 403, "device identity not accepted");
         return -1;
     }
-    if (m->type == ST_ENR_USER || m->type == ST_ENR_USER_CHANNEL)
-        lookup_session(app, req, m);
+    lookup_session(app, req, m);
     return 0;
 }
 
@@ -129,7 +141,7 @@ static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e
 int mdm_check_session(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                       const st_enrollment *e, int allow_expired)
 {
-    if (!is_user_enrollment(m->type))
+    if (!is_user_enrollment(e->type))
         return 0; /* never 401 a device enrollment: it would unenroll (PROTOCOL.md 7.3) */
     const st_session *s = &m->session;
     int status = m->session_status;
@@ -185,4 +197,44 @@ int mdm_check_identity(struct app *app, http_request *req, http_response *res,
     }
     log_info("event=identity_renewed rid=%s enrollment=%s", req->request_id, m->id);
     return 0;
+}
+
+int mdm_token_optional(const st_enrollment *e)
+{
+    return e->type == ST_ENR_USER && mdm_platform_is_mac(e->product_name);
+}
+
+/* Refuses a request that the stored enrollment does not allow; 0 if it may go on. */
+static int stored_allows(const http_request *req, http_response *res, const struct mdm_request *m,
+                         const st_enrollment *e)
+{
+    const char *why = NULL;
+    if (e->unenrolled_at)
+        why = "unenrolled";
+    else if (e->type != m->type)
+        why = "identifier_form"; /* e.g. a user channel's id sent as a device channel's */
+    else if (e->auth_state && strcmp(e->auth_state, MDM_STATE_REVOKED) == 0)
+        why = "revoked";
+    if (why == NULL)
+        return 0;
+    log_warn("event=mdm_refused rid=%s enrollment=%s reason=%s", req->request_id, m->id, why);
+    http_response_error(res, 403,
+                        strcmp(why, "revoked") == 0 ? "this enrollment has been revoked"
+                        : strcmp(why, "unenrolled") == 0
+                            ? "unknown enrollment"
+                            : "the message's identifiers do not match this enrollment");
+    return -1;
+}
+
+int mdm_request_load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
+                     st_enrollment *e)
+{
+    if (mdm_request_get_enrollment(app, m, e) != 0) {
+        log_warn("event=mdm_unknown_enrollment rid=%s enrollment=%s", req->request_id, m->id);
+        http_response_error(res, 403, "unknown enrollment");
+        return -1;
+    }
+    if (stored_allows(req, res, m, e) != 0)
+        return -1;
+    return mdm_check_identity(app, req, res, m, e);
 }
