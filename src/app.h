@@ -57,6 +57,7 @@ struct app {
     http_server *http;
 
     int debug_clock;            /* test builds of the data dir may move time forward */
+    int debug_faults;           /* tests may inject storage failures (debug_faults) */
     _Atomic int64_t clock_skew; /* seconds added to the wall clock (debug_clock only) */
 };
 

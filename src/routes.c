@@ -57,5 +57,6 @@ const struct http_route orchard_routes[] = {
     {"POST", "/api/v1/enrollments/{id}/reconcile", api_handle_enrollment_reconcile,
      "api_enrollment_reconcile"},
     {"POST", "/api/v1/debug/clock", api_handle_debug_clock, "api_debug_clock"},
+    {"POST", "/api/v1/debug/storage-fault", api_handle_debug_fault, "api_debug_fault"},
     {NULL, NULL, NULL, NULL},
 };

@@ -41,10 +41,15 @@ static int authorize(struct app *app, http_request *req, http_response *res, cha
     char *name = NULL;
     if (key && secret_token_well_formed(key)) {
         secret_hash(key, hash);
-        if (storage_apikey_find(app->st, hash, &id, &name) == 0) {
+        int rc = storage_apikey_find(app->st, hash, &id, &name);
+        if (rc == 0) {
             snprintf(actor, actor_len, "api:%s", name);
             free(name);
             return 0;
+        }
+        if (rc == ST_ERROR) { /* our failure, not the caller's key */
+            http_response_error(res, 503, "storage unavailable");
+            return -1;
         }
     }
     log_warn("event=api_unauthorized rid=%s remote=%s", req->request_id, req->client_addr);
@@ -409,6 +414,33 @@ void api_handle_debug_clock(void *ctx, http_request *req, http_response *res)
     }
     atomic_fetch_add(&app->clock_skew, (int64_t)adv);
     api_send_json(res, 200, json_pack("{s:I}", "now", (json_int_t)app_now(app)));
+}
+
+/* {"after": N, "step": false}: the Nth next storage call fails (tests/integration/test_faults.py).
+ */
+void api_handle_debug_fault(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    if (!app->debug_faults) {
+        http_response_error(res, 404, "not found");
+        return;
+    }
+    AUTHORIZE();
+    json_t *j = json_loadb(req->body, req->body_len, 0, NULL);
+    json_int_t after = json_integer_value(json_object_get(j, "after"));
+    int step = json_is_true(json_object_get(j, "step"));
+    json_decref(j);
+    if (after < 0 || after > 1000000) {
+        http_response_error(res, 400, "after must be 0..1000000");
+        return;
+    }
+    if (storage_inject_fault(app->st, (int)after, step) != 0) {
+        http_response_error(res, 501, "this storage backend has no step fault hook");
+        return;
+    }
+    log_warn("event=storage_fault_armed actor=%s after=%lld step=%d", actor, (long long)after,
+             step);
+    api_send_json(res, 200, json_pack("{s:I, s:b}", "after", after, "step", step));
 }
 
 /* For the handlers in the other api/ files. */

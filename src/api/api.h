@@ -24,6 +24,7 @@ void api_handle_unenroll(void *ctx, http_request *req, http_response *res);
 void api_handle_revoke(void *ctx, http_request *req, http_response *res);
 void api_handle_audit(void *ctx, http_request *req, http_response *res);
 void api_handle_debug_clock(void *ctx, http_request *req, http_response *res);
+void api_handle_debug_fault(void *ctx, http_request *req, http_response *res);
 
 /* Push (api/push.c): POST /api/v1/enrollments/{id}/push, POST /api/v1/push (bulk: {"user":
  * EMAIL} | {"domain": D} | {"all": true}), GET /api/v1/pushcert. */

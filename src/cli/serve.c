@@ -78,6 +78,7 @@ static int app_setup(struct app *app, const char *data, const char *listen)
         app->public_url[--n] = '\0';
     parse_domains(app);
     app->debug_clock = (int)config_get_int(app->cfg, "debug_clock");
+    app->debug_faults = (int)config_get_int(app->cfg, "debug_faults");
     if (secret_init() != 0 || crypto_init() != 0) {
         fprintf(stderr, "orchard: cannot initialise the crypto libraries\n");
         return -1;

@@ -95,6 +95,9 @@ const struct config_key config_keys[] = {
       "Concurrent HTTP/2 streams on the APNs connection."),
     D("debug_clock", CONFIG_BOOL, "false", 0, 1, NULL,
       "Tests only: lets an API key move the server clock forward (POST /api/v1/debug/clock)."),
+    D("debug_faults", CONFIG_BOOL, "false", 0, 1, NULL,
+      "Tests only: lets an API key make the Nth next storage call fail "
+      "(POST /api/v1/debug/storage-fault)."),
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 

@@ -17,11 +17,11 @@
 
 /* A missing token is accepted only where the stored platform never sends one (7.1). */
 static int session_ok(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
-                      const st_enrollment *e, int allow_expired)
+                      const st_enrollment *e, int flags)
 {
     if (mdm_token_optional(e) && m->session_status == SESSION_MISSING)
         return 0;
-    return mdm_check_session(app, req, res, m, e, allow_expired);
+    return mdm_check_session(app, req, res, m, e, flags);
 }
 
 static void refuse_authenticate(http_request *req, http_response *res, const struct mdm_request *m,
@@ -34,25 +34,28 @@ static void refuse_authenticate(http_request *req, http_response *res, const str
 
 /*
  * The PRODUCT of the MachineInfo Orchard recorded when it issued the profile whose SCEP
- * challenge produced this certificate (caller frees; NULL if none). It is what the device
- * said before it had any identity, so a later message cannot change its platform.
+ * challenge produced this certificate, into *product (caller frees; NULL if none). It is what
+ * the device said before it had any identity, so a later message cannot change its platform.
+ * 0, or ST_ERROR when storage failed.
  */
-static char *recorded_product(struct app *app, const char *fingerprint)
+static int recorded_product(struct app *app, const char *fingerprint, char **product)
 {
     st_cert c = {0};
     st_session s = {0};
-    char *product = NULL, err[64];
-    if (storage_cert_get_by_fingerprint(app->st, fingerprint, &c) == 0 && c.session_hash &&
-        storage_session_get(app->st, c.session_hash, &s) == 0 && s.machine_info) {
+    char err[64];
+    int rc = storage_cert_get_by_fingerprint(app->st, fingerprint, &c);
+    if (rc == 0 && c.session_hash)
+        rc = storage_session_get(app->st, c.session_hash, &s);
+    if (rc == 0 && s.machine_info) {
         plist_t info = pl_parse_dict(s.machine_info, strlen(s.machine_info), err, sizeof(err));
         const char *p = pl_get_string(info, "PRODUCT");
-        product = p ? xstrdup(p) : NULL;
+        *product = p ? xstrdup(p) : NULL;
         if (info)
             plist_free(info);
     }
     st_cert_cleanup(&c);
     st_session_cleanup(&s);
-    return product;
+    return rc == ST_ERROR ? ST_ERROR : 0;
 }
 
 /* 1 if two product names are of the same platform, or the claim is absent. */
@@ -129,7 +132,10 @@ static int authenticate_record(struct app *app, http_request *req, http_response
         e->last_auth_method = old->last_auth_method;
         return 0;
     }
-    *product = recorded_product(app, m->fp);
+    if (recorded_product(app, m->fp, product) != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        return -1;
+    }
     int claims_mac = mdm_platform_is_mac(claimed);
     if (!same_platform(*product, claimed) || (claims_mac && !mdm_platform_is_mac(*product))) {
         refuse_authenticate(req, res, m, "platform",
@@ -156,12 +162,17 @@ static void handle_authenticate(struct app *app, http_request *req, http_respons
         refuse_authenticate(req, res, m, "channel", "Authenticate comes on the device channel");
         goto out;
     }
-    if (mdm_cert_owner(app, m, &cert_user) != 0) {
+    int rc = mdm_cert_owner(app, m, &cert_user);
+    if (rc == ST_ERROR) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    if (rc != 0) {
         refuse_authenticate(req, res, m, "certificate",
                             "device identity not accepted for this enrollment");
         goto out;
     }
-    int rc = mdm_request_get_enrollment(app, m, &old);
+    rc = mdm_request_get_enrollment(app, m, &old);
     if (rc != 0 && rc != ST_ENOTFOUND) {
         http_response_error(res, 503, "storage unavailable");
         goto out;
@@ -169,7 +180,7 @@ static void handle_authenticate(struct app *app, http_request *req, http_respons
     if (authenticate_record(app, req, res, m, &old, cert_user, &product, &e) != 0)
         goto out;
     /* The token must belong to the enrollment's user, and be unbound or bound to it. */
-    if (session_ok(app, req, res, m, &e, 0) != 0)
+    if (session_ok(app, req, res, m, &e, old.id ? 0 : MDM_TOKEN_CHECK_ONLY) != 0)
         goto out;
     if (m->session_status == SESSION_OK) {
         e.last_auth_at = m->session.issued_at;
@@ -284,7 +295,8 @@ static void handle_checkout(struct app *app, http_request *req, http_response *r
     st_enrollment e = {0};
     /* CheckOut comes while the profile is removed: accept an expired token, never a foreign
      * one (PROTOCOL.md 7.4). */
-    if (load_enrollment(app, req, res, m, &e, 0) != 0 || session_ok(app, req, res, m, &e, 1) != 0)
+    if (load_enrollment(app, req, res, m, &e, 0) != 0 ||
+        session_ok(app, req, res, m, &e, MDM_TOKEN_ALLOW_EXPIRED) != 0)
         goto out;
     int64_t now = app_now(app);
     if (storage_enrollment_unenroll(app->st, m->id, now) != 0 ||

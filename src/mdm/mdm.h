@@ -63,18 +63,25 @@ int mdm_request_load(struct app *app, http_request *req, http_response *res, str
  * checked all the same.
  */
 int mdm_token_optional(const st_enrollment *e);
+/* Flags of mdm_check_session. */
+enum {
+    MDM_TOKEN_ALLOW_EXPIRED = 1, /* CheckOut: the device cannot sign in while it leaves (7.4) */
+    MDM_TOKEN_CHECK_ONLY = 2     /* Authenticate of a new enrollment: it binds the token itself */
+};
+
 /*
  * For user enrollments: checks the session token against the enrollment (bound to it, or
  * unbound and of the same user: a re-authentication, which is then bound and audited).
- * Returns 0 if the request may proceed; otherwise fills res with 401 + challenge.
- * `allow_expired` is for CheckOut (the device cannot sign in while removing its profile).
+ * Returns 0 if the request may proceed; otherwise fills res with 401 + challenge, or 503 when
+ * storage failed (never a sign-in prompt for Orchard's own failure).
  */
 int mdm_check_session(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
-                      const st_enrollment *e, int allow_expired);
+                      const st_enrollment *e, int flags);
 
 /*
  * The user the request's certificate was issued to (through a SCEP challenge), if the
- * certificate is ours, not revoked and not bound to another enrollment. Returns 0 or -1.
+ * certificate is ours, not revoked and not bound to another enrollment. Returns 0, -2 when
+ * it is not acceptable, or ST_ERROR when storage failed.
  */
 int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_id);
 /*

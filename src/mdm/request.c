@@ -125,43 +125,85 @@ static int is_user_enrollment(int type)
     return type == ST_ENR_USER || type == ST_ENR_USER_CHANNEL;
 }
 
-/* An unbound token of the enrollment's own user, presented after a 401: bind it. */
-static int rebind(struct app *app, struct mdm_request *m, const st_enrollment *e, const char *rid)
+static int is_active(const st_enrollment *e)
 {
-    if (storage_session_revoke_enrollment(app->st, e->id, app_now(app)) != 0 ||
-        storage_session_bind(app->st, m->session.token_hash, e->id) != 0)
+    return e->auth_state == NULL || strcmp(e->auth_state, "active") == 0;
+}
+
+/*
+ * A sign-in after a demand: the new token becomes the enrollment's and the state goes back to
+ * active. The steps before the compare-and-set are idempotent and the compare-and-set lets
+ * exactly one request run reauth_completed (re-installs), so a request that fails half-way
+ * (503) is finished by the device's retry: it comes back with the token now bound to an
+ * enrollment that is not yet active. Returns 0, or -1 on a storage failure.
+ */
+static int complete_reauth(struct app *app, struct mdm_request *m, const st_enrollment *e,
+                           const char *rid)
+{
+    const st_session *s = &m->session;
+    int64_t now = app_now(app);
+    int won = 1;
+    if (s->enrollment_id == NULL && (storage_session_revoke_enrollment(app->st, e->id, now) != 0 ||
+                                     storage_session_bind(app->st, s->token_hash, e->id) != 0))
         return -1;
-    storage_enrollment_set_auth_state(app->st, e->id, "active", app_now(app));
-    storage_enrollment_set_last_auth(app->st, e->id, m->session.issued_at, m->session.method);
-    reauth_completed(app, e, m->session.method);
-    log_info("event=reauthenticated rid=%s enrollment=%s", rid, e->id);
+    if (storage_enrollment_set_last_auth(app->st, e->id, s->issued_at, s->method) != 0)
+        return -1;
+    if (!is_active(e)) {
+        int rc =
+            storage_enrollment_transition_auth_state(app->st, e->id, e->auth_state, "active", now);
+        if (rc != 0 && rc != ST_ECONFLICT)
+            return -1;
+        won = rc == 0; /* ST_ECONFLICT: a concurrent request of the device finished it */
+    }
+    if (won) {
+        reauth_completed(app, e, s->method);
+        log_info("event=reauthenticated rid=%s enrollment=%s", rid, e->id);
+    }
     return 0;
 }
 
+/* Why the request's token does not do for the enrollment, or NULL if it does. */
+static const char *token_problem(struct app *app, struct mdm_request *m, const st_enrollment *e,
+                                 int flags)
+{
+    const st_session *s = &m->session;
+    int status = m->session_status;
+    int have = status == SESSION_OK || status == SESSION_EXPIRED || status == SESSION_REVOKED;
+    if (!have)
+        return session_status_name(status);
+    if (s->user_id != e->user_id)
+        return "foreign_user";
+    if (s->enrollment_id && strcmp(s->enrollment_id, e->id) != 0 &&
+        !(e->parent_id && strcmp(s->enrollment_id, e->parent_id) == 0))
+        return "foreign_enrollment";
+    if (status != SESSION_OK && s->enrollment_id && reauth_enforcing(app, e)) {
+        m->enforcing = 1; /* let the failure action's removals through (auth/reauth.h) */
+        return NULL;
+    }
+    if (status != SESSION_OK && !((flags & MDM_TOKEN_ALLOW_EXPIRED) && s->enrollment_id))
+        return session_status_name(status);
+    return NULL;
+}
+
 int mdm_check_session(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
-                      const st_enrollment *e, int allow_expired)
+                      const st_enrollment *e, int flags)
 {
     if (!is_user_enrollment(e->type))
         return 0; /* never 401 a device enrollment: it would unenroll (PROTOCOL.md 7.3) */
     const st_session *s = &m->session;
-    int status = m->session_status;
-    const char *problem = NULL;
-    int have = status == SESSION_OK || status == SESSION_EXPIRED || status == SESSION_REVOKED;
-    if (!have)
-        problem = session_status_name(status);
-    else if (s->user_id != e->user_id)
-        problem = "foreign_user";
-    else if (s->enrollment_id && strcmp(s->enrollment_id, e->id) != 0 &&
-             !(e->parent_id && strcmp(s->enrollment_id, e->parent_id) == 0))
-        problem = "foreign_enrollment";
-    else if (status != SESSION_OK && s->enrollment_id && reauth_enforcing(app, e))
-        m->enforcing = 1; /* let the failure action's removals through (auth/reauth.h) */
-    else if (status != SESSION_OK && !(allow_expired && s->enrollment_id))
-        problem = session_status_name(status);
-    else if (s->enrollment_id == NULL && rebind(app, m, e, req->request_id) != 0)
+    const char *problem =
+        m->session_status == SESSION_ERROR ? "storage" : token_problem(app, m, e, flags);
+    int fresh =
+        problem == NULL && m->session_status == SESSION_OK && !(flags & MDM_TOKEN_CHECK_ONLY) &&
+        (s->enrollment_id == NULL || (strcmp(s->enrollment_id, e->id) == 0 && !is_active(e)));
+    if (fresh && complete_reauth(app, m, e, req->request_id) != 0)
         problem = "storage";
     if (problem == NULL)
         return 0;
+    if (strcmp(problem, "storage") == 0) { /* never a sign-in prompt for our own failure */
+        http_response_error(res, 503, "storage unavailable");
+        return -1;
+    }
     if (strcmp(problem, "foreign_user") == 0)
         audit_record(app, "device", "reauth.wrong_user", e->id, "token of another user refused");
     log_info("event=mdm_challenge rid=%s enrollment=%s token=%s", req->request_id, e->id, problem);
@@ -174,10 +216,10 @@ int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_i
     st_cert c = {0};
     int rc = storage_cert_get_by_fingerprint(app->st, m->fp, &c);
     if (rc == 0 && (c.revoked_at || (c.enrollment_id && strcmp(c.enrollment_id, m->id) != 0)))
-        rc = -1;
+        rc = ST_ECONFLICT;
     *user_id = c.user_id;
     st_cert_cleanup(&c);
-    return rc == 0 ? 0 : -1;
+    return rc == ST_ERROR ? ST_ERROR : rc ? -2 : 0;
 }
 
 int mdm_check_identity(struct app *app, http_request *req, http_response *res,
@@ -187,9 +229,17 @@ int mdm_check_identity(struct app *app, http_request *req, http_response *res,
         return 0; /* the hot path: the bound certificate */
     /* Renewal (PROTOCOL.md 10.3): a newer certificate of ours for the same enrollment/user. */
     int64_t owner = 0;
-    if (mdm_cert_owner(app, m, &owner) != 0 || owner != e->user_id ||
-        storage_enrollment_set_cert(app->st, m->id, m->fp) != 0 ||
-        storage_cert_set_enrollment(app->st, m->fp, m->id) != 0) {
+    int rc = mdm_cert_owner(app, m, &owner);
+    if (rc == 0 && owner != e->user_id)
+        rc = -2;
+    if (rc == 0 && (storage_cert_set_enrollment(app->st, m->fp, m->id) != 0 ||
+                    storage_enrollment_set_cert(app->st, m->id, m->fp) != 0))
+        rc = ST_ERROR;
+    if (rc == ST_ERROR) {
+        http_response_error(res, 503, "storage unavailable");
+        return -1;
+    }
+    if (rc != 0) {
         log_warn("event=mdm_identity_refused rid=%s enrollment=%s reason=other_certificate",
                  req->request_id, m->id);
         http_response_error(res, 403, "device identity not accepted for this enrollment");
@@ -229,7 +279,12 @@ static int stored_allows(const http_request *req, http_response *res, const stru
 int mdm_request_load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
                      st_enrollment *e)
 {
-    if (mdm_request_get_enrollment(app, m, e) != 0) {
+    int rc = mdm_request_get_enrollment(app, m, e);
+    if (rc != 0 && rc != ST_ENOTFOUND) {
+        http_response_error(res, 503, "storage unavailable");
+        return -1;
+    }
+    if (rc != 0) {
         log_warn("event=mdm_unknown_enrollment rid=%s enrollment=%s", req->request_id, m->id);
         http_response_error(res, 403, "unknown enrollment");
         return -1;

@@ -125,6 +125,14 @@ int storage_fail_step_after(storage *st, int n)
     return 0;
 }
 
+int storage_inject_fault(storage *st, int n, int step)
+{
+    if (step)
+        return storage_fail_step_after(st, n);
+    storage_fail_after(st, n);
+    return 0;
+}
+
 /* Counts one wrapper call against an armed fault; true when this call must fail. */
 static int fault_fire(storage *st, const char *op)
 {

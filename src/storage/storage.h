@@ -594,4 +594,13 @@ int storage_item_state_clear(storage *st, const char *enrollment_id);
 int storage_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
                                    int (*fn)(const char *enrollment_id, void *ctx), void *ctx);
 
+/* ---- test fault injection (config debug_faults; see storage_impl.h) ---- */
+
+/*
+ * Makes the nth next call fail as the database would: with step = 0 the nth wrapper call
+ * returns ST_ERROR without reaching the backend; with step = 1 the backend's nth round trip
+ * (inside transactions too) fails. n = 0 disarms. Returns -1 if the backend has no step hook.
+ */
+int storage_inject_fault(storage *st, int n, int step);
+
 #endif
