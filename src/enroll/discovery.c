@@ -36,11 +36,14 @@ static char *host_domain(const http_request *req)
     return d;
 }
 
-/* The device splits the identifier at the last '@' (PROTOCOL.md 3.1); so do we. */
+/*
+ * The device splits the identifier at the last '@' (PROTOCOL.md 3.1); so do we. An identifier
+ * longer than an e-mail address can be (254 octets, RFC 5321) is nobody's.
+ */
 static int identifier_domain_served(const struct app *app, const char *user)
 {
     const char *at = strrchr(user, '@');
-    if (at == NULL || at == user || strlen(at + 1) > 255)
+    if (at == NULL || at == user || strlen(user) > 254 || strlen(at + 1) > 255)
         return 0;
     char *d = xstrdup(at + 1);
     for (char *p = d; *p; p++)

@@ -11,6 +11,7 @@
 #include "mdm/identity.h"
 #include "mdm/mdm.h"
 #include "mdm/platform.h"
+#include "mdm/ue_rules.h"
 
 static int valid_id(const char *s)
 {
@@ -23,6 +24,35 @@ static int valid_id(const char *s)
             return 0;
     }
     return 1;
+}
+
+/* The keys of the command channel's reports (PROTOCOL.md 9.1) and their plist types. */
+static const struct {
+    const char *key;
+    plist_type type;
+} report_keys[] = {
+    {"Status", PLIST_STRING},        {"CommandUUID", PLIST_STRING},
+    {"EnrollmentID", PLIST_STRING},  {"EnrollmentUserID", PLIST_STRING},
+    {"UDID", PLIST_STRING},          {"UserID", PLIST_STRING},
+    {"ErrorChain", PLIST_ARRAY},     {"RequestType", PLIST_STRING},
+    {"NotOnConsole", PLIST_BOOLEAN}, {"UserShortName", PLIST_STRING},
+    {"UserLongName", PLIST_STRING},  {"MessageType", PLIST_STRING},
+};
+
+/*
+ * Every key Orchard knows must have its type: a message is refused (400) rather than read
+ * as if a mistyped key were absent. Check-in messages are judged by Apple's schema.
+ */
+static int message_types_ok(plist_t msg, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < sizeof report_keys / sizeof report_keys[0]; i++) {
+        plist_t v = plist_dict_get_item(msg, report_keys[i].key);
+        if (v && plist_get_node_type(v) != report_keys[i].type) {
+            snprintf(why, why_len, "%s has the wrong type", report_keys[i].key);
+            return 0;
+        }
+    }
+    return ue_checkin_types_check(msg, why, why_len) == 0;
 }
 
 /*
@@ -89,6 +119,11 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res, st
     if (m->msg == NULL) {
         log_warn("event=mdm_bad_body rid=%s reason=\"%s\"", req->request_id, err);
         http_response_error(res, 400, "the body must be a plist dictionary");
+        return -1;
+    }
+    if (!message_types_ok(m->msg, err, sizeof(err))) {
+        log_warn("event=mdm_bad_body rid=%s reason=\"%s\"", req->request_id, err);
+        http_response_error(res, 400, err);
         return -1;
     }
     if (resolve_channel(m, &why) != 0) {

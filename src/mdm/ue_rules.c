@@ -263,7 +263,7 @@ enum ue_use ue_use_of(const struct ue_os_info *info)
     return UE_USE_OK;
 }
 
-static int type_matches(enum ue_type want, plist_type got)
+int ue_type_matches(enum ue_type want, plist_type got)
 {
     switch (want) {
     case UE_T_STRING:
@@ -383,7 +383,7 @@ int ue_command_check_key(const char *request_type, const char *dotted_key, enum 
         say(why, why_len, "%s: unknown key %s", e->name, dotted_key ? dotted_key : "(none)");
         return -1;
     }
-    if (type != PLIST_NONE && !type_matches(k->type, type)) {
+    if (type != PLIST_NONE && !ue_type_matches(k->type, type)) {
         say(why, why_len, "%s: %s must be %s, not %s", e->name, dotted_key, ue_type_name(k->type),
             plist_type_name(type));
         return -1;
@@ -721,7 +721,7 @@ static int check_value(struct vctx *v, const struct ue_key *k, plist_t node, int
     plist_type t = plist_get_node_type(node);
     if (depth > UE_MAX_DEPTH)
         return fail(v, "%s is nested too deeply", v->path);
-    if (!type_matches(k->type, t))
+    if (!ue_type_matches(k->type, t))
         return fail(v, "%s must be %s, not %s", v->path, ue_type_name(k->type), plist_type_name(t));
     if (k->count == 0)
         return 0; /* the schema does not describe what is inside */
@@ -865,4 +865,37 @@ int ue_profile_validate(plist_t profile, enum ue_os os, ue_warn_fn warn, void *w
             return -1;
     }
     return 0;
+}
+
+int ue_checkin_types_check(plist_t msg, char *why, size_t why_len)
+{
+    plist_t mt = plist_dict_get_item(msg, "MessageType");
+    const struct ue_entry *e = mt && plist_get_node_type(mt) == PLIST_STRING
+                                   ? ue_checkin_find(plist_get_string_ptr(mt, NULL))
+                                   : NULL;
+    if (e == NULL)
+        return 0; /* an unknown MessageType is refused by its own check */
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(msg, &it);
+    int rc = 0;
+    for (;;) {
+        char *key = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(msg, it, &key, &val);
+        if (val == NULL) {
+            free(key);
+            break;
+        }
+        const struct ue_key *k = ue_entry_child(e, key);
+        if (k && !ue_type_matches((enum ue_type)k->type, plist_get_node_type(val))) {
+            say(why, why_len, "%s: %s must be of type %s, not %s", e->name, key,
+                ue_type_name((enum ue_type)k->type), plist_type_name(plist_get_node_type(val)));
+            rc = -1;
+        }
+        free(key);
+        if (rc)
+            break;
+    }
+    free(it);
+    return rc;
 }

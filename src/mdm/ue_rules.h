@@ -89,6 +89,12 @@ enum ue_use ue_use_of(const struct ue_os_info *info);
 int ue_command_check(const char *request_type, enum ue_os os, char *why, size_t why_len);
 /* The same for a check-in MessageType (Authenticate, TokenUpdate, ...). */
 int ue_checkin_message_check(const char *message_type, enum ue_os os, char *why, size_t why_len);
+/* -1 if a key of a check-in message has another type than the schema's ("Authenticate: Topic
+ * must be of type string, not integer"); keys the schema does not list pass (devices add
+ * keys over the years). */
+int ue_checkin_types_check(plist_t msg, char *why, size_t why_len);
+/* 1 if a plist node of type got may stand where the schema says want. */
+int ue_type_matches(enum ue_type want, plist_type got);
 /* The same for a profile PayloadType, without looking at the payload's keys. */
 int ue_payload_check(const char *payload_type, enum ue_os os, char *why, size_t why_len);
 
