@@ -39,7 +39,7 @@
 #define OIDC_JWKS_TTL 3600          /* and the keys too, besides refetching on unknown kid */
 #define OIDC_JWKS_MIN_REFETCH 1     /* seconds between refetches on unknown kid (see below) */
 #define OIDC_NEGATIVE_TTL 30        /* a failed fetch is not retried for this long */
-#define OIDC_FETCH_WAIT 3           /* seconds a sign-in waits for another one's first fetch */
+#define OIDC_FETCH_WAIT 2           /* seconds after a fetch starts that others wait for it */
 #define OIDC_MAX_PROVIDERS 256
 #define OIDC_MAX_PARAM 4096
 #define OIDC_MAX_ALGS 16
@@ -141,12 +141,13 @@ struct provider_view {
  */
 struct oidc_provider {
     struct oidc_provider *next;
-    char *key_issuer, *key_ca; /* the cache key: configured issuer and CA file */
-    struct provider_view cur;  /* owned; empty until the first successful fetch */
-    int64_t meta_at, jwks_at;  /* when discovery / the JWKS were last fetched; 0 = never */
-    int64_t failed_until;      /* negative cache: no call to the IdP before this */
-    char failure[160];         /* why the last fetch failed (for the log and the refusal) */
-    int fetching;              /* a request is fetching, without the lock */
+    char *key_issuer, *key_ca;     /* the cache key: configured issuer and CA file */
+    struct provider_view cur;      /* owned; empty until the first successful fetch */
+    int64_t meta_at, jwks_at;      /* when discovery / the JWKS were last fetched; 0 = never */
+    int64_t failed_until;          /* negative cache: no call to the IdP before this */
+    char failure[160];             /* why the last fetch failed (for the log and the refusal) */
+    int fetching;                  /* a request is fetching, without the lock */
+    struct timespec fetch_started; /* CLOCK_MONOTONIC, while fetching */
 };
 
 struct oidc_cache {
@@ -444,9 +445,6 @@ static int provider_refresh(oidc_cache *c, struct oidc_provider *p, int want_met
 static int provider_get(oidc_cache *c, const char *issuer, const char *ca_file,
                         struct provider_view *out, char *why, size_t why_len)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += OIDC_FETCH_WAIT;
     int rc = -1;
     pthread_mutex_lock(&c->lock);
     struct oidc_provider *p = provider_find(c, issuer, ca_file);
@@ -469,15 +467,24 @@ static int provider_get(oidc_cache *c, const char *issuer, const char *ca_file,
             break;
         }
         if (p->fetching) {
-            /* First use of this IdP, someone else is asking it: wait a little, not forever. */
-            if (pthread_cond_timedwait(&c->fetched, &c->lock, &deadline) == ETIMEDOUT &&
-                p->fetching) {
+            /* Nothing cached and someone else is asking the IdP: wait for the answer, but only
+             * while that fetch is young. A healthy IdP answers well within OIDC_FETCH_WAIT; a
+             * slow one then costs each sign-in that arrives in those seconds a short wait, and
+             * every later one none, so the workers stay free for everything else. */
+            struct timespec deadline = p->fetch_started, t;
+            deadline.tv_sec += OIDC_FETCH_WAIT;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            int late = t.tv_sec > deadline.tv_sec ||
+                       (t.tv_sec == deadline.tv_sec && t.tv_nsec >= deadline.tv_nsec);
+            if (late || (pthread_cond_timedwait(&c->fetched, &c->lock, &deadline) == ETIMEDOUT &&
+                         p->fetching)) {
                 snprintf(why, why_len, "identity provider is slow to answer");
                 break;
             }
             continue;
         }
         p->fetching = 1;
+        clock_gettime(CLOCK_MONOTONIC, &p->fetch_started);
         if (provider_refresh(c, p, !meta_fresh, !jwks_fresh, now) != 0 &&
             !(p->meta_at && p->cur.jwks_json)) {
             snprintf(why, why_len, "%s", p->failure);
@@ -508,6 +515,7 @@ static int provider_refetch_jwks(oidc_cache *c, const char *issuer, const char *
     if (p && !p->fetching && p->failed_until <= now && p->cur.jwks_uri &&
         now - p->jwks_at >= OIDC_JWKS_MIN_REFETCH) {
         p->fetching = 1;
+        clock_gettime(CLOCK_MONOTONIC, &p->fetch_started);
         rc = provider_refresh(c, p, 0, 1, now);
     }
     *jwks_json = p ? dup_or_null(p->cur.jwks_json) : NULL;
