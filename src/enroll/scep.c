@@ -96,16 +96,19 @@ static int authorize_renewal(struct app *app, const scep_request *req, struct sc
     crypto_cert_fingerprint(signer, fp);
     st_cert old = {0};
     int rc = storage_cert_get_by_fingerprint(app->st, fp, &old);
+    if (rc == 0) { /* whatever the answer, it concerns this enrollment (the audit target) */
+        g->enrollment_id = old.enrollment_id;
+        old.enrollment_id = NULL;
+    }
     if (rc != 0 || old.revoked_at != 0) {
         *why = rc != 0 ? "signer_unknown" : "signer_revoked";
         rc = -1;
-    } else if (old.enrollment_id && may_renew(app, old.enrollment_id, why) != 0) {
+    } else if (g->enrollment_id && may_renew(app, g->enrollment_id, why) != 0) {
         rc = -1;
     } else {
         g->user_id = old.user_id;
         g->session_hash = old.session_hash;
-        g->enrollment_id = old.enrollment_id;
-        old.session_hash = old.enrollment_id = NULL;
+        old.session_hash = NULL;
     }
     st_cert_cleanup(&old);
     return rc;

@@ -364,6 +364,38 @@ def t_ticket_with_naive_append():
     wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_failed", "ticketed failures count", s)
 
 
+@test("audit_retention: the scheduler deletes audit events older than 400 days, and only those")
+def t_audit_retention():
+    s = Server(name="reauth-retention")
+    s.add_user(*ALICE)
+    s.start(env=FAST)
+
+    def failed_signin(who):
+        d = device(s)
+        d.user = who
+        try:
+            d.sign_in(password="wrong-password", url=s.url + "/auth/signin")
+        except sim.DeviceError:
+            pass
+
+    def targets():
+        r = s.api("GET", "/api/v1/audit?limit=500")
+        status(r, 200, "GET audit")
+        return [e["target"] for e in r.json()["events"] if e["action"] == "signin.fail"]
+
+    failed_signin("old@example.com")
+    ok("old@example.com" in targets(), "the event is recorded")
+    s.advance_clock(399 * 86400)
+    settle(s)
+    ok("old@example.com" in targets(), "399 days old: still kept")
+    failed_signin("newer@example.com")
+    s.advance_clock(2 * 86400)
+    wait_for(lambda: "old@example.com" not in targets(), "the 401-day-old event to be deleted", s)
+    ok("newer@example.com" in targets(), "the 2-day-old event is kept")
+    ok("event=audit_pruned" in s.log_text(), "the deletion is logged")
+    eq(s.stop(), 0, "exit code")
+
+
 @test("a device enrollment (UDID) never receives a 401")
 def t_udid_never_401():
     s = server()
