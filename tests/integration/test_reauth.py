@@ -313,6 +313,37 @@ def t_anonymous_guesses_do_not_count():
     eq(enrollment(s, d)["auth_state"], "active", "active again")
 
 
+def guess(s, d, identifier, xff, url=None):
+    """One wrong password for identifier, as a browser behind the trusted proxy at xff."""
+    r, page, jar, page_url = d.open_signin(url=url or s.url + "/auth/signin", user_identifier=identifier)
+    status(r, 200, "sign-in page")
+    form = page.login_form()
+    return d.submit_form(page_url, form, d.form_fields(form, identifier, "wrong-password"), jar,
+                         extra_headers={"X-Forwarded-For": xff})
+
+
+@test("guesses that use up the identifier's budget do not lock the user out of re-authenticating")
+def t_guesses_do_not_block_reauth():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="5", ORCHARD_SIGNIN_RATE_LIMIT="3",
+               ORCHARD_TRUSTED_PROXIES="127.0.0.1")
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    challenge_url(s, d)
+    stranger = device(s)
+    for i in range(3):
+        eq(guess(s, stranger, ALICE[0], "203.0.113.%d" % (i + 1)).status, 401, "guess %d" % (i + 1))
+    eq(guess(s, stranger, ALICE[0], "203.0.113.50").status, 429, "alice's identifier is out of guesses")
+    # Per address, IPv6 by /64: rotating the interface half does not buy new guesses.
+    for i in range(3):
+        eq(guess(s, stranger, "x%d@example.com" % i, "2001:db8:9:9::%d" % (i + 1)).status, 401, "v6 guess")
+    eq(guess(s, stranger, "x9@example.com", "2001:db8:9:9:ffff::1").status, 429, "same /64, new address")
+    eq(guess(s, stranger, "x9@example.com", "2001:db8:9:a::1").status, 401, "another /64 may still try")
+    # Alice answers her device's challenge: her re-authentication has a budget of its own.
+    d.auto_reauth = True
+    eq(d.idle(), None, "alice re-authenticates despite the guesses")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
 @test("a ticket of another user's enrollment, or of an enrollment not waiting, does not count")
 def t_foreign_ticket_does_not_count():
     s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="3", ORCHARD_SIGNIN_RATE_LIMIT="100")
