@@ -732,10 +732,10 @@ static void clear_cookie(http_response *res)
 }
 
 /*
- * A refusal: friendly page, audit, log. `ident` may be NULL (unknown state). `ticket` is the
- * re-authentication ticket of the pending sign-in when the refusal is about the person (the IdP
- * or Orchard said no to who signed in), NULL when it is about our side or the IdP's health:
- * with a valid ticket the refusal counts towards reauth_max_failures (auth/reauth.h).
+ * A refusal: friendly page, log, and audit when it concerns an identifier (NULL: unknown state).
+ * `ticket` is the re-authentication ticket of the pending sign-in when the refusal is about the
+ * person (the IdP or Orchard said no to who signed in), NULL when it is about our side or the IdP's
+ * health: with a valid ticket the refusal counts towards reauth_max_failures (auth/reauth.h).
  */
 static void refuse(struct app *app, http_request *req, http_response *res, int status,
                    const char *ident, const char *ticket, const char *title, const char *message,
@@ -743,8 +743,12 @@ static void refuse(struct app *app, http_request *req, http_response *res, int s
 {
     log_warn("event=signin_refused rid=%s method=oidc reason=\"%s\" remote=%s", req->request_id,
              reason, req->client_addr);
+    /* Without an identifier (no pending sign-in: a bad, foreign or replayed state) the request
+     * concerns no account, and anyone can send any number of them: the log line is enough,
+     * the audit trail is not filled with it. */
     char *detail = xasprintf("oidc: %s (remote %s)", reason, req->client_addr);
-    audit_record(app, "anonymous", "signin.fail", ident ? ident : "unknown", detail);
+    if (ident)
+        audit_record(app, "anonymous", "signin.fail", ident, detail);
     if (ticket && ident)
         reauth_note_failure(app, ident, ticket, detail);
     free(detail);

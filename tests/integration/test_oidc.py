@@ -323,6 +323,23 @@ def failures_are_audited():
 
 
 @test
+def callbacks_with_made_up_state_leave_no_audit_rows():
+    idp, srv = env()
+
+    def unknown_rows():
+        a = srv.api("GET", "/api/v1/audit?limit=500").json()["events"]
+        return sum(1 for e in a if e["action"] == "signin.fail" and e["target"] == "unknown")
+
+    before = unknown_rows()
+    for i in range(20):
+        st = "%043d" % i
+        r = srv.get("/auth/oidc/callback?code=x&state=" + st, headers={"Cookie": "%s=%s" % (COOKIE, st)})
+        assert_refused(r, "made-up state %d" % i, 400)
+    eq(unknown_rows(), before, "refusals that concern no account are not audited")
+    ok("unknown, used or expired state" in srv.log_text(), "but they are logged")
+
+
+@test
 def domain_cli_and_api_never_show_the_secret():
     idp, srv = env()
     p = srv.cli("domain", "show", "--data", srv.data, "example.com")
