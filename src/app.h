@@ -52,8 +52,12 @@ struct app {
     crypto_key *signer_key;
     crypto_cert *signer_ca;
 
-    ratelimit *signin_limit; /* internally synchronised */
-    oidc_cache *oidc;        /* OIDC provider metadata and keys; internally synchronised */
+    ratelimit *signin_limit;      /* internally synchronised */
+    ratelimit *scep_limit;        /* SCEP refusals per client address (enroll/scep.c) */
+    ratelimit *oidc_start_limit;  /* federated sign-ins started per client address */
+    unsigned char reauth_key[32]; /* re-authentication ticket key (auth/reauth.h), from the */
+    int reauth_key_set;           /* store at start-up; never logged */
+    oidc_cache *oidc;             /* OIDC provider metadata and keys; internally synchronised */
     http_server *http;
 
     int debug_clock;            /* test builds of the data dir may move time forward */

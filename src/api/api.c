@@ -10,6 +10,7 @@
 #include "auth/audit.h"
 #include "auth/reauth.h"
 #include "auth/secret.h"
+#include "auth/signin.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "enroll/enroll.h"
@@ -91,6 +92,7 @@ void api_handle_metrics(void *ctx, http_request *req, http_response *res)
                "# TYPE orchard_schema_version gauge\norchard_schema_version %d\n",
                storage_schema_version(app->st));
     api_push_metrics(app, &res->body);
+    signin_metrics(app, &res->body);
     webhooks_metrics(app, app->webhooks, &res->body);
     res->status = 200;
     res->content_type = "text/plain; version=0.0.4";

@@ -10,6 +10,7 @@
 #include "auth/oidc.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <rhonabwy.h>
@@ -21,6 +22,7 @@
 
 #include "auth/audit.h"
 #include "auth/domains.h"
+#include "auth/reauth.h"
 #include "auth/secret.h"
 #include "auth/signin.h"
 #include "core/buf.h"
@@ -36,6 +38,8 @@
 #define OIDC_META_TTL 3600          /* provider metadata is fetched again after an hour */
 #define OIDC_JWKS_TTL 3600          /* and the keys too, besides refetching on unknown kid */
 #define OIDC_JWKS_MIN_REFETCH 1     /* seconds between refetches on unknown kid (see below) */
+#define OIDC_NEGATIVE_TTL 30        /* a failed fetch is not retried for this long */
+#define OIDC_FETCH_WAIT 2           /* seconds after a fetch starts that others wait for it */
 #define OIDC_MAX_PROVIDERS 256
 #define OIDC_MAX_PARAM 4096
 #define OIDC_MAX_ALGS 16
@@ -115,20 +119,40 @@ out:
 
 /* ---- provider cache ---- */
 
-struct oidc_provider {
-    struct oidc_provider *next;
-    char *key_issuer, *key_ca; /* the cache key: configured issuer and CA file */
-    pthread_mutex_t lock;      /* held while fetching and while using the fields below */
+/*
+ * What the sign-in needs from one provider: its endpoints and algorithms (discovery) and its
+ * keys (the JWKS document as JSON text, parsed by each callback that needs it). A request gets
+ * its own copy, so nothing is shared once the cache lock is released.
+ */
+struct provider_view {
     char *authorization_endpoint, *token_endpoint, *jwks_uri;
     char *algs[OIDC_MAX_ALGS + 1]; /* id_token_signing_alg_values_supported, NULL-terminated */
     int auth_methods;              /* AUTH_* from token_endpoint_auth_methods_supported */
-    int64_t meta_at;
-    jwks_t *jwks;
-    int64_t jwks_at;
+    char *jwks_json;
+};
+
+/*
+ * One cache entry per (issuer, CA file). Every field is guarded by the cache's lock, which is
+ * held only to read or swap them, never across a call to the IdP: a slow or dead IdP delays
+ * only the sign-ins that need it, never another domain, a local sign-in or /healthz. One
+ * request at a time fetches (fetching); the others use the data they already have, even stale,
+ * or wait a little for the fetch (OIDC_FETCH_WAIT). A failure is remembered for
+ * OIDC_NEGATIVE_TTL, during which the IdP is not asked again.
+ */
+struct oidc_provider {
+    struct oidc_provider *next;
+    char *key_issuer, *key_ca;     /* the cache key: configured issuer and CA file */
+    struct provider_view cur;      /* owned; empty until the first successful fetch */
+    int64_t meta_at, jwks_at;      /* when discovery / the JWKS were last fetched; 0 = never */
+    int64_t failed_until;          /* negative cache: no call to the IdP before this */
+    char failure[160];             /* why the last fetch failed (for the log and the refusal) */
+    int fetching;                  /* a request is fetching, without the lock */
+    struct timespec fetch_started; /* CLOCK_MONOTONIC, while fetching */
 };
 
 struct oidc_cache {
-    pthread_mutex_t lock; /* guards the list, not the entries */
+    pthread_mutex_t lock; /* guards the list and every entry; never held during I/O */
+    pthread_cond_t fetched;
     struct oidc_provider *list;
     int n;
 };
@@ -138,20 +162,61 @@ oidc_cache *oidc_cache_new(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     oidc_cache *c = xcalloc(1, sizeof(*c));
     pthread_mutex_init(&c->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->fetched, &ca);
+    pthread_condattr_destroy(&ca);
     return c;
 }
 
-static void provider_clear_meta(struct oidc_provider *p)
+static void view_clear_meta(struct provider_view *v)
 {
-    free(p->authorization_endpoint);
-    free(p->token_endpoint);
-    free(p->jwks_uri);
-    p->authorization_endpoint = p->token_endpoint = p->jwks_uri = NULL;
-    for (int i = 0; p->algs[i]; i++) {
-        free(p->algs[i]);
-        p->algs[i] = NULL;
+    free(v->authorization_endpoint);
+    free(v->token_endpoint);
+    free(v->jwks_uri);
+    v->authorization_endpoint = v->token_endpoint = v->jwks_uri = NULL;
+    for (int i = 0; v->algs[i]; i++) {
+        free(v->algs[i]);
+        v->algs[i] = NULL;
     }
-    p->meta_at = 0;
+    v->auth_methods = 0;
+}
+
+static void view_cleanup(struct provider_view *v)
+{
+    view_clear_meta(v);
+    free(v->jwks_json);
+    v->jwks_json = NULL;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void view_copy(struct provider_view *dst, const struct provider_view *src)
+{
+    dst->authorization_endpoint = dup_or_null(src->authorization_endpoint);
+    dst->token_endpoint = dup_or_null(src->token_endpoint);
+    dst->jwks_uri = dup_or_null(src->jwks_uri);
+    for (int i = 0; src->algs[i]; i++)
+        dst->algs[i] = xstrdup(src->algs[i]);
+    dst->auth_methods = src->auth_methods;
+    dst->jwks_json = dup_or_null(src->jwks_json);
+}
+
+/* Moves the discovery part of src into dst (dst's old part is freed). */
+static void view_take_meta(struct provider_view *dst, struct provider_view *src)
+{
+    view_clear_meta(dst);
+    dst->authorization_endpoint = src->authorization_endpoint;
+    dst->token_endpoint = src->token_endpoint;
+    dst->jwks_uri = src->jwks_uri;
+    memcpy(dst->algs, src->algs, sizeof(dst->algs));
+    dst->auth_methods = src->auth_methods;
+    src->authorization_endpoint = src->token_endpoint = src->jwks_uri = NULL;
+    memset(src->algs, 0, sizeof(src->algs));
 }
 
 void oidc_cache_free(oidc_cache *c)
@@ -161,23 +226,21 @@ void oidc_cache_free(oidc_cache *c)
     while (c->list) {
         struct oidc_provider *p = c->list;
         c->list = p->next;
-        provider_clear_meta(p);
-        r_jwks_free(p->jwks);
+        view_cleanup(&p->cur);
         free(p->key_issuer);
         free(p->key_ca);
-        pthread_mutex_destroy(&p->lock);
         free(p);
     }
+    pthread_cond_destroy(&c->fetched);
     pthread_mutex_destroy(&c->lock);
     free(c);
     curl_global_cleanup();
 }
 
-/* The entry for (issuer, ca_file), created empty if new; returned locked. NULL if full. */
-static struct oidc_provider *provider_lock(oidc_cache *c, const char *issuer, const char *ca_file)
+/* The entry for (issuer, ca_file), created empty if new. Call with the lock held. NULL if full. */
+static struct oidc_provider *provider_find(oidc_cache *c, const char *issuer, const char *ca_file)
 {
     const char *ca = ca_file ? ca_file : "";
-    pthread_mutex_lock(&c->lock);
     struct oidc_provider *p = c->list;
     while (p && (strcmp(p->key_issuer, issuer) != 0 || strcmp(p->key_ca, ca) != 0))
         p = p->next;
@@ -185,14 +248,10 @@ static struct oidc_provider *provider_lock(oidc_cache *c, const char *issuer, co
         p = xcalloc(1, sizeof(*p));
         p->key_issuer = xstrdup(issuer);
         p->key_ca = xstrdup(ca);
-        pthread_mutex_init(&p->lock, NULL);
         p->next = c->list;
         c->list = p;
         c->n++;
     }
-    pthread_mutex_unlock(&c->lock);
-    if (p)
-        pthread_mutex_lock(&p->lock);
     return p;
 }
 
@@ -204,16 +263,18 @@ static char *https_member(json_t *o, const char *name)
     return xstrdup(s);
 }
 
-/* Discovery (OpenID Connect Discovery 1.0 section 4): {issuer}/.well-known/openid-configuration. */
-static int provider_fetch_meta(struct oidc_provider *p, int64_t now, char *why, size_t why_len)
+/* Discovery (OpenID Connect Discovery 1.0 section 4): {issuer}/.well-known/openid-configuration,
+ * into the discovery part of out. No lock held. */
+static int fetch_meta(const char *issuer, const char *ca, struct provider_view *out, char *why,
+                      size_t why_len)
 {
-    size_t n = strlen(p->key_issuer);
-    while (n > 0 && p->key_issuer[n - 1] == '/')
+    size_t n = strlen(issuer);
+    while (n > 0 && issuer[n - 1] == '/')
         n--;
-    char *url = xasprintf("%.*s/.well-known/openid-configuration", (int)n, p->key_issuer);
+    char *url = xasprintf("%.*s/.well-known/openid-configuration", (int)n, issuer);
     long status = 0;
     json_t *j = NULL;
-    int rc = idp_call(url, p->key_ca, NULL, NULL, &status, &j, why, why_len);
+    int rc = idp_call(url, ca, NULL, NULL, &status, &j, why, why_len);
     free(url);
     if (rc != 0)
         return -1;
@@ -224,17 +285,16 @@ static int provider_fetch_meta(struct oidc_provider *p, int64_t now, char *why, 
     }
     /* Section 4.3: the issuer in the document must be the one we asked, exactly. */
     const char *iss = json_string_value(json_object_get(j, "issuer"));
-    if (iss == NULL || strcmp(iss, p->key_issuer) != 0) {
+    if (iss == NULL || strcmp(iss, issuer) != 0) {
         snprintf(why, why_len, "discovery issuer does not match the configured issuer");
         goto out;
     }
-    provider_clear_meta(p);
-    p->authorization_endpoint = https_member(j, "authorization_endpoint");
-    p->token_endpoint = https_member(j, "token_endpoint");
-    p->jwks_uri = https_member(j, "jwks_uri");
-    if (!p->authorization_endpoint || !p->token_endpoint || !p->jwks_uri) {
+    out->authorization_endpoint = https_member(j, "authorization_endpoint");
+    out->token_endpoint = https_member(j, "token_endpoint");
+    out->jwks_uri = https_member(j, "jwks_uri");
+    if (!out->authorization_endpoint || !out->token_endpoint || !out->jwks_uri) {
         snprintf(why, why_len, "discovery lacks an https authorization, token or jwks endpoint");
-        provider_clear_meta(p);
+        view_clear_meta(out);
         goto out;
     }
     json_t *algs = json_object_get(j, "id_token_signing_alg_values_supported");
@@ -244,25 +304,24 @@ static int provider_fetch_meta(struct oidc_provider *p, int64_t now, char *why, 
     {
         const char *a = json_string_value(v);
         if (a && k < OIDC_MAX_ALGS && strlen(a) < 16)
-            p->algs[k++] = xstrdup(a);
+            out->algs[k++] = xstrdup(a);
     }
     if (k == 0) /* Discovery 1.0 section 3: RS256 is the default. */
-        p->algs[k++] = xstrdup("RS256");
-    p->auth_methods = 0;
+        out->algs[k++] = xstrdup("RS256");
+    out->auth_methods = 0;
     json_t *methods = json_object_get(j, "token_endpoint_auth_methods_supported");
     json_array_foreach(methods, i, v)
     {
         const char *m = json_string_value(v);
         if (m && strcmp(m, "client_secret_basic") == 0)
-            p->auth_methods |= AUTH_BASIC;
+            out->auth_methods |= AUTH_BASIC;
         else if (m && strcmp(m, "client_secret_post") == 0)
-            p->auth_methods |= AUTH_POST;
+            out->auth_methods |= AUTH_POST;
         else if (m && strcmp(m, "none") == 0)
-            p->auth_methods |= AUTH_NONE;
+            out->auth_methods |= AUTH_NONE;
     }
     if (!json_is_array(methods)) /* the default when absent */
-        p->auth_methods = AUTH_BASIC;
-    p->meta_at = now;
+        out->auth_methods = AUTH_BASIC;
     rc = 0;
 out:
     json_decref(j);
@@ -287,11 +346,26 @@ static jwks_t *jwks_from_json(json_t *doc)
     return set;
 }
 
-static int provider_fetch_jwks(struct oidc_provider *p, int64_t now, char *why, size_t why_len)
+/* The key set of a cached JWKS document; NULL if it has no usable key. */
+static jwks_t *jwks_from_text(const char *text)
+{
+    json_error_t jerr;
+    json_t *doc = text ? json_loads(text, 0, &jerr) : NULL;
+    jwks_t *set = doc ? jwks_from_json(doc) : NULL;
+    json_decref(doc);
+    if (set && r_jwks_size(set) == 0) {
+        r_jwks_free(set);
+        set = NULL;
+    }
+    return set;
+}
+
+/* The JWKS at jwks_uri as compact JSON text (*out, new), if it has a usable key. No lock held. */
+static int fetch_jwks(const char *jwks_uri, const char *ca, char **out, char *why, size_t why_len)
 {
     long status = 0;
     json_t *j = NULL;
-    if (idp_call(p->jwks_uri, p->key_ca, NULL, NULL, &status, &j, why, why_len) != 0)
+    if (idp_call(jwks_uri, ca, NULL, NULL, &status, &j, why, why_len) != 0)
         return -1;
     int rc = -1;
     if (status != 200) {
@@ -300,36 +374,153 @@ static int provider_fetch_jwks(struct oidc_provider *p, int64_t now, char *why, 
         jwks_t *set = jwks_from_json(j);
         if (set == NULL || r_jwks_size(set) == 0) {
             snprintf(why, why_len, "the JWKS has no usable key");
-            r_jwks_free(set);
         } else {
-            r_jwks_free(p->jwks);
-            p->jwks = set;
-            p->jwks_at = now;
-            rc = 0;
+            *out = json_dumps(j, JSON_COMPACT);
+            rc = *out ? 0 : -1;
         }
+        r_jwks_free(set);
     }
     json_decref(j);
     return rc;
 }
 
-/* Makes the locked entry's metadata current; stale data is kept if the IdP cannot be reached. */
-static int provider_ready(struct oidc_provider *p, int64_t now, char *why, size_t why_len)
+/*
+ * Fetches what the entry lacks (or has stale) with the lock released, then swaps it in: the
+ * caller holds the lock and has set p->fetching; on return the lock is held again, fetching is
+ * cleared and waiters are woken. A failure keeps whatever the entry had and opens the negative
+ * cache. Returns 0 if everything asked for was fetched.
+ */
+static int provider_refresh(oidc_cache *c, struct oidc_provider *p, int want_meta, int want_jwks,
+                            int64_t now)
 {
-    if (p->meta_at == 0 || now - p->meta_at >= OIDC_META_TTL) {
-        if (provider_fetch_meta(p, now, why, why_len) != 0) {
-            if (p->meta_at == 0)
-                return -1;
-            log_warn("event=oidc_discovery_stale issuer=%s err=\"%s\"", p->key_issuer, why);
-        }
+    char *issuer = xstrdup(p->key_issuer), *ca = xstrdup(p->key_ca);
+    char *jwks_uri = dup_or_null(p->cur.jwks_uri);
+    struct provider_view meta = {0};
+    char *jwks = NULL;
+    char why[160] = "";
+    pthread_mutex_unlock(&c->lock);
+
+    int rc = want_meta ? fetch_meta(issuer, ca, &meta, why, sizeof(why)) : 0;
+    if (rc == 0 && want_meta && meta.jwks_uri) {
+        free(jwks_uri);
+        jwks_uri = xstrdup(meta.jwks_uri);
     }
-    if (p->jwks == NULL || now - p->jwks_at >= OIDC_JWKS_TTL) {
-        if (provider_fetch_jwks(p, now, why, why_len) != 0) {
-            if (p->jwks == NULL)
-                return -1;
-            log_warn("event=oidc_jwks_stale issuer=%s err=\"%s\"", p->key_issuer, why);
+    if (rc == 0 && want_jwks)
+        rc = jwks_uri ? fetch_jwks(jwks_uri, ca, &jwks, why, sizeof(why)) : -1;
+
+    pthread_mutex_lock(&c->lock);
+    if (rc == 0) {
+        if (want_meta) {
+            view_take_meta(&p->cur, &meta);
+            p->meta_at = now;
         }
+        if (want_jwks) {
+            free(p->cur.jwks_json);
+            p->cur.jwks_json = jwks;
+            jwks = NULL;
+            p->jwks_at = now;
+        }
+        p->failed_until = 0;
+    } else {
+        p->failed_until = now + OIDC_NEGATIVE_TTL;
+        snprintf(p->failure, sizeof(p->failure), "%s", why[0] ? why : "no jwks_uri");
+        log_warn("event=oidc_provider_fetch_failed issuer=%s err=\"%s\" retry_in=%d", issuer,
+                 p->failure, OIDC_NEGATIVE_TTL);
     }
-    return 0;
+    p->fetching = 0;
+    pthread_cond_broadcast(&c->fetched);
+    view_cleanup(&meta);
+    free(jwks);
+    free(jwks_uri);
+    free(issuer);
+    free(ca);
+    return rc;
+}
+
+/*
+ * A copy of the provider's current data in *out (caller view_cleanup's), fetching discovery
+ * and JWKS first if missing or older than their TTL. Stale data is used rather than waiting
+ * for, or failing with, the IdP. Returns 0, or -1 with a reason when there is nothing usable.
+ */
+static int provider_get(oidc_cache *c, const char *issuer, const char *ca_file,
+                        struct provider_view *out, char *why, size_t why_len)
+{
+    int rc = -1;
+    pthread_mutex_lock(&c->lock);
+    struct oidc_provider *p = provider_find(c, issuer, ca_file);
+    if (p == NULL) {
+        snprintf(why, why_len, "too many identity providers");
+        goto out;
+    }
+    for (;;) {
+        int64_t now = (int64_t)time(NULL);
+        int meta_fresh = p->meta_at && now - p->meta_at < OIDC_META_TTL;
+        int jwks_fresh = p->cur.jwks_json && now - p->jwks_at < OIDC_JWKS_TTL;
+        int usable = p->meta_at && p->cur.jwks_json;
+        if ((meta_fresh && jwks_fresh) || (usable && (p->fetching || p->failed_until > now))) {
+            rc = 0;
+            break;
+        }
+        if (p->failed_until > now) {
+            snprintf(why, why_len, "%s (not retried for %llds)", p->failure,
+                     (long long)(p->failed_until - now));
+            break;
+        }
+        if (p->fetching) {
+            /* Nothing cached and someone else is asking the IdP: wait for the answer, but only
+             * while that fetch is young. A healthy IdP answers well within OIDC_FETCH_WAIT; a
+             * slow one then costs each sign-in that arrives in those seconds a short wait, and
+             * every later one none, so the workers stay free for everything else. */
+            struct timespec deadline = p->fetch_started, t;
+            deadline.tv_sec += OIDC_FETCH_WAIT;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            int late = t.tv_sec > deadline.tv_sec ||
+                       (t.tv_sec == deadline.tv_sec && t.tv_nsec >= deadline.tv_nsec);
+            if (late || (pthread_cond_timedwait(&c->fetched, &c->lock, &deadline) == ETIMEDOUT &&
+                         p->fetching)) {
+                snprintf(why, why_len, "identity provider is slow to answer");
+                break;
+            }
+            continue;
+        }
+        p->fetching = 1;
+        clock_gettime(CLOCK_MONOTONIC, &p->fetch_started);
+        if (provider_refresh(c, p, !meta_fresh, !jwks_fresh, now) != 0 &&
+            !(p->meta_at && p->cur.jwks_json)) {
+            snprintf(why, why_len, "%s", p->failure);
+            break;
+        }
+        rc = 0;
+        break;
+    }
+    if (rc == 0)
+        view_copy(out, &p->cur);
+out:
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/*
+ * Key rotation: the JWKS again (a token named a kid we do not know), unless it was fetched
+ * less than OIDC_JWKS_MIN_REFETCH ago, is being fetched, or the IdP failed recently. The
+ * current document is copied into *jwks_json either way (caller frees). 0 if it was refetched.
+ */
+static int provider_refetch_jwks(oidc_cache *c, const char *issuer, const char *ca_file,
+                                 char **jwks_json)
+{
+    int rc = -1;
+    pthread_mutex_lock(&c->lock);
+    struct oidc_provider *p = provider_find(c, issuer, ca_file);
+    int64_t now = (int64_t)time(NULL);
+    if (p && !p->fetching && p->failed_until <= now && p->cur.jwks_uri &&
+        now - p->jwks_at >= OIDC_JWKS_MIN_REFETCH) {
+        p->fetching = 1;
+        clock_gettime(CLOCK_MONOTONIC, &p->fetch_started);
+        rc = provider_refresh(c, p, 0, 1, now);
+    }
+    *jwks_json = p ? dup_or_null(p->cur.jwks_json) : NULL;
+    pthread_mutex_unlock(&c->lock);
+    return rc;
 }
 
 /* ---- ID token validation ---- */
@@ -540,14 +731,26 @@ static void clear_cookie(http_response *res)
                                          "; Secure; HttpOnly; SameSite=Lax; Max-Age=0");
 }
 
-/* A refusal: friendly page, audit, log. `ident` may be NULL (unknown state). */
+/*
+ * A refusal: friendly page, log, and audit when it concerns an identifier (NULL: unknown state).
+ * `ticket` is the re-authentication ticket of the pending sign-in when the refusal is about the
+ * person (the IdP or Orchard said no to who signed in), NULL when it is about our side or the IdP's
+ * health: with a valid ticket the refusal counts towards reauth_max_failures (auth/reauth.h).
+ */
 static void refuse(struct app *app, http_request *req, http_response *res, int status,
-                   const char *ident, const char *title, const char *message, const char *reason)
+                   const char *ident, const char *ticket, const char *title, const char *message,
+                   const char *reason)
 {
     log_warn("event=signin_refused rid=%s method=oidc reason=\"%s\" remote=%s", req->request_id,
              reason, req->client_addr);
+    /* Without an identifier (no pending sign-in: a bad, foreign or replayed state) the request
+     * concerns no account, and anyone can send any number of them: the log line is enough,
+     * the audit trail is not filled with it. */
     char *detail = xasprintf("oidc: %s (remote %s)", reason, req->client_addr);
-    audit_record(app, "anonymous", "signin.fail", ident ? ident : "unknown", detail);
+    if (ident)
+        audit_record(app, "anonymous", "signin.fail", ident, detail);
+    if (ticket && ident)
+        reauth_note_failure(app, ident, ticket, detail);
     free(detail);
     signin_render_message(res, status, title, message);
 }
@@ -555,28 +758,27 @@ static void refuse(struct app *app, http_request *req, http_response *res, int s
 /* ---- begin ---- */
 
 void oidc_begin(struct app *app, http_request *req, http_response *res, const st_domain *d,
-                const char *identifier)
+                const char *identifier, const char *reauth_ticket)
 {
     char why[256] = "";
     char state[SECRET_TOKEN_LEN + 1], nonce[SECRET_TOKEN_LEN + 1];
     char verifier[SECRET_TOKEN_LEN + 1], challenge[SECRET_TOKEN_LEN + 1];
     char state_hash[SECRET_HASH_LEN + 1];
-    char *authz = NULL;
-    struct oidc_provider *p = provider_lock(app->oidc, d->issuer, d->ca_file);
-    if (p == NULL || provider_ready(p, time(NULL), why, sizeof(why)) != 0) {
-        if (p)
-            pthread_mutex_unlock(&p->lock);
+    struct provider_view pv = {0};
+    if (provider_get(app->oidc, d->issuer, d->ca_file, &pv, why, sizeof(why)) != 0) {
         log_warn("event=oidc_provider_unavailable rid=%s domain=%s issuer=%s err=\"%s\"",
-                 req->request_id, d->name, d->issuer, why[0] ? why : "too many providers");
-        /* 4xx by design (see the top of the file): 424, the IdP we depend on failed. */
-        refuse(app, req, res, 424, identifier, "Sign-in unavailable",
+                 req->request_id, d->name, d->issuer, why);
+        /* 4xx by design (see the top of the file): 424, the IdP we depend on failed. Not the
+         * person's failure, so it never counts towards a re-authentication. */
+        refuse(app, req, res, 424, identifier, NULL, "Sign-in unavailable",
                "Your organisation's sign-in service cannot be reached right now. Try again in a "
                "few minutes.",
                "identity provider unavailable");
         return;
     }
-    authz = xstrdup(p->authorization_endpoint);
-    pthread_mutex_unlock(&p->lock);
+    char *authz = pv.authorization_endpoint;
+    pv.authorization_endpoint = NULL;
+    view_cleanup(&pv);
 
     secret_new_token(state);
     secret_new_token(nonce);
@@ -589,6 +791,7 @@ void oidc_begin(struct app *app, http_request *req, http_response *res, const st
                             .identifier = (char *)identifier,
                             .nonce = nonce,
                             .code_verifier = verifier,
+                            .reauth_ticket = (char *)reauth_ticket,
                             .created_at = now,
                             .expires_at = now + OIDC_PENDING_TTL};
     if (storage_oidc_pending_add(app->st, &pend, now) != 0) {
@@ -792,10 +995,11 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
     st_domain d = {0};
     st_user user = {0};
     json_t *claims = NULL;
-    char *id_token = NULL, *token_endpoint = NULL;
+    char *id_token = NULL;
     char why[256] = "";
     const char *algs[OIDC_MAX_ALGS + 1] = {0};
-    char *alg_copies[OIDC_MAX_ALGS + 1] = {0};
+    struct provider_view pv = {0};
+    jwks_t *keys = NULL;
     char state_hash[SECRET_HASH_LEN + 1];
     static const char expired_title[] = "Sign-in expired";
     static const char expired_msg[] =
@@ -808,20 +1012,21 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
     http_response_set_header(res, "Content-Security-Policy",
                              "default-src 'none'; style-src 'unsafe-inline'");
     if (state == NULL || !secret_token_well_formed(state)) {
-        refuse(app, req, res, 400, NULL, expired_title, expired_msg, "missing or malformed state");
+        refuse(app, req, res, 400, NULL, NULL, expired_title, expired_msg,
+               "missing or malformed state");
         goto out;
     }
     /* The state must come back to the browser that started the sign-in: this stops a callback
      * URL made by someone else (their code, their state) from signing this person in. */
     if (!cookie_matches(req, state)) {
-        refuse(app, req, res, 400, NULL, expired_title, expired_msg,
+        refuse(app, req, res, 400, NULL, NULL, expired_title, expired_msg,
                "state not bound to this browser");
         goto out;
     }
     secret_hash(state, state_hash);
     int rc = storage_oidc_pending_take(app->st, state_hash, app_now(app), &pend);
     if (rc == ST_ENOTFOUND) {
-        refuse(app, req, res, 400, NULL, expired_title, expired_msg,
+        refuse(app, req, res, 400, NULL, NULL, expired_title, expired_msg,
                "unknown, used or expired state");
         goto out;
     }
@@ -832,9 +1037,12 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
     }
     clear_cookie(res);
     if (error) {
+        /* access_denied: the IdP (or the person at it) said no to this person; other errors
+         * are the IdP's trouble and never count against a re-authentication. */
         int cancelled = strcmp(error, "access_denied") == 0;
         char *reason = xasprintf("IdP error %.64s", error);
         refuse(app, req, res, cancelled ? 403 : 400, pend.identifier,
+               cancelled ? pend.reauth_ticket : NULL,
                cancelled ? "Sign-in cancelled" : failed_title,
                cancelled ? "Sign-in was cancelled, so this device was not enrolled. Go back to "
                            "start again."
@@ -844,7 +1052,7 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
         goto out;
     }
     if (code == NULL || code[0] == '\0' || strlen(code) > OIDC_MAX_PARAM) {
-        refuse(app, req, res, 400, pend.identifier, failed_title, failed_msg, "no code");
+        refuse(app, req, res, 400, pend.identifier, NULL, failed_title, failed_msg, "no code");
         goto out;
     }
     rc = domains_lookup(app, pend.domain, &d);
@@ -854,7 +1062,7 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
                                   "The server could not complete sign-in.");
             goto out;
         }
-        refuse(app, req, res, 400, pend.identifier, failed_title, failed_msg,
+        refuse(app, req, res, 400, pend.identifier, NULL, failed_title, failed_msg,
                "domain is no longer federated");
         goto out;
     }
@@ -862,80 +1070,72 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
      * to (mix-up defence when several domains use different IdPs). */
     const char *iss_param = http_request_query(req, "iss");
     if (iss_param && strcmp(iss_param, d.issuer) != 0) {
-        refuse(app, req, res, 400, pend.identifier, failed_title, failed_msg,
+        refuse(app, req, res, 400, pend.identifier, NULL, failed_title, failed_msg,
                "iss parameter is not the domain's issuer");
         goto out;
     }
-    struct oidc_provider *p = provider_lock(app->oidc, d.issuer, d.ca_file);
-    if (p == NULL || provider_ready(p, time(NULL), why, sizeof(why)) != 0) {
-        if (p)
-            pthread_mutex_unlock(&p->lock);
-        refuse(app, req, res, 424, pend.identifier, "Sign-in unavailable",
+    if (provider_get(app->oidc, d.issuer, d.ca_file, &pv, why, sizeof(why)) != 0) {
+        refuse(app, req, res, 424, pend.identifier, NULL, "Sign-in unavailable",
                "Your organisation's sign-in service cannot be reached right now. Try again in a "
                "few minutes.",
                why[0] ? why : "identity provider unavailable");
         goto out;
     }
-    token_endpoint = xstrdup(p->token_endpoint);
-    int methods = p->auth_methods;
-    pthread_mutex_unlock(&p->lock);
-
-    id_token =
-        exchange_code(app, &d, token_endpoint, methods, code, pend.code_verifier, why, sizeof(why));
+    id_token = exchange_code(app, &d, pv.token_endpoint, pv.auth_methods, code, pend.code_verifier,
+                             why, sizeof(why));
     if (id_token == NULL) {
-        refuse(app, req, res, 400, pend.identifier, failed_title, failed_msg, why);
+        refuse(app, req, res, 400, pend.identifier, NULL, failed_title, failed_msg, why);
         goto out;
     }
     /* The ID token is checked against the IdP's clock, i.e. the real one (time(NULL)), while
      * state expiry above follows the server's clock (app_now, movable in test builds). */
-    p = provider_lock(app->oidc, d.issuer, d.ca_file);
-    if (p == NULL) {
-        refuse(app, req, res, 424, pend.identifier, failed_title, failed_msg,
-               "provider cache full");
-        goto out;
-    }
-    for (int i = 0; p->algs[i]; i++)
-        algs[i] = alg_copies[i] = xstrdup(p->algs[i]);
+    for (int i = 0; pv.algs[i]; i++)
+        algs[i] = pv.algs[i];
     struct oidc_expect x = {.issuer = d.issuer,
                             .client_id = d.client_id,
                             .nonce = pend.nonce,
                             .algs = algs,
                             .now = time(NULL)};
-    rc = p->jwks ? check_id_token(id_token, p->jwks, &x, &claims, why, sizeof(why)) : -2;
+    keys = jwks_from_text(pv.jwks_json);
+    rc = keys ? check_id_token(id_token, keys, &x, &claims, why, sizeof(why)) : -2;
     /* Key rotation: a kid we do not know yet means the IdP published new keys. The token came
      * straight from the IdP's token endpoint over verified TLS, so refetching cannot be
      * triggered by a third party at will; the short minimum interval only stops a loop. */
-    if (rc == -2 && x.now - p->jwks_at >= OIDC_JWKS_MIN_REFETCH) {
-        char fwhy[128];
-        if (provider_fetch_jwks(p, x.now, fwhy, sizeof(fwhy)) == 0)
-            rc = check_id_token(id_token, p->jwks, &x, &claims, why, sizeof(why));
-        else
-            log_warn("event=oidc_jwks_refetch_failed issuer=%s err=\"%s\"", d.issuer, fwhy);
+    if (rc == -2) {
+        char *fresh = NULL;
+        if (provider_refetch_jwks(app->oidc, d.issuer, d.ca_file, &fresh) == 0) {
+            r_jwks_free(keys);
+            keys = jwks_from_text(fresh);
+            rc = keys ? check_id_token(id_token, keys, &x, &claims, why, sizeof(why)) : -2;
+        } else {
+            log_warn("event=oidc_jwks_refetch_skipped issuer=%s", d.issuer);
+        }
+        free(fresh);
     }
-    pthread_mutex_unlock(&p->lock);
     if (rc != 0) {
+        /* A token we cannot verify is the IdP's or an attacker's doing, not the person's. */
         char *reason = xasprintf("ID token refused: %s", why);
-        refuse(app, req, res, 403, pend.identifier, failed_title, failed_msg, reason);
+        refuse(app, req, res, 403, pend.identifier, NULL, failed_title, failed_msg, reason);
         free(reason);
         goto out;
     }
     const char *uclaim = domains_user_claim(&d);
     const char *who = json_string_value(json_object_get(claims, uclaim));
     if (who == NULL || strcasecmp(who, pend.identifier) != 0) {
-        refuse(app, req, res, 403, pend.identifier, "Different account",
+        refuse(app, req, res, 403, pend.identifier, pend.reauth_ticket, "Different account",
                "You signed in with a different account than the one entered on the device. Go "
                "back and sign in as the account you entered.",
                "user claim does not match the identifier typed");
         goto out;
     }
     if (strcmp(uclaim, "email") == 0 && json_is_false(json_object_get(claims, "email_verified"))) {
-        refuse(app, req, res, 403, pend.identifier, failed_title, failed_msg,
+        refuse(app, req, res, 403, pend.identifier, pend.reauth_ticket, failed_title, failed_msg,
                "email not verified at the IdP");
         goto out;
     }
     if (d.groups_claim && d.groups_claim[0] &&
         !groups_ok(claims, d.groups_claim, d.allowed_groups)) {
-        refuse(app, req, res, 403, pend.identifier, "Not allowed",
+        refuse(app, req, res, 403, pend.identifier, pend.reauth_ticket, "Not allowed",
                "Your account is not allowed to enroll devices. Contact your administrator.",
                "not in an allowed group");
         goto out;
@@ -943,7 +1143,8 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
     const char *reason = NULL;
     rc = map_user(app, &d, pend.identifier, claims, &user, &reason);
     if (rc == -1) {
-        refuse(app, req, res, 403, pend.identifier, failed_title, failed_msg, reason);
+        refuse(app, req, res, 403, pend.identifier, pend.reauth_ticket, failed_title, failed_msg,
+               reason);
         goto out;
     }
     if (rc != 0) {
@@ -955,14 +1156,13 @@ void oidc_handle_callback(void *ctx, http_request *req, http_response *res)
              (long long)user.id);
     signin_finish(app, res, &user, "oidc");
 out:
-    for (int i = 0; alg_copies[i]; i++)
-        free(alg_copies[i]);
+    r_jwks_free(keys);
+    view_cleanup(&pv);
     json_decref(claims);
     if (id_token) {
         memset(id_token, 0, strlen(id_token));
         free(id_token);
     }
-    free(token_endpoint);
     st_user_cleanup(&user);
     st_domain_cleanup(&d);
     st_oidc_pending_cleanup(&pend);

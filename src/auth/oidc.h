@@ -9,8 +9,11 @@
  * Pending sign-ins live in storage (state -> nonce, code verifier, identifier; single use, ten
  * minutes), so any instance can take the callback. Provider metadata and JWKS are cached in
  * memory per (issuer, CA file); the JWKS is fetched again when a token names an unknown `kid`
- * (key rotation). All HTTP goes through libcurl over https only, with the system trust store or
- * the domain's CA file, no redirects, bounded time and size.
+ * (key rotation). The IdP is never called with a lock held: one request fetches while the
+ * others use what is cached (even stale) or wait at most a few seconds, and a failed fetch is
+ * not retried for 30 s, so a slow or dead IdP delays only its own domain's sign-ins. All HTTP goes
+ * through libcurl over https only, with the system trust store or the domain's CA file, no
+ * redirects, bounded time and size.
  *
  * Never logged: the client secret, codes, tokens, nonces and verifiers.
  */
@@ -39,10 +42,12 @@ void oidc_cache_free(oidc_cache *c);
  * answers 302 to the IdP's authorization endpoint (response_type=code, client_id,
  * redirect_uri=<public_url>/auth/oidc/callback, scope, state, nonce, code_challenge (S256),
  * login_hint=U, prompt=login so the IdP checks the person again even with a session there).
- * identifier is lowercase. Failures are friendly 4xx pages.
+ * identifier is lowercase. reauth_ticket (may be NULL) is the re-authentication ticket of the
+ * challenge url (auth/reauth.h), kept with the pending sign-in so that the callback's refusals
+ * of the person count towards reauth_max_failures. Failures are friendly 4xx pages.
  */
 void oidc_begin(struct app *app, http_request *req, http_response *res, const st_domain *d,
-                const char *identifier);
+                const char *identifier, const char *reauth_ticket);
 
 /* GET /auth/oidc/callback?code=...&state=... (or ?error=...&state=...). */
 void oidc_handle_callback(void *ctx, http_request *req, http_response *res);

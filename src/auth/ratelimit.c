@@ -1,7 +1,10 @@
 /* Fixed-window failure counters in a fixed-size table. */
 #include "auth/ratelimit.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +25,7 @@ struct ratelimit {
     pthread_mutex_t lock;
     int max_failures;
     int64_t window;
+    atomic_uint_fast64_t refused;
     struct slot slots[SLOTS];
 };
 
@@ -91,14 +95,42 @@ int ratelimit_blocked(ratelimit *rl, const char *key, int64_t now)
     pthread_mutex_lock(&rl->lock);
     int blocked = slot_for(rl, key, now)->failures >= rl->max_failures;
     pthread_mutex_unlock(&rl->lock);
-    if (blocked || rl->st == NULL)
-        return blocked;
-    char k[65];
-    stored_key(key, k);
-    int64_t n = 0;
-    if (storage_failure_count(rl->st, k, window_of(rl, now), &n) != ST_OK)
-        log_warn("event=ratelimit_store_failed op=count"); /* this instance's count still holds */
-    return n >= rl->max_failures;
+    if (!blocked && rl->st != NULL) {
+        char k[65];
+        stored_key(key, k);
+        int64_t n = 0;
+        if (storage_failure_count(rl->st, k, window_of(rl, now), &n) != ST_OK)
+            log_warn("event=ratelimit_store_failed op=count"); /* this instance's count holds */
+        blocked = n >= rl->max_failures;
+    }
+    if (blocked)
+        atomic_fetch_add(&rl->refused, 1);
+    return blocked;
+}
+
+uint64_t ratelimit_refused(const ratelimit *rl)
+{
+    return rl ? atomic_load(&((ratelimit *)rl)->refused) : 0;
+}
+
+void ratelimit_addr_key(const char *prefix, const char *addr, char *out)
+{
+    unsigned char a[16];
+    char text[INET6_ADDRSTRLEN];
+    if (inet_pton(AF_INET6, addr, a) == 1) {
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, mapped, sizeof(mapped)) == 0 &&
+            inet_ntop(AF_INET, a + 12, text, sizeof(text)) != NULL) {
+            snprintf(out, RATELIMIT_ADDR_KEY_LEN, "%s:%s", prefix, text);
+            return;
+        }
+        memset(a + 8, 0, 8); /* the interface half: the subscriber owns all of it */
+        if (inet_ntop(AF_INET6, a, text, sizeof(text)) != NULL) {
+            snprintf(out, RATELIMIT_ADDR_KEY_LEN, "%s:%s/64", prefix, text);
+            return;
+        }
+    }
+    snprintf(out, RATELIMIT_ADDR_KEY_LEN, "%s:%.64s", prefix, addr);
 }
 
 void ratelimit_fail(ratelimit *rl, const char *key, int64_t now)

@@ -24,5 +24,16 @@ void ratelimit_free(ratelimit *rl);
 int ratelimit_blocked(ratelimit *rl, const char *key, int64_t now);
 /* Records one failure for the key. */
 void ratelimit_fail(ratelimit *rl, const char *key, int64_t now);
+/* How many times ratelimit_blocked has answered 1 since the limiter was made (metrics). */
+uint64_t ratelimit_refused(const ratelimit *rl);
+
+#define RATELIMIT_ADDR_KEY_LEN 96
+/*
+ * The key for a client address: "<prefix>:<address>" for IPv4 (IPv4-mapped IPv6 included), and
+ * "<prefix>:<first 64 bits>::/64" for IPv6, since one subscriber usually holds a whole /64 and
+ * could otherwise rotate addresses to get a fresh budget for each. Anything that is not an
+ * address is kept as given. out holds RATELIMIT_ADDR_KEY_LEN bytes.
+ */
+void ratelimit_addr_key(const char *prefix, const char *addr, char *out);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "auth/audit.h"
+#include "auth/secret.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "crypto/cms.h"
@@ -289,13 +290,13 @@ static void check_failure(struct app *app, const st_enrollment *e, int64_t now)
     const char *reason = NULL;
     if (now >= e->auth_state_since + config_get_int(app->cfg, "reauth_grace"))
         reason = "grace_expired";
-    st_user u = {0};
+    /* Only failures of this demand's own sign-ins (reauth.fail on the enrollment, see
+     * reauth_note_failure), never signin.fail for the identifier: anyone can produce those. */
     int64_t failures = 0;
-    if (reason == NULL && storage_user_get(app->st, e->user_id, &u) == 0 &&
-        storage_audit_count(app->st, "signin.fail", u.email, e->auth_state_since, &failures) == 0 &&
+    if (reason == NULL &&
+        storage_audit_count(app->st, "reauth.fail", e->id, e->auth_state_since, &failures) == 0 &&
         failures >= config_get_int(app->cfg, "reauth_max_failures"))
         reason = "max_failures";
-    st_user_cleanup(&u);
     if (reason && storage_enrollment_transition_auth_state(app->st, e->id, "reauth_required",
                                                            "reauth_failed", now) == 0)
         apply_failure_action(app, e, reason); /* only the instance that won the transition */
@@ -319,4 +320,109 @@ void reauth_sweep(struct app *app)
     st_enrollment_filter f = {0};
     if (storage_enrollment_list(app->st, &f, sweep_one, app) != 0)
         log_warn("event=reauth_sweep_failed");
+}
+
+/* ---- tickets ---- */
+
+#define REAUTH_KEY_NAME "reauth_ticket_key"
+
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int reauth_key_load(struct app *app, char *err, size_t err_len)
+{
+    unsigned char fresh[sizeof(app->reauth_key)];
+    char candidate[2 * sizeof(fresh) + 1], *stored = NULL;
+    secret_random_bytes(fresh, sizeof(fresh));
+    for (size_t i = 0; i < sizeof(fresh); i++)
+        snprintf(candidate + 2 * i, 3, "%02x", fresh[i]);
+    int rc = storage_secret_get_or_add(app->st, REAUTH_KEY_NAME, candidate, app_now(app), &stored);
+    secret_wipe(fresh, sizeof(fresh));
+    secret_wipe(candidate, sizeof(candidate));
+    if (rc != ST_OK || stored == NULL || strlen(stored) != 2 * sizeof(app->reauth_key)) {
+        snprintf(err, err_len, "cannot load the re-authentication ticket key from the store");
+        if (stored)
+            secret_wipe(stored, strlen(stored));
+        free(stored);
+        return -1;
+    }
+    int ok = 1;
+    for (size_t i = 0; i < sizeof(app->reauth_key); i++) {
+        int hi = hex_value(stored[2 * i]), lo = hex_value(stored[2 * i + 1]);
+        ok &= hi >= 0 && lo >= 0;
+        app->reauth_key[i] = (unsigned char)((hi & 15) << 4 | (lo & 15));
+    }
+    secret_wipe(stored, strlen(stored));
+    free(stored);
+    app->reauth_key_set = ok;
+    if (!ok)
+        snprintf(err, err_len, "the stored re-authentication ticket key is not hex");
+    return ok ? 0 : -1;
+}
+
+void reauth_ticket(const struct app *app, const st_enrollment *e, char *out)
+{
+    out[0] = '\0';
+    if (!app->reauth_key_set || e->id == NULL)
+        return;
+    /* Length-prefixed, so no two (id, since) pairs give the same message. */
+    char *msg = xasprintf("orchard-reauth-v1:%zu:%s:%lld", strlen(e->id), e->id,
+                          (long long)e->auth_state_since);
+    secret_hmac_b64url(app->reauth_key, sizeof(app->reauth_key), msg, strlen(msg), out);
+    free(msg);
+}
+
+struct ticket_walk {
+    const struct app *app;
+    const char *ticket;
+    char *match; /* id of the enrollment whose pending demand the ticket belongs to */
+};
+
+static int ticket_visit(const st_enrollment *e, void *ctx)
+{
+    struct ticket_walk *w = ctx;
+    if (!is_user_enrollment(e->type) || e->unenrolled_at || e->auth_state == NULL ||
+        strcmp(e->auth_state, "reauth_required") != 0)
+        return 0;
+    char want[SECRET_TOKEN_LEN + 1];
+    reauth_ticket(w->app, e, want);
+    if (want[0] && secret_equal(want, w->ticket)) {
+        w->match = xstrdup(e->id);
+        return 1; /* stop: found */
+    }
+    return 0;
+}
+
+char *reauth_ticket_owner(struct app *app, const char *identifier, const char *ticket)
+{
+    if (identifier == NULL || ticket == NULL || !app->reauth_key_set ||
+        !secret_token_well_formed(ticket))
+        return NULL;
+    st_user u = {0};
+    if (storage_user_get_by_email(app->st, identifier, &u) != ST_OK) {
+        st_user_cleanup(&u);
+        return NULL;
+    }
+    struct ticket_walk w = {app, ticket, NULL};
+    st_enrollment_filter f = {.user_id = u.id};
+    storage_enrollment_list(app->st, &f, ticket_visit, &w);
+    st_user_cleanup(&u);
+    return w.match;
+}
+
+void reauth_record_failure(struct app *app, const char *enrollment_id, const char *detail)
+{
+    audit_record(app, "anonymous", "reauth.fail", enrollment_id, detail);
+}
+
+int reauth_note_failure(struct app *app, const char *identifier, const char *ticket,
+                        const char *detail)
+{
+    char *owner = reauth_ticket_owner(app, identifier, ticket);
+    if (owner)
+        reauth_record_failure(app, owner, detail);
+    free(owner);
+    return owner != NULL;
 }

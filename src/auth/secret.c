@@ -35,6 +35,30 @@ void secret_sha256_b64url(const char *s, char *out)
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 }
 
+void secret_hmac_b64url(const unsigned char *key, size_t key_len, const char *msg, size_t msg_len,
+                        char *out)
+{
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_state h;
+    crypto_auth_hmacsha256_init(&h, key, key_len);
+    crypto_auth_hmacsha256_update(&h, (const unsigned char *)msg, msg_len);
+    crypto_auth_hmacsha256_final(&h, mac);
+    sodium_bin2base64(out, SECRET_TOKEN_LEN + 1, mac, sizeof(mac),
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(&h, sizeof(h));
+    sodium_memzero(mac, sizeof(mac));
+}
+
+void secret_random_bytes(unsigned char *key, size_t len)
+{
+    randombytes_buf(key, len);
+}
+
+void secret_wipe(void *p, size_t len)
+{
+    sodium_memzero(p, len);
+}
+
 int secret_equal(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);

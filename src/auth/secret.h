@@ -23,6 +23,18 @@ void secret_hash(const char *s, char *out);
  * the PKCE S256 code_challenge of a code_verifier (RFC 7636 4.2).
  */
 void secret_sha256_b64url(const char *s, char *out);
+/*
+ * HMAC-SHA256 of msg under key (any length), as base64url without padding into out
+ * (SECRET_TOKEN_LEN + 1 bytes): the same shape as a token, so secret_token_well_formed()
+ * pre-checks it and secret_equal() compares it.
+ */
+void secret_hmac_b64url(const unsigned char *key, size_t key_len, const char *msg, size_t msg_len,
+                        char *out);
+/* Fills key with len random bytes (a new server key). */
+void secret_random_bytes(unsigned char *key, size_t len);
+/* Wipes len bytes at p (the compiler may not elide it). */
+void secret_wipe(void *p, size_t len);
+
 /* 1 if the two NUL-terminated strings are equal, compared in time independent of content. */
 int secret_equal(const char *a, const char *b);
 /* 1 if s looks like a token we issued (length and alphabet); cheap pre-check for input. */

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth/reauth.h"
 #include "core/log.h"
 #include "core/mem.h"
 #include "routes.h"
@@ -77,13 +78,29 @@ int session_issue(struct app *app, int64_t user_id, const char *method, char *to
     return storage_session_add(app->st, &s);
 }
 
-void session_challenge(struct app *app, http_response *res)
+/* 401 with the apple-as-web challenge; the url carries `?reauth=<ticket>` when one is given. */
+static void challenge(struct app *app, http_response *res, const char *ticket)
 {
-    char *value =
-        xasprintf("Bearer method=\"apple-as-web\", url=\"%s%s\"", app->public_url, PATH_SIGNIN);
+    char *value = ticket && ticket[0]
+                      ? xasprintf("Bearer method=\"apple-as-web\", url=\"%s%s?%s=%s\"",
+                                  app->public_url, PATH_SIGNIN, REAUTH_TICKET_PARAM, ticket)
+                      : xasprintf("Bearer method=\"apple-as-web\", url=\"%s%s\"", app->public_url,
+                                  PATH_SIGNIN);
     http_response_set_header(res, "WWW-Authenticate", value);
     free(value);
     res->status = 401;
     res->content_type = NULL;
     buf_reset(&res->body);
+}
+
+void session_challenge(struct app *app, http_response *res)
+{
+    challenge(app, res, NULL);
+}
+
+void session_challenge_reauth(struct app *app, http_response *res, const st_enrollment *e)
+{
+    char ticket[SECRET_TOKEN_LEN + 1];
+    reauth_ticket(app, e, ticket);
+    challenge(app, res, ticket);
 }

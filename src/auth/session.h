@@ -42,5 +42,11 @@ int session_issue(struct app *app, int64_t user_id, const char *method, char *to
 
 /* Answers 401 with the apple-as-web challenge (PROTOCOL.md 5.1; comma form). */
 void session_challenge(struct app *app, http_response *res);
+/*
+ * The same for a check-in or connect of user enrollment e (PROTOCOL.md 7.2): the url carries
+ * the enrollment's re-authentication ticket (auth/reauth.h), so failed sign-ins that follow
+ * this very challenge can count towards reauth_max_failures, and nothing else can.
+ */
+void session_challenge_reauth(struct app *app, http_response *res, const st_enrollment *e);
 
 #endif

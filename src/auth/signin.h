@@ -11,6 +11,7 @@
 #define ORCHARD_AUTH_SIGNIN_H
 
 #include "app.h"
+#include "core/buf.h"
 #include "http/http.h"
 
 struct auth_provider {
@@ -32,6 +33,9 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res);
  * method is recorded on the session ("local", "oidc"). 503 page if the token cannot be stored.
  */
 void signin_finish(struct app *app, http_response *res, const st_user *user, const char *method);
+
+/* The rate limiters' refusal counters in Prometheus text (orchard_rate_limited_total). */
+void signin_metrics(const struct app *app, buf *out);
 
 /* A friendly HTML page (web/message.html) with status, title and message; no-store. */
 void signin_render_message(http_response *res, int status, const char *title, const char *msg);

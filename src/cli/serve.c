@@ -13,6 +13,7 @@
 #include "app.h"
 #include "auth/oidc.h"
 #include "auth/ratelimit.h"
+#include "auth/reauth.h"
 #include "auth/secret.h"
 #include "cli/cli.h"
 #include "cli/common.h"
@@ -96,7 +97,15 @@ static int app_setup(struct app *app, const char *data, const char *listen)
     }
     app->signin_limit = ratelimit_new_shared(
         app->st, (int)config_get_int(app->cfg, "signin_rate_limit"), SIGNIN_WINDOW);
+    app->scep_limit = ratelimit_new_shared(
+        app->st, (int)config_get_int(app->cfg, "scep_rate_limit"), SIGNIN_WINDOW);
+    app->oidc_start_limit = ratelimit_new_shared(
+        app->st, (int)config_get_int(app->cfg, "oidc_start_rate_limit"), SIGNIN_WINDOW);
     app->oidc = oidc_cache_new();
+    if (reauth_key_load(app, err, sizeof(err)) != 0) {
+        fprintf(stderr, "orchard: %s\n", err);
+        return -1;
+    }
     return 0;
 }
 
@@ -230,6 +239,9 @@ out:
     pusher_stop(app.pusher);
     webhooks_stop(app.webhooks);
     ratelimit_free(app.signin_limit);
+    ratelimit_free(app.scep_limit);
+    ratelimit_free(app.oidc_start_limit);
+    secret_wipe(app.reauth_key, sizeof(app.reauth_key));
     oidc_cache_free(app.oidc);
     app_cleanup(&app);
     storage_close(app.st);

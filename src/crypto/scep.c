@@ -40,6 +40,9 @@ struct scep_request {
     uint8_t *nonce;
     size_t nonce_len;
     crypto_cert *signer;
+    uint8_t *envelope; /* the pkcsPKIEnvelope (DER) until scep_request_open decrypts it */
+    size_t envelope_len;
+    int opened;
     int cipher_nid; /* content-encryption algorithm of the request's envelope */
     X509_REQ *csr;  /* PKCSReq / RenewalReq only */
     char *challenge;
@@ -130,15 +133,17 @@ static int parse_attributes(CMS_SignerInfo *si, scep_request *req)
 }
 
 /* Decrypts the pkcsPKIEnvelope with the CA key into *plain (a memory BIO). */
-static int decrypt_envelope(const scep_ca *ca, const ASN1_OCTET_STRING *env, scep_request *req,
-                            BIO **plain)
+static int decrypt_envelope(const scep_ca *ca, scep_request *req, BIO **plain)
 {
-    const unsigned char *p = ASN1_STRING_get0_data(env);
-    PKCS7 *p7 = d2i_PKCS7(NULL, &p, ASN1_STRING_length(env));
+    const unsigned char *p = req->envelope;
+    PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)req->envelope_len);
     int rc = CRYPTO_EINPUT;
 
     *plain = BIO_new(BIO_s_mem());
+    /* Structure first (cheap): one recipient, a content-encryption algorithm; only then the
+     * private-key operation. */
     if (p7 == NULL || *plain == NULL || !PKCS7_type_is_enveloped(p7) ||
+        sk_PKCS7_RECIP_INFO_num(p7->d.enveloped->recipientinfo) != 1 ||
         p7->d.enveloped->enc_data == NULL || p7->d.enveloped->enc_data->algorithm == NULL)
         goto out;
     req->cipher_nid = OBJ_obj2nid(p7->d.enveloped->enc_data->algorithm->algorithm);
@@ -194,17 +199,23 @@ static int parse_csr(BIO *plain, scep_request *req)
     return 0;
 }
 
-int scep_request_parse(const scep_ca *ca, const uint8_t *msg, size_t len, scep_request **out)
+int scep_request_parse_signed(const scep_ca *ca, const uint8_t *msg, size_t len, scep_request **out)
 {
-    CMS_ContentInfo *cms = crypto_cms_parse(msg, len);
+    (void)ca;
+    CMS_ContentInfo *cms = len <= SCEP_MAX_MESSAGE ? crypto_cms_parse(msg, len) : NULL;
     ASN1_OCTET_STRING **env = cms ? CMS_get0_content(cms) : NULL;
     STACK_OF(CMS_SignerInfo) *sis = cms ? CMS_get0_SignerInfos(cms) : NULL;
     scep_request *req = xcalloc(1, sizeof *req);
-    BIO *plain = NULL;
     X509 *signer = NULL;
     int rc = CRYPTO_EINPUT;
 
-    if (env == NULL || *env == NULL || sk_CMS_SignerInfo_num(sis) != 1)
+    if (cms == NULL || OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed || env == NULL ||
+        *env == NULL || ASN1_STRING_length(*env) <= 0 || sk_CMS_SignerInfo_num(sis) != 1)
+        goto out;
+    /* The attributes are plain parsing; the signature check after them is a public-key
+     * operation, still cheap next to the decryption scep_request_open does. */
+    rc = parse_attributes(sk_CMS_SignerInfo_value(sis, 0), req);
+    if (rc != 0)
         goto out;
     rc = CRYPTO_EVERIFY;
     if (CMS_verify(cms, NULL, NULL, NULL, NULL, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) != 1)
@@ -212,13 +223,11 @@ int scep_request_parse(const scep_ca *ca, const uint8_t *msg, size_t len, scep_r
     CMS_SignerInfo_get0_algs(sk_CMS_SignerInfo_value(sis, 0), NULL, &signer, NULL, NULL);
     X509_up_ref(signer);
     req->signer = crypto_cert_wrap(signer);
-    rc = parse_attributes(sk_CMS_SignerInfo_value(sis, 0), req);
-    if (rc == 0)
-        rc = decrypt_envelope(ca, *env, req, &plain);
-    if (rc == 0 && (req->type == SCEP_PKCS_REQ || req->type == SCEP_RENEWAL_REQ))
-        rc = parse_csr(plain, req);
+    req->envelope_len = (size_t)ASN1_STRING_length(*env);
+    req->envelope = xmalloc(req->envelope_len);
+    memcpy(req->envelope, ASN1_STRING_get0_data(*env), req->envelope_len);
+    rc = 0;
 out:
-    BIO_free(plain);
     CMS_ContentInfo_free(cms);
     if (rc != 0) {
         scep_request_free(req);
@@ -228,6 +237,33 @@ out:
     return 0;
 }
 
+int scep_request_open(const scep_ca *ca, scep_request *req)
+{
+    BIO *plain = NULL;
+    if (req->opened)
+        return 0;
+    int rc = decrypt_envelope(ca, req, &plain);
+    if (rc == 0 && (req->type == SCEP_PKCS_REQ || req->type == SCEP_RENEWAL_REQ))
+        rc = parse_csr(plain, req);
+    BIO_free(plain);
+    if (rc != 0)
+        return crypto_fail("scep_request_open", rc);
+    req->opened = 1;
+    return 0;
+}
+
+int scep_request_parse(const scep_ca *ca, const uint8_t *msg, size_t len, scep_request **out)
+{
+    scep_request *req = NULL;
+    int rc = scep_request_parse_signed(ca, msg, len, &req);
+    if (rc == 0 && (rc = scep_request_open(ca, req)) != 0) {
+        scep_request_free(req);
+        req = NULL;
+    }
+    *out = req;
+    return rc;
+}
+
 void scep_request_free(scep_request *req)
 {
     if (req == NULL)
@@ -235,6 +271,7 @@ void scep_request_free(scep_request *req)
     free(req->transaction_id);
     free(req->nonce);
     crypto_cert_free(req->signer);
+    free(req->envelope);
     X509_REQ_free(req->csr);
     free(req->challenge);
     free(req->subject);
@@ -281,8 +318,26 @@ const uint8_t *scep_request_public_key(const scep_request *req, size_t *len)
 
 /* ---- Issuing ---- */
 
-int scep_issue_cert(const scep_ca *ca, const scep_request *req, int days, crypto_cert **issued)
+/* "CN=cn, O=org" (O first in the sequence: RFC 2253 prints the most specific RDN first). */
+static X509_NAME *issued_name(const char *cn, const char *org)
 {
+    X509_NAME *name = X509_NAME_new();
+    if (name == NULL ||
+        !X509_NAME_add_entry_by_NID(name, NID_organizationName, MBSTRING_UTF8,
+                                    (const unsigned char *)org, -1, -1, 0) ||
+        !X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn,
+                                    -1, -1, 0)) {
+        X509_NAME_free(name);
+        return NULL;
+    }
+    return name;
+}
+
+int scep_issue_cert(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
+                    int days, crypto_cert **issued)
+{
+    /* Exactly what a device identity needs (TLS client authentication, Mdm-Signature, and
+     * key encipherment for the SCEP reply); nothing from the CSR's extensions. */
     static const struct crypto_ext exts[] = {
         {NID_basic_constraints, "critical,CA:FALSE"},
         {NID_key_usage, "critical,digitalSignature,keyEncipherment"},
@@ -291,10 +346,15 @@ int scep_issue_cert(const scep_ca *ca, const scep_request *req, int days, crypto
     };
     X509 *x = NULL;
 
-    if (req->csr == NULL)
+    if (req->csr == NULL || cn == NULL || org == NULL || cn[0] == '\0' || org[0] == '\0' ||
+        strlen(cn) > 64 || strlen(org) > 64)
         return CRYPTO_EINPUT;
-    int rc = crypto_x509_issue(X509_REQ_get_subject_name(req->csr), X509_REQ_get0_pubkey(req->csr),
-                               ca->cert, ca->key->pkey, days, exts, &x);
+    X509_NAME *name = issued_name(cn, org);
+    if (name == NULL)
+        return CRYPTO_EINPUT;
+    int rc = crypto_x509_issue(name, X509_REQ_get0_pubkey(req->csr), ca->cert, ca->key->pkey, days,
+                               exts, &x);
+    X509_NAME_free(name);
     if (rc == 0)
         *issued = crypto_cert_wrap(x);
     return rc;

@@ -61,15 +61,28 @@ const uint8_t *scep_ca_cert_der(const scep_ca *ca, size_t *len);
 /* The CA certificate; borrowed. */
 const crypto_cert *scep_ca_cert(const scep_ca *ca);
 
+/* Largest PKIOperation message accepted: a CSR for a 4096-bit key is ~2 KB, its message ~6. */
+#define SCEP_MAX_MESSAGE (64 * 1024)
+
 /*
- * Parses a PKIOperation message: verifies the outer signature with the signer certificate it
- * carries (no chain or time check: for PKCSReq it is a throwaway self-signed certificate),
- * reads messageType, transactionID and senderNonce, decrypts the envelope with the CA key
- * and, for PKCSReq and RenewalReq, parses the CSR and verifies its self-signature. Other
- * message types parse without a CSR so the caller can answer them with a failure reply.
- * Returns 0 and a new *out, CRYPTO_EINPUT for malformed or undecryptable input, or
- * CRYPTO_EVERIFY for a bad signature.
+ * Parses a PKIOperation message in two steps, cheap first, so that a caller can refuse before
+ * spending the CA's private key:
+ *
+ * scep_request_parse_signed: size (SCEP_MAX_MESSAGE), structure (SignedData, one signer, an
+ * envelope), messageType, transactionID and senderNonce, and the outer signature verified with
+ * the signer certificate it carries (no chain or time check: for PKCSReq it is a throwaway
+ * self-signed certificate). No private-key operation. Returns 0 and a new *out,
+ * CRYPTO_EINPUT for malformed input, or CRYPTO_EVERIFY for a bad signature.
+ *
+ * scep_request_open: decrypts the envelope with the CA key and, for PKCSReq and RenewalReq,
+ * parses the CSR and verifies its self-signature (other types open without a CSR, so the
+ * caller can answer them with a failure reply). 0, or CRYPTO_EINPUT / CRYPTO_EVERIFY.
+ *
+ * scep_request_parse does both.
  */
+int scep_request_parse_signed(const scep_ca *ca, const uint8_t *msg, size_t len,
+                              scep_request **out);
+int scep_request_open(const scep_ca *ca, scep_request *req);
 int scep_request_parse(const scep_ca *ca, const uint8_t *msg, size_t len, scep_request **out);
 void scep_request_free(scep_request *req);
 
@@ -90,11 +103,15 @@ const char *scep_request_subject(const scep_request *req);
 const uint8_t *scep_request_public_key(const scep_request *req, size_t *len);
 
 /*
- * Issues the client certificate for a PKCSReq/RenewalReq: the CSR's subject and key, random
- * 128-bit serial, digitalSignature|keyEncipherment, clientAuth EKU, valid `days` days (other
- * CSR extensions are not copied). *issued is new. CRYPTO_EINPUT if the request has no CSR.
+ * Issues the client certificate for an opened PKCSReq/RenewalReq: the CSR's key only, with the
+ * subject "CN=cn, O=org" chosen by the caller (never the CSR's: a device must not name itself
+ * after anything), random 128-bit serial, basicConstraints CA:FALSE, keyUsage
+ * digitalSignature|keyEncipherment, extendedKeyUsage clientAuth, valid `days` days; none of the
+ * CSR's extensions are copied. *issued is new. CRYPTO_EINPUT if the request has no CSR or cn /
+ * org is empty or longer than 64 characters (the X.520 upper bound).
  */
-int scep_issue_cert(const scep_ca *ca, const scep_request *req, int days, crypto_cert **issued);
+int scep_issue_cert(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
+                    int days, crypto_cert **issued);
 
 /*
  * Builds a CertRep with pkiStatus SUCCESS: a degenerate certs-only SignedData holding `issued`,

@@ -242,7 +242,7 @@ int mdm_check_session(struct app *app, http_request *req, http_response *res, st
     if (strcmp(problem, "foreign_user") == 0)
         audit_record(app, "device", "reauth.wrong_user", e->id, "token of another user refused");
     log_info("event=mdm_challenge rid=%s enrollment=%s token=%s", req->request_id, e->id, problem);
-    session_challenge(app, res);
+    session_challenge_reauth(app, res, e);
     return -1;
 }
 

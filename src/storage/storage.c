@@ -369,6 +369,13 @@ int storage_session_revoke(storage *st, const char *token_hash, int64_t now)
     STORAGE_CALL(st, session_revoke, token_hash, now);
 }
 
+int storage_session_prune_unbound(storage *st, int64_t before, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL);
+    *deleted = 0;
+    STORAGE_CALL(st, session_prune_unbound, before, deleted);
+}
+
 /* ---- SCEP challenges and certificates ---- */
 
 int storage_challenge_add(storage *st, const char *challenge_hash, int64_t user_id,
@@ -385,6 +392,13 @@ int storage_challenge_consume(storage *st, const char *challenge_hash, int64_t n
     *user_id = 0;
     *session_hash = NULL;
     STORAGE_CALL(st, challenge_consume, challenge_hash, now, user_id, session_hash);
+}
+
+int storage_challenge_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL);
+    *deleted = 0;
+    STORAGE_CALL(st, challenge_prune, before, deleted);
 }
 
 int storage_cert_add(storage *st, const st_cert *c)
@@ -563,6 +577,13 @@ int storage_audit_count(storage *st, const char *action, const char *target, int
     STORAGE_CALL(st, audit_count, action, target, since, count);
 }
 
+int storage_audit_prune(storage *st, int64_t before, int limit, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL && limit > 0);
+    *deleted = 0;
+    STORAGE_CALL(st, audit_prune, before, limit, deleted);
+}
+
 int storage_audit_list(storage *st, int64_t before_id, int limit,
                        int (*fn)(const st_audit *a, void *ctx), void *ctx)
 {
@@ -643,6 +664,16 @@ int storage_failure_prune(storage *st, int64_t before, int64_t *deleted)
     STORAGE_CALL(st, failure_prune, before, deleted);
 }
 
+/* ---- server secrets ---- */
+
+int storage_secret_get_or_add(storage *st, const char *name, const char *candidate, int64_t now,
+                              char **value)
+{
+    assert(st != NULL && name != NULL && candidate != NULL && value != NULL);
+    *value = NULL;
+    STORAGE_CALL(st, secret_get_or_add, name, candidate, now, value);
+}
+
 /* ---- webhook events ---- */
 
 int storage_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
@@ -710,6 +741,7 @@ void st_oidc_pending_cleanup(st_oidc_pending *p)
     free(p->identifier);
     free(p->nonce);
     free(p->code_verifier);
+    free(p->reauth_ticket);
     memset(p, 0, sizeof(*p));
 }
 

@@ -95,6 +95,12 @@ int storage_session_set_machine_info(storage *st, const char *token_hash, const 
 /* Revokes every valid session bound to the enrollment (re-authentication, unenroll). */
 int storage_session_revoke_enrollment(storage *st, const char *enrollment_id, int64_t now);
 int storage_session_revoke(storage *st, const char *token_hash, int64_t now);
+/*
+ * Deletes session tokens never bound to an enrollment and issued before `before` (expired:
+ * an unbound token lives enroll_token_ttl); fills *deleted. Bound tokens stay, revoked or not:
+ * CheckOut and the re-authentication failure policy still look at them.
+ */
+int storage_session_prune_unbound(storage *st, int64_t before, int64_t *deleted);
 
 /* ---- SCEP challenges and issued certificates ---- */
 
@@ -107,6 +113,8 @@ int storage_challenge_add(storage *st, const char *challenge_hash, int64_t user_
  */
 int storage_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
                               int64_t *user_id, char **session_hash);
+/* Deletes challenges that expired before `before`, used or not; fills *deleted. */
+int storage_challenge_prune(storage *st, int64_t before, int64_t *deleted);
 
 typedef struct st_cert {
     char *serial;      /* hex */
@@ -275,6 +283,12 @@ int storage_audit_count(storage *st, const char *action, const char *target, int
 /* Newest first, ids < before_id (0 = from newest), at most limit rows. */
 int storage_audit_list(storage *st, int64_t before_id, int limit,
                        int (*fn)(const st_audit *a, void *ctx), void *ctx);
+/*
+ * Retention (config audit_retention): deletes at most `limit` events older than `before`
+ * (at < before), oldest first, and fills *deleted. The scheduler calls it until fewer than
+ * limit rows go, so no single statement holds the write lock for long.
+ */
+int storage_audit_prune(storage *st, int64_t before, int limit, int64_t *deleted);
 
 /* ---- push outbox (APNs) ---- */
 
@@ -384,6 +398,17 @@ int storage_failure_count(storage *st, const char *key, int64_t window_start, in
 /* Deletes the windows that started before `before`; fills *deleted. */
 int storage_failure_prune(storage *st, int64_t before, int64_t *deleted);
 
+/* ---- server secrets ---- */
+
+/*
+ * A secret every instance sharing the store must agree on (the re-authentication ticket key,
+ * auth/reauth.h), generated once. Stores `candidate` as the value of `name` if there is none
+ * yet (the first instance wins; a concurrent second one gets the first one's value) and returns
+ * the stored value in *value (new string; callers wipe and free it). Never logged.
+ */
+int storage_secret_get_or_add(storage *st, const char *name, const char *candidate, int64_t now,
+                              char **value);
+
 /* ---- webhook events ---- */
 
 /*
@@ -456,6 +481,7 @@ typedef struct st_oidc_pending {
     char *identifier;    /* what the person typed (user-identifier), lowercase */
     char *nonce;         /* the ID token must carry it */
     char *code_verifier; /* PKCE */
+    char *reauth_ticket; /* the re-authentication ticket of the challenge url; NULL if none */
     int64_t created_at;
     int64_t expires_at;
 } st_oidc_pending;

@@ -45,11 +45,13 @@ struct storage_ops {
     int (*session_set_machine_info)(storage *st, const char *token_hash, const char *plist);
     int (*session_revoke_enrollment)(storage *st, const char *enrollment_id, int64_t now);
     int (*session_revoke)(storage *st, const char *token_hash, int64_t now);
+    int (*session_prune_unbound)(storage *st, int64_t before, int64_t *deleted);
 
     int (*challenge_add)(storage *st, const char *challenge_hash, int64_t user_id,
                          const char *session_hash, int64_t expires_at);
     int (*challenge_consume)(storage *st, const char *challenge_hash, int64_t now, int64_t *user_id,
                              char **session_hash);
+    int (*challenge_prune)(storage *st, int64_t before, int64_t *deleted);
     int (*cert_add)(storage *st, const st_cert *c);
     int (*cert_get_by_fingerprint)(storage *st, const char *fingerprint, st_cert *out);
     int (*cert_set_enrollment)(storage *st, const char *fingerprint, const char *enrollment_id);
@@ -87,6 +89,7 @@ struct storage_ops {
                        int64_t *count);
     int (*audit_list)(storage *st, int64_t before_id, int limit,
                       int (*fn)(const st_audit *a, void *ctx), void *ctx);
+    int (*audit_prune)(storage *st, int64_t before, int limit, int64_t *deleted);
 
     int (*push_enqueue)(storage *st, const char *enrollment_id, int64_t now);
     int (*push_enqueue_filter)(storage *st, int scope, const char *value, int64_t now,
@@ -101,6 +104,9 @@ struct storage_ops {
     int (*failure_add)(storage *st, const char *key, int64_t window_start, int64_t *count);
     int (*failure_count)(storage *st, const char *key, int64_t window_start, int64_t *count);
     int (*failure_prune)(storage *st, int64_t before, int64_t *deleted);
+
+    int (*secret_get_or_add)(storage *st, const char *name, const char *candidate, int64_t now,
+                             char **value);
 
     int (*webhook_add)(storage *st, const char *type, const char *data, int64_t now, int64_t *id);
     int (*webhook_claim)(storage *st, const char *owner, int64_t now, int lease, int limit,

@@ -621,6 +621,186 @@ def scep_garbage_is_4xx():
            "%s %s must be refused (4xx or a SCEP FAILURE CertRep)" % (method, path[:60]), r)
 
 
+# --- issue 13: what SCEP issues, to whom, and at what cost -----------------------------------------
+
+def issued_cert(path):
+    from cryptography import x509
+    return x509.load_pem_x509_certificate(open(path, "rb").read())
+
+
+@test
+def scep_chooses_the_subject_and_copies_nothing_from_the_csr():
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    s = srv()
+    d = signed_in(s)
+    d.fetch_profile()
+    d.verify_profile()
+    work = tempfile.mkdtemp(dir=s.tmp)
+    # A CSR that names itself an administrator of Apple and asks to be a CA for a DNS name;
+    # scepclient sends the csr.pem it finds beside the key as it is.
+    with open(os.path.join(work, "req.cnf"), "w") as f:
+        f.write("[req]\ndistinguished_name=dn\nattributes=attrs\nprompt=no\n[dn]\nCN=admin\nO=Apple\n"
+                "OU=Security\n[attrs]\nchallengePassword=%s\n" % d.scep_challenge)
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", os.path.join(work, "key.pem"), "2048"],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-new", "-config", os.path.join(work, "req.cnf"), "-key",
+                    os.path.join(work, "key.pem"), "-out", os.path.join(work, "csr.pem"),
+                    "-addext", "subjectAltName=DNS:mdm.apple.com", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"], check=True, capture_output=True)
+    p = subprocess.run([sim.SCEPCLIENT, "-server-url", d.scep_url, "-private-key", os.path.join(work, "key.pem"),
+                        "-certificate", os.path.join(work, "cert.pem"), "-challenge", d.scep_challenge],
+                       capture_output=True, text=True, timeout=90, env=dict(os.environ, SSL_CERT_FILE=s.ca_file))
+    eq(p.returncode, 0, "scepclient (%s %s)" % (p.stdout.strip(), p.stderr.strip()[-300:]))
+    c = issued_cert(os.path.join(work, "cert.pem"))
+    cn = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    org = c.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    eq(len(cn), 1, "one CN")
+    ok(cn[0].value != "admin", "the CN is Orchard's, not the CSR's: %s" % c.subject.rfc4514_string())
+    ok(re.match(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$", cn[0].value, re.I),
+       "the CN is a random id: %r" % cn[0].value)
+    eq([a.value for a in org], ["Orchard"], "O is the organisation (org_name)")
+    eq(c.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME), [], "no OU from the CSR")
+    exts = {e.oid: e.value for e in c.extensions}
+    ok(x509.SubjectAlternativeName.oid not in exts, "no subjectAltName from the CSR")
+    eq(exts[x509.BasicConstraints.oid].ca, False, "not a CA")
+    ku = exts[x509.KeyUsage.oid]
+    ok(ku.digital_signature and ku.key_encipherment and not ku.key_cert_sign, "keyUsage")
+    eq(list(exts[x509.ExtendedKeyUsage.oid]), [ExtendedKeyUsageOID.CLIENT_AUTH], "extendedKeyUsage clientAuth")
+    # Two devices never share a subject.
+    d2 = signed_in(s)
+    d2.fetch_profile()
+    d2.verify_profile()
+    d2.scep_enroll(cn="admin")
+    ok(d2.cert.subject != c.subject, "each certificate gets its own subject")
+
+
+def renewal_server():
+    return _policy_srv()
+
+
+_policy = {}
+
+
+def _policy_srv():
+    if "s" not in _policy:
+        s = Server(name="scep-policy", env={"ORCHARD_DEBUG_CLOCK": "true", "ORCHARD_SCHEDULER_INTERVAL": "1",
+                                            "ORCHARD_REAUTH_GRACE": "1h", "ORCHARD_SIGNIN_RATE_LIMIT": "1000"})
+        s.add_user(*ALICE)
+        s.start()
+        _policy["s"] = s
+    return _policy["s"]
+
+
+def _wait(pred, what, s):
+    import time
+    for _ in range(100):
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what + "\n" + s.log_tail(20))
+
+
+def _state(s, d):
+    return s.api("GET", "/api/v1/enrollments/%s" % d.enrollment_id).json()["auth_state"]
+
+
+@test
+def scep_renewal_is_refused_for_unenrolled_and_failed_enrollments():
+    s = renewal_server()
+    active = device(s).run_enrollment()
+    active.scep_renew()  # an active, enrolled device renews
+    # Unenrolled (CheckOut): refused, whether for the state or for the revoked certificate.
+    gone = device(s).run_enrollment()
+    gone.checkout()
+    eq(_state(s, gone), "unenrolled", "after CheckOut")
+    e = orchard.raises(sim.ScepError, gone.scep_renew)
+    ok("failInfo" in str(e), "an unenrolled device's renewal gets a SCEP FAILURE: %s" % e)
+    failed = device(s, auto_reauth=False).run_enrollment()
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % failed.enrollment_id), 202, "reauthenticate")
+    s.advance_clock(2 * 3600)  # the grace period runs out
+    _wait(lambda: _state(s, failed) == "reauth_failed", "reauth_failed", s)
+    e = orchard.raises(sim.ScepError, failed.scep_renew)
+    ok("failInfo" in str(e), "a device that failed re-authentication cannot renew: %s" % e)
+    acts = [(a["action"], a["target"], a["detail"]) for a in s.api("GET", "/api/v1/audit").json()["events"]]
+    ok(("scep.refuse", failed.enrollment_id, "reauth_failed") in acts, "refusal audited: %r" % acts[:8])
+    ok(("scep.refuse", gone.enrollment_id, "unenrolled") in acts or
+       ("scep.refuse", gone.enrollment_id, "signer_revoked") in acts, "refusal audited: %r" % acts[:8])
+
+
+def _fixture_ca_server(name, **env):
+    """A server whose SCEP CA is the spec fixture's, so its captured scepclient PKCSReq (challenge
+    "secret", encrypted to that CA) can be replayed: a full decryption every time."""
+    s = Server(name=name, env=env)
+    fx = os.path.join(orchard.FIXTURES, "scep")
+    shutil.copy(os.path.join(fx, "ca.pem"), s.path("scep", "ca.pem"))
+    subprocess.run(["openssl", "pkey", "-in", os.path.join(fx, "ca.key"), "-passin", "pass:", "-out",
+                    s.path("scep", "ca.key")], check=True, capture_output=True)
+    os.chmod(s.path("scep", "ca.key"), 0o600)
+    s.start()
+    with open(os.path.join(fx, "PKCSReq-scepclient-2.1.0.der"), "rb") as f:
+        return s, f.read()
+
+
+def _post_scep(conn, msg, headers=None):
+    import http.client  # noqa: F401
+    import time
+    h = {"Content-Type": "application/x-pki-message"}
+    h.update(headers or {})
+    t0 = time.perf_counter()
+    conn.request("POST", "/scep?operation=PKIOperation", body=msg, headers=h)
+    r = conn.getresponse()
+    body = r.read()
+    return r.status, r.getheader("Retry-After"), r.getheader("Content-Type"), body, time.perf_counter() - t0
+
+
+@test
+def scep_refusals_are_limited_per_address_before_any_ca_key_work():
+    import http.client
+    import statistics
+    s, msg = _fixture_ca_server("scep-limit", ORCHARD_SCEP_RATE_LIMIT="5", ORCHARD_TRUSTED_PROXIES="127.0.0.1")
+    conn = http.client.HTTPSConnection("127.0.0.1", s.port, context=s.ctx(), timeout=30)
+    try:
+        # Five made-up challenges: each is decrypted with the CA key and answered with a signed
+        # CertRep FAILURE (what a SCEP client understands), and audited.
+        full = []
+        for i in range(5):
+            st, _, ctype, body, dt = _post_scep(conn, msg)
+            eq(st, 200, "refusal %d is a CertRep" % (i + 1))
+            eq(ctype, "application/x-pki-message", "CertRep content type")
+            full.append(dt)
+        # From now on, this address gets a cheap 429: no decryption, no signature, no audit row.
+        cheap = []
+        for i in range(20):
+            st, retry, _, body, dt = _post_scep(conn, msg)
+            eq(st, 429, "request %d after the budget" % (i + 1))
+            eq(retry, "900", "Retry-After")
+            cheap.append(dt)
+        st, _, _, _, _ = _post_scep(conn, os.urandom(300))
+        eq(st, 429, "even garbage is not parsed once the budget is used up")
+    finally:
+        conn.close()
+    full_ms, cheap_ms = statistics.median(full) * 1000, statistics.median(cheap) * 1000
+    orchard.log("  SCEP refusal: %.2f ms with the CA key, %.2f ms once limited (medians)" % (full_ms, cheap_ms))
+    ok(cheap_ms < full_ms / 3, "a limited refusal costs far less (%.2f ms vs %.2f ms)" % (cheap_ms, full_ms))
+    events = s.api("GET", "/api/v1/audit?limit=500").json()["events"]
+    eq(sum(1 for e in events if e["action"] == "scep.refuse"), 5, "one audit row per full refusal only")
+    m = s.get("/metrics")
+    ok(re.search(r'orchard_rate_limited_total\{limit="scep"\} (2[1-9]|[3-9][0-9])', m.text),
+       "the cheap refusals are counted in /metrics")
+    # The budget is per address, IPv6 per /64 (behind a trusted proxy).
+    conn = http.client.HTTPSConnection("127.0.0.1", s.port, context=s.ctx(), timeout=30)
+    try:
+        for i in range(5):
+            st = _post_scep(conn, msg, {"X-Forwarded-For": "2001:db8:7:7::%x" % (i + 1)})[0]
+            eq(st, 200, "refusal %d from one /64" % (i + 1))
+        eq(_post_scep(conn, msg, {"X-Forwarded-For": "2001:db8:7:7:abcd::1"})[0], 429, "same /64, new address")
+        eq(_post_scep(conn, msg, {"X-Forwarded-For": "2001:db8:7:8::1"})[0], 200, "another /64")
+    finally:
+        conn.close()
+    s.stop()
+
+
 # --- the simulator -------------------------------------------------------------------------------
 
 @test

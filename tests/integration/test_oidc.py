@@ -323,6 +323,23 @@ def failures_are_audited():
 
 
 @test
+def callbacks_with_made_up_state_leave_no_audit_rows():
+    idp, srv = env()
+
+    def unknown_rows():
+        a = srv.api("GET", "/api/v1/audit?limit=500").json()["events"]
+        return sum(1 for e in a if e["action"] == "signin.fail" and e["target"] == "unknown")
+
+    before = unknown_rows()
+    for i in range(20):
+        st = "%043d" % i
+        r = srv.get("/auth/oidc/callback?code=x&state=" + st, headers={"Cookie": "%s=%s" % (COOKIE, st)})
+        assert_refused(r, "made-up state %d" % i, 400)
+    eq(unknown_rows(), before, "refusals that concern no account are not audited")
+    ok("unknown, used or expired state" in srv.log_text(), "but they are logged")
+
+
+@test
 def domain_cli_and_api_never_show_the_secret():
     idp, srv = env()
     p = srv.cli("domain", "show", "--data", srv.data, "example.com")
@@ -349,6 +366,205 @@ def domain_cli_and_api_never_show_the_secret():
     status(srv.api("PUT", "/api/v1/domains/new.test", {"bogus": 1}), 400, "unknown member refused")
     status(srv.api("GET", "/api/v1/domains/nope.test"), 404, "unknown domain")
     status(srv.api("GET", "/api/v1/domains", key=None), 401, "API key required")
+
+
+# --- issue 13: re-authentication tickets, start limits, a slow IdP --------------------------------
+
+sys.path.insert(0, os.path.join(HERE, "..", "sim"))
+import device as sim  # noqa: E402
+
+
+def policy_server(idp, name, **env):
+    """An Orchard whose example.com is federated to idp, with a fast scheduler and env."""
+    srv = Server(domains=("example.com",), name=name,
+                 env=dict({"ORCHARD_DEBUG_CLOCK": "true", "ORCHARD_SCHEDULER_INTERVAL": "1"}, **env))
+    srv.cli("domain", "set", "--data", srv.data, "example.com", "--auth", "oidc", "--oidc-issuer", idp.url,
+            "--oidc-client-id", CLIENT_ID, "--oidc-client-secret-stdin", "--oidc-ca-file", idp.ca,
+            "--oidc-jit-users", input=CLIENT_SECRET + "\n")
+    srv.start()
+    return srv
+
+
+def signin_via(srv, idp, path, mode):
+    """GET path (a sign-in url), through the IdP in `mode`, back to the callback."""
+    idp.control(mode=mode)
+    r = srv.get(path)
+    status(r, 302, "sign-in start %s" % path)
+    m = re.search(COOKIE + r"=([A-Za-z0-9_-]{43});", r.header("Set-Cookie") or "")
+    return callback(srv, at_idp(idp, r.header("Location")), m.group(1))
+
+
+def oidc_enrolled(srv, idp):
+    """A simulated iPhone of alice enrolled through the federated sign-in."""
+    d = sim.Device(srv.url, ALICE, None, ca_file=srv.ca_file, signing_ca=srv.path("signing", "ca.pem"),
+                   workdir=tempfile.mkdtemp(prefix="dev-", dir=srv.tmp), auto_reauth=False)
+    d.discover()
+    url = d.enroll_unauthenticated()
+    r = signin_via(srv, idp, urllib.parse.urlsplit(d.signin_page_url(url)).path + "?" +
+                   urllib.parse.urlsplit(d.signin_page_url(url)).query, "good")
+    assert_token(r, "federated enrollment sign-in")
+    d.token = sim.token_from_location(r)
+    d.fetch_profile()
+    d.verify_profile()
+    d.scep_enroll()
+    d.authenticate()
+    d.token_update()
+    return d
+
+
+def enrollment_state(srv, d):
+    r = srv.api("GET", "/api/v1/enrollments/%s" % d.enrollment_id)
+    status(r, 200, "GET enrollment")
+    return r.json()["auth_state"]
+
+
+def wait_state(srv, d, want, what):
+    for _ in range(100):
+        if enrollment_state(srv, d) == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s (%s)\n%s" % (want, what, srv.log_tail(20)))
+
+
+@test
+def idp_refusals_count_towards_reauth_only_with_the_devices_ticket():
+    idp, _ = env()
+    srv = policy_server(idp, "oidc-reauth", ORCHARD_REAUTH_FAILURE_ACTION="unenroll",
+                        ORCHARD_REAUTH_MAX_FAILURES="2")
+    d = oidc_enrolled(srv, idp)
+    status(srv.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id})
+    srv.assert_challenge(r)
+    url = sim.parse_challenge(r.header("WWW-Authenticate"))[1]["url"]
+    ticketed = urllib.parse.urlsplit(url)
+    ticketed = ticketed.path + "?" + ticketed.query + "&user-identifier=" + urllib.parse.quote(ALICE)
+    # Anyone can start a federated sign-in for alice and be refused by the IdP: not counted.
+    plain = "/auth/signin?user-identifier=" + urllib.parse.quote(ALICE)
+    for mode in ("other_email", "error_access_denied", "other_email"):
+        assert_refused(signin_via(srv, idp, plain, mode), "anonymous refusal (%s)" % mode)
+    assert_refused(signin_via(srv, idp, plain + "&reauth=" + "B" * 43, "other_email"), "made-up ticket")
+    time.sleep(3.5)
+    eq(enrollment_state(srv, d), "reauth_required", "anonymous IdP refusals do not apply the action")
+    ok("?reauth=" in url, "the device's challenge carries a ticket: %r" % url)
+    # Refusals of the IdP's own trouble do not count even with the ticket.
+    assert_refused(signin_via(srv, idp, ticketed, "error_server"), "IdP server_error with the ticket")
+    time.sleep(2.5)
+    eq(enrollment_state(srv, d), "reauth_required", "an IdP error is not the person's failure")
+    # The device holder signs in as someone else, twice, through the device's challenge.
+    for _ in range(2):
+        assert_refused(signin_via(srv, idp, ticketed, "other_email"), "different account, ticketed", 403)
+    wait_state(srv, d, "reauth_failed", "two ticketed refusals")
+    cmd = d.idle()
+    ok(cmd is not None and cmd["Command"]["RequestType"] == "RemoveProfile", "the unenroll command is queued")
+    srv.stop()
+
+
+@test
+def oidc_sign_in_starts_are_rate_limited_per_address_and_ipv6_per_64():
+    idp, _ = env()
+    srv = policy_server(idp, "oidc-limit", ORCHARD_OIDC_START_RATE_LIMIT="3",
+                        ORCHARD_TRUSTED_PROXIES="127.0.0.1")
+    idp.control(mode="good")
+    path = "/auth/signin?user-identifier=" + urllib.parse.quote(ALICE)
+
+    def start(xff=None):
+        return srv.get(path, headers={"X-Forwarded-For": xff} if xff else None)
+
+    for i in range(3):
+        status(start("2001:db8:aa:1::%d" % (i + 1)), 302, "start %d from one /64" % (i + 1))
+    r = start("2001:db8:aa:1:ffff::9")
+    status(r, 429, "a fourth start from the same /64")
+    eq(r.header("Retry-After"), "900", "Retry-After")
+    ok(r.header("Location") is None, "no redirect to the IdP", r)
+    status(start("2001:db8:aa:2::1"), 302, "another /64 has its own budget")
+    for i in range(3):
+        status(start("198.51.100.7"), 302, "IPv4 start %d" % (i + 1))
+    status(start("198.51.100.7"), 429, "IPv4: the fourth start")
+    status(start("198.51.100.8"), 302, "another IPv4 address")
+    m = srv.get("/metrics")
+    ok(re.search(r'orchard_rate_limited_total\{limit="oidc_start"\} [1-9]', m.text), "counted in /metrics")
+    srv.stop()
+
+
+class Blackhole:
+    """A TCP server that accepts connections and never answers: the slowest possible IdP."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@test
+def a_slow_idp_delays_only_its_own_sign_ins():
+    import threading
+    idp, _ = env()
+    hole = Blackhole()
+    on_exit(hole.stop)
+    srv = Server(domains=("example.com", "slow.test"), name="oidc-slow", env={"ORCHARD_THREADS": "4"})
+    srv.add_user(ALICE, "alice@appleid.example.com", "alice-Pa55word!")
+    srv.cli("domain", "add", "--data", srv.data, "slow.test", "--auth", "oidc", "--oidc-issuer",
+            "https://127.0.0.1:%d" % hole.port, "--oidc-client-id", CLIENT_ID, "--oidc-client-secret-stdin",
+            "--oidc-ca-file", idp.ca, "--oidc-jit-users", input=CLIENT_SECRET + "\n")
+    srv.start()
+    results = []
+
+    def slow_signin(i):
+        t0 = time.monotonic()
+        try:
+            r = srv.get("/auth/signin?user-identifier=u%d%%40slow.test" % i, timeout=60)
+            results.append((r.status, time.monotonic() - t0))
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            results.append((repr(e), time.monotonic() - t0))
+
+    # More sign-ins for the slow domain than the server has workers.
+    threads = [threading.Thread(target=slow_signin, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)  # the first one is still waiting for the IdP (its TLS handshake never ends)
+    t0 = time.monotonic()
+    status(srv.get("/healthz", timeout=8), 200, "/healthz while the IdP hangs")
+    healthz = time.monotonic() - t0
+    t0 = time.monotonic()
+    r = srv.get("/auth/signin?user-identifier=" + urllib.parse.quote(ALICE), timeout=8)
+    local = time.monotonic() - t0
+    status(r, 200, "the local sign-in page while the IdP hangs")
+    ok(b'type="password"' in r.body, "a password form for the local domain", r)
+    orchard.log("  slow IdP: /healthz %.3fs, local sign-in page %.3fs" % (healthz, local))
+    ok(healthz < 1.0, "/healthz answered in %.2fs while the IdP hangs" % healthz)
+    ok(local < 1.5, "a local sign-in page answered in %.2fs while the IdP hangs" % local)
+    for t in threads:
+        t.join(60)
+    orchard.log("  slow-domain sign-ins (status, seconds): %r" % sorted(results, key=lambda x: x[1]))
+    ok(len(results) == 8 and all(st == 424 for st, _ in results),
+       "every slow-domain sign-in gets the 424 page: %r" % results)
+    # The failure is remembered: the next sign-in for that domain does not wait for the IdP.
+    t0 = time.monotonic()
+    status(srv.get("/auth/signin?user-identifier=u9%40slow.test", timeout=8), 424, "slow domain, cached failure")
+    ok(time.monotonic() - t0 < 1.0, "a cached failure answers at once (%.2fs)" % (time.monotonic() - t0))
+    srv.stop()
+    hole.stop()
 
 
 if __name__ == "__main__":

@@ -232,18 +232,48 @@ def t_remove_sensitive_grace():
     eq(enrollment(s, d)["auth_state"], "active", "active again")
 
 
+def challenge_url(s, d):
+    """The url of the 401 the device gets on its next connect (carries its re-auth ticket)."""
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}, reauth=False)
+    assert_challenge(r, s)
+    _, params = sim.parse_challenge(r.header("WWW-Authenticate"))
+    return params["url"]
+
+
+def wrong_passwords(d, n, url, who=None):
+    """n failed sign-ins for `who` (default: the device's user) through `url`."""
+    for _ in range(n):
+        dev = d if who is None else who
+        try:
+            dev.sign_in(password="wrong-password", url=url)
+            raise AssertionError("a wrong password yielded a token")
+        except sim.DeviceError as e:
+            eq(e.resp.status, 401, "wrong password status")
+
+
+def command_types(s, d):
+    r = s.api("GET", "/api/v1/enrollments/%s/commands" % d.enrollment_id)
+    status(r, 200, "GET commands")
+    return [c.get("request_type") for c in r.json()["commands"]]
+
+
+def settle(s):
+    """Lets the scheduler (1 s interval) run a few passes."""
+    import time
+    time.sleep(3.5)
+
+
 @test("too many failed sign-ins trigger unenroll: RemoveProfile of the enrollment profile")
 def t_max_failures_unenroll():
     s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="3", ORCHARD_SIGNIN_RATE_LIMIT="50")
     d = enrolled(s)
     status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
-    for _ in range(3):
-        try:
-            d.sign_in(password="wrong-password")
-            raise AssertionError("a wrong password yielded a token")
-        except sim.DeviceError as e:
-            eq(e.resp.status, 401, "wrong password status")
+    # The user answers the device's own challenge, and gets the password wrong.
+    url = challenge_url(s, d)
+    ok("?reauth=" in url, "the re-authentication challenge carries a ticket: %r" % url)
+    wrong_passwords(d, 3, url)
     wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_failed", "max failures", s)
+    ok("reauth.fail" in audit_actions(s, d.enrollment_id), "the failures are audited on the enrollment")
     cmd = d.idle()
     ok(cmd is not None, "the unenroll command reaches the device")
     eq(cmd["Command"]["RequestType"], "RemoveProfile", "request type")
@@ -252,6 +282,149 @@ def t_max_failures_unenroll():
     r = d.checkin(d.message("CheckOut"))
     eq(r.status, 200, "CheckOut after removal", r)
     eq(enrollment(s, d)["auth_state"], "unenrolled", "unenrolled")
+
+
+@test("anonymous wrong passwords for a victim never trigger the failure action (pending or not)")
+def t_anonymous_guesses_do_not_count():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="5", ORCHARD_SIGNIN_RATE_LIMIT="100")
+    d = enrolled(s)
+    # A stranger who knows alice's address, through the plain sign-in url (what anyone can
+    # open), first while no re-authentication is pending ...
+    stranger = device(s)
+    wrong_passwords(d, 5, s.url + "/auth/signin", who=stranger)
+    settle(s)
+    eq(enrollment(s, d)["auth_state"], "active", "no re-authentication was demanded by guesses")
+    # ... then while one is pending: the device has seen its challenge, the stranger has not.
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    challenge_url(s, d)
+    wrong_passwords(d, 5, s.url + "/auth/signin", who=stranger)
+    # ... and with made-up tickets.
+    wrong_passwords(d, 5, s.url + "/auth/signin?reauth=" + "A" * 43, who=stranger)
+    settle(s)
+    e = enrollment(s, d)
+    eq(e["auth_state"], "reauth_required", "still waiting for alice; no failure action")
+    ok("reauth.failed" not in audit_actions(s, d.enrollment_id), "no reauth.failed audit")
+    ok("RemoveProfile" not in command_types(s, d), "no RemoveProfile queued: %r" % command_types(s, d))
+    acts = [e["action"] for e in s.api("GET", "/api/v1/audit").json()["events"]]
+    ok(acts.count("signin.fail") >= 15, "the guesses are still audited as signin.fail")
+    # Alice herself can still re-authenticate: the guesses did not use up her budget.
+    d.auto_reauth = True
+    eq(d.idle(), None, "alice re-authenticates after the guesses")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
+def guess(s, d, identifier, xff, url=None):
+    """One wrong password for identifier, as a browser behind the trusted proxy at xff."""
+    r, page, jar, page_url = d.open_signin(url=url or s.url + "/auth/signin", user_identifier=identifier)
+    status(r, 200, "sign-in page")
+    form = page.login_form()
+    return d.submit_form(page_url, form, d.form_fields(form, identifier, "wrong-password"), jar,
+                         extra_headers={"X-Forwarded-For": xff})
+
+
+@test("guesses that use up the identifier's budget do not lock the user out of re-authenticating")
+def t_guesses_do_not_block_reauth():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="5", ORCHARD_SIGNIN_RATE_LIMIT="3",
+               ORCHARD_TRUSTED_PROXIES="127.0.0.1")
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    challenge_url(s, d)
+    stranger = device(s)
+    for i in range(3):
+        eq(guess(s, stranger, ALICE[0], "203.0.113.%d" % (i + 1)).status, 401, "guess %d" % (i + 1))
+    eq(guess(s, stranger, ALICE[0], "203.0.113.50").status, 429, "alice's identifier is out of guesses")
+    # Per address, IPv6 by /64: rotating the interface half does not buy new guesses.
+    for i in range(3):
+        eq(guess(s, stranger, "x%d@example.com" % i, "2001:db8:9:9::%d" % (i + 1)).status, 401, "v6 guess")
+    eq(guess(s, stranger, "x9@example.com", "2001:db8:9:9:ffff::1").status, 429, "same /64, new address")
+    eq(guess(s, stranger, "x9@example.com", "2001:db8:9:a::1").status, 401, "another /64 may still try")
+    # Alice answers her device's challenge: her re-authentication has a budget of its own.
+    d.auto_reauth = True
+    eq(d.idle(), None, "alice re-authenticates despite the guesses")
+    eq(enrollment(s, d)["auth_state"], "active", "active again")
+
+
+@test("a ticket of another user's enrollment, or of an enrollment not waiting, does not count")
+def t_foreign_ticket_does_not_count():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="3", ORCHARD_SIGNIN_RATE_LIMIT="100")
+    alice, bob = enrolled(s), enrolled(s, BOB)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % bob.enrollment_id), 202, "reauthenticate")
+    bob_url = challenge_url(s, bob)
+    # Bob's ticket with alice's identifier (alice is not being re-authenticated at all) ...
+    wrong_passwords(alice, 3, bob_url)
+    # ... and, once alice is asked too, bob's ticket still does not count for her.
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % alice.enrollment_id), 202, "reauthenticate")
+    alice_url = challenge_url(s, alice)
+    wrong_passwords(alice, 3, bob_url)
+    settle(s)
+    eq(enrollment(s, alice)["auth_state"], "reauth_required", "alice: no failure action")
+    eq(enrollment(s, bob)["auth_state"], "reauth_required", "bob: no failure action")
+    ok("reauth.fail" not in audit_actions(s, alice.enrollment_id), "nothing counted for alice")
+    ok("reauth.fail" not in audit_actions(s, bob.enrollment_id), "nothing counted for bob")
+    # A ticket from an earlier demand is retired by the new demand.
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % alice.enrollment_id), 202, "reauthenticate")
+    wrong_passwords(alice, 3, alice_url)
+    settle(s)
+    eq(enrollment(s, alice)["auth_state"], "reauth_required", "an old ticket no longer counts")
+    # Alice's own current ticket does.
+    wrong_passwords(alice, 3, challenge_url(s, alice))
+    wait_for(lambda: enrollment(s, alice)["auth_state"] == "reauth_failed", "alice's own failures", s)
+    eq(enrollment(s, bob)["auth_state"], "reauth_required", "bob untouched")
+
+
+@test("the ticket survives a client that appends ?user-identifier= to the challenge url")
+def t_ticket_with_naive_append():
+    s = server("unenroll", ORCHARD_REAUTH_MAX_FAILURES="2", ORCHARD_SIGNIN_RATE_LIMIT="100")
+    d = enrolled(s)
+    status(s.api("POST", "/api/v1/enrollments/%s/reauthenticate" % d.enrollment_id), 202, "reauthenticate")
+    url = challenge_url(s, d)
+    import urllib.parse
+    for _ in range(2):
+        page_url = url + "?user-identifier=" + urllib.parse.quote(ALICE[0])
+        r = orchard.request("GET", page_url, ctx=s.ctx())
+        status(r, 200, "sign-in page")
+        page = sim.HtmlPage(r.text)
+        form = page.login_form()
+        jar = sim.CookieJar()
+        jar.update(r)
+        fields = d.form_fields(form, ALICE[0], "wrong-password")
+        ok(dict(fields).get("user-identifier") == ALICE[0], "identifier pre-filled: %r" % fields)
+        ok(len(dict(fields).get("reauth", "")) == 43, "ticket carried in the form: %r" % fields)
+        r = d.submit_form(page_url, form, fields, jar)
+        eq(r.status, 401, "wrong password")
+    wait_for(lambda: enrollment(s, d)["auth_state"] == "reauth_failed", "ticketed failures count", s)
+
+
+@test("audit_retention: the scheduler deletes audit events older than 400 days, and only those")
+def t_audit_retention():
+    s = Server(name="reauth-retention")
+    s.add_user(*ALICE)
+    s.start(env=FAST)
+
+    def failed_signin(who):
+        d = device(s)
+        d.user = who
+        try:
+            d.sign_in(password="wrong-password", url=s.url + "/auth/signin")
+        except sim.DeviceError:
+            pass
+
+    def targets():
+        r = s.api("GET", "/api/v1/audit?limit=500")
+        status(r, 200, "GET audit")
+        return [e["target"] for e in r.json()["events"] if e["action"] == "signin.fail"]
+
+    failed_signin("old@example.com")
+    ok("old@example.com" in targets(), "the event is recorded")
+    s.advance_clock(399 * 86400)
+    settle(s)
+    ok("old@example.com" in targets(), "399 days old: still kept")
+    failed_signin("newer@example.com")
+    s.advance_clock(2 * 86400)
+    wait_for(lambda: "old@example.com" not in targets(), "the 401-day-old event to be deleted", s)
+    ok("newer@example.com" in targets(), "the 2-day-old event is kept")
+    ok("event=audit_pruned" in s.log_text(), "the deletion is logged")
+    eq(s.stop(), 0, "exit code")
 
 
 @test("a device enrollment (UDID) never receives a 401")

@@ -47,7 +47,8 @@ FIXTURES = os.path.join(SPEC, "fixtures")
 KEEP = os.environ.get("ORCHARD_TEST_KEEP") == "1"
 
 # The exact challenge every 401 from an Orchard device endpoint must carry (PROTOCOL 5.1, 7.2).
-CHALLENGE_RE = r'^Bearer method="apple-as-web", url="{base}/auth/signin"$'
+# A check-in or connect of a user enrollment adds its re-authentication ticket to the url.
+CHALLENGE_RE = r'^Bearer method="apple-as-web", url="{base}/auth/signin(\?reauth=[A-Za-z0-9_-]{{43}})?"$'
 LOGIN_LOCATION_RE = re.compile(
     r"^apple-remotemanagement-user-login://authentication-results\?access-token=([A-Za-z0-9_.~%-]+)$"
 )

@@ -320,13 +320,25 @@ static const char pg_schema_v10[] = "CREATE TABLE signin_failures ("
 static const char pg_schema_v11[] =
     "ALTER TABLE apps ADD COLUMN version BIGINT NOT NULL DEFAULT 1;";
 
+/* Migration 12 (as sqlite.c's): retention indexes, server secrets, the ticket of a pending
+ * federated sign-in. */
+static const char pg_schema_v12[] =
+    "CREATE INDEX audit_at ON audit (at);"
+    "CREATE INDEX scep_challenges_expires ON scep_challenges (expires_at);"
+    "CREATE INDEX sessions_unbound ON sessions (issued_at) WHERE enrollment_id IS NULL;"
+    "CREATE TABLE server_secrets ("
+    " name TEXT COLLATE \"C\" PRIMARY KEY,"
+    " value TEXT NOT NULL,"
+    " created_at BIGINT NOT NULL);"
+    "ALTER TABLE oidc_pending ADD COLUMN reauth_ticket TEXT;";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
     pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4,  pg_schema_v5,  pg_schema_v6,
-    pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10, pg_schema_v11,
+    pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10, pg_schema_v11, pg_schema_v12,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -448,6 +460,11 @@ enum pg_stmt_id {
     PG_LIB_STATE_BY_COMMAND,
     PG_LIB_STATE_CLEAR,
     PG_LIB_STATE_ENROLLMENTS,
+    PG_AUDIT_PRUNE,
+    PG_CHALLENGE_PRUNE,
+    PG_SESSION_PRUNE_UNBOUND,
+    PG_SECRET_ADD,
+    PG_SECRET_GET,
     PG_NSTMT
 };
 
@@ -473,7 +490,7 @@ enum pg_stmt_id {
     "name, auth, issuer, client_id, client_secret, ca_file, scopes, user_claim, maid_claim, "      \
     "groups_claim, allowed_groups, jit_users, updated_at"
 #define OIDC_PENDING_COLS                                                                          \
-    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at"
+    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at, reauth_ticket"
 #define LIB_PROFILE_INS_COLS "identifier, name, platforms, body, sensitive, sign, created_at"
 #define LIB_PROFILE_COLS "id, " LIB_PROFILE_INS_COLS ", version"
 #define LIB_APP_INS_COLS "identifier, itunes_store_id, manifest_url, spec, sensitive, created_at"
@@ -833,7 +850,7 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                        RETRY},
     [PG_DOMAIN_LIST] = {"SELECT " DOMAIN_COLS " FROM domains ORDER BY name LIMIT 10000", RETRY},
     [PG_OIDC_PENDING_ADD] = {"INSERT INTO oidc_pending (" OIDC_PENDING_COLS
-                             ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                              ONCE},
     [PG_OIDC_PENDING_PRUNE] = {"DELETE FROM oidc_pending WHERE expires_at <= $1", RETRY},
     /* Two callbacks racing with the same state: one DELETE finds the row, the other nothing. */
@@ -912,6 +929,18 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     [PG_LIB_STATE_ENROLLMENTS] = {"SELECT DISTINCT enrollment_id FROM item_state"
                                   " WHERE item_kind = $1 AND item_id = $2 ORDER BY enrollment_id",
                                   RETRY},
+
+    /* ---- retention and server secrets (migration 12) ---- */
+    [PG_AUDIT_PRUNE] = {"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 "
+                        "ORDER BY at LIMIT $2)",
+                        RETRY},
+    [PG_CHALLENGE_PRUNE] = {"DELETE FROM scep_challenges WHERE expires_at < $1", RETRY},
+    [PG_SESSION_PRUNE_UNBOUND] =
+        {"DELETE FROM sessions WHERE enrollment_id IS NULL AND issued_at < $1", RETRY},
+    [PG_SECRET_ADD] = {"INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (name) DO NOTHING",
+                       RETRY},
+    [PG_SECRET_GET] = {"SELECT value FROM server_secrets WHERE name = $1", RETRY},
 };
 
 /* ---- connections ---- */
@@ -2688,6 +2717,56 @@ static int pg_failure_prune(storage *st, int64_t before, int64_t *deleted)
     return pg_run(conn_get(st), PG_FAILURE_PRUNE, &p, "failure_prune", 0, deleted);
 }
 
+/* ---- retention and server secrets ---- */
+
+static int pg_audit_prune(storage *st, int64_t before, int limit, int64_t *deleted)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    p_int(&p, limit);
+    return pg_run(conn_get(st), PG_AUDIT_PRUNE, &p, "audit_prune", 0, deleted);
+}
+
+static int pg_challenge_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    return pg_run(conn_get(st), PG_CHALLENGE_PRUNE, &p, "challenge_prune", 0, deleted);
+}
+
+static int pg_session_prune_unbound(storage *st, int64_t before, int64_t *deleted)
+{
+    struct pg_params p = {0};
+    p_int(&p, before);
+    return pg_run(conn_get(st), PG_SESSION_PRUNE_UNBOUND, &p, "session_prune_unbound", 0, deleted);
+}
+
+/* Insert-if-absent, then read: concurrent first starts of two instances read the same value
+ * (ON CONFLICT DO NOTHING waits for the other insert to commit or roll back). */
+static int pg_secret_get_or_add(storage *st, const char *name, const char *candidate, int64_t now,
+                                char **value)
+{
+    static const char op[] = "secret_get_or_add";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_text(&p, name);
+    p_text(&p, candidate);
+    p_int(&p, now);
+    int rc = pg_run(c, PG_SECRET_ADD, &p, op, 0, NULL);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params q = {0};
+    p_text(&q, name);
+    PGresult *r = NULL;
+    rc = pg_row(c, PG_SECRET_GET, &q, op, &r);
+    if (rc == ST_OK)
+        *value = col_text(r, 0, 0);
+    PQclear(r);
+    if (rc == ST_ENOTFOUND || (rc == ST_OK && *value == NULL))
+        return ST_ERROR;
+    return rc;
+}
+
 /* ---- webhook events ---- */
 
 static int pg_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
@@ -2836,6 +2915,7 @@ static int pg_oidc_pending_add(storage *st, const st_oidc_pending *x, int64_t no
     p_text(&q, x->code_verifier);
     p_int(&q, x->created_at);
     p_int(&q, x->expires_at);
+    p_text(&q, x->reauth_ticket);
     return pg_run(c, PG_OIDC_PENDING_ADD, &q, op, 0, NULL);
 }
 
@@ -2860,6 +2940,7 @@ static int pg_oidc_pending_take(storage *st, const char *state_hash, int64_t now
     out->code_verifier = col_text(r, 0, 4);
     out->created_at = col_int(r, 0, 5);
     out->expires_at = col_int(r, 0, 6);
+    out->reauth_ticket = col_text(r, 0, 7);
     PQclear(r);
     return ST_OK;
 }
@@ -3377,8 +3458,10 @@ static const struct storage_ops pgsql_ops = {
     .session_set_machine_info = pg_session_set_machine_info,
     .session_revoke_enrollment = pg_session_revoke_enrollment,
     .session_revoke = pg_session_revoke,
+    .session_prune_unbound = pg_session_prune_unbound,
     .challenge_add = pg_challenge_add,
     .challenge_consume = pg_challenge_consume,
+    .challenge_prune = pg_challenge_prune,
     .cert_add = pg_cert_add,
     .cert_get_by_fingerprint = pg_cert_get_by_fingerprint,
     .cert_set_enrollment = pg_cert_set_enrollment,
@@ -3405,6 +3488,7 @@ static const struct storage_ops pgsql_ops = {
     .audit_add = pg_audit_add,
     .audit_count = pg_audit_count,
     .audit_list = pg_audit_list,
+    .audit_prune = pg_audit_prune,
     .push_enqueue = pg_push_enqueue,
     .push_enqueue_filter = pg_push_enqueue_filter,
     .push_sweep = pg_push_sweep,
@@ -3414,6 +3498,7 @@ static const struct storage_ops pgsql_ops = {
     .failure_add = pg_failure_add,
     .failure_count = pg_failure_count,
     .failure_prune = pg_failure_prune,
+    .secret_get_or_add = pg_secret_get_or_add,
     .webhook_add = pg_webhook_add,
     .webhook_claim = pg_webhook_claim,
     .webhook_done = pg_webhook_done,

@@ -330,11 +330,27 @@ static const char sq_schema_failures[] = "CREATE TABLE signin_failures ("
 static const char sq_schema_app_versions[] =
     "ALTER TABLE apps ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
 
+/*
+ * Migration 12, bounded growth and re-authentication tickets (issue 13): indexes the retention
+ * deletes need (audit by age, SCEP challenges by expiry, unbound sessions by issue time), the
+ * server-wide secrets (the ticket key, generated once, shared by every instance), and the
+ * re-authentication ticket a pending federated sign-in carries to its callback.
+ */
+static const char sq_schema_retention[] =
+    "CREATE INDEX audit_at ON audit (at);"
+    "CREATE INDEX scep_challenges_expires ON scep_challenges (expires_at);"
+    "CREATE INDEX sessions_unbound ON sessions (issued_at) WHERE enrollment_id IS NULL;"
+    "CREATE TABLE server_secrets ("
+    " name TEXT PRIMARY KEY,"
+    " value TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL);"
+    "ALTER TABLE oidc_pending ADD COLUMN reauth_ticket TEXT;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,       sq_schema_push,
     sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk,    sq_schema_webhooks,
-    sq_schema_versions, sq_schema_failures, sq_schema_app_versions,
+    sq_schema_versions, sq_schema_failures, sq_schema_app_versions, sq_schema_retention,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -462,6 +478,11 @@ enum sq_stmt_id {
     SQ_LIB_STATE_BY_COMMAND,
     SQ_LIB_STATE_CLEAR,
     SQ_LIB_STATE_ENROLLMENTS,
+    SQ_AUDIT_PRUNE,
+    SQ_CHALLENGE_PRUNE,
+    SQ_SESSION_PRUNE_UNBOUND,
+    SQ_SECRET_ADD,
+    SQ_SECRET_GET,
     SQ_NSTMT
 };
 
@@ -469,7 +490,7 @@ enum sq_stmt_id {
     "name, auth, issuer, client_id, client_secret, ca_file, scopes, user_claim, maid_claim, "      \
     "groups_claim, allowed_groups, jit_users, updated_at"
 #define OIDC_PENDING_COLS                                                                          \
-    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at"
+    "state_hash, domain, identifier, nonce, code_verifier, created_at, expires_at, reauth_ticket"
 
 /* Statements of the federated sign-in (filled into sq_sql by designated index). */
 #define SQ_SQL_OIDC                                                                                \
@@ -477,12 +498,23 @@ enum sq_stmt_id {
                       "?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",                           \
     [SQ_DOMAIN_GET] = "SELECT " DOMAIN_COLS " FROM domains WHERE name = lower(?1)",                \
     [SQ_DOMAIN_LIST] = "SELECT " DOMAIN_COLS " FROM domains ORDER BY name LIMIT 10000",            \
-    [SQ_OIDC_PENDING_ADD] =                                                                        \
-        "INSERT INTO oidc_pending (" OIDC_PENDING_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",    \
+    [SQ_OIDC_PENDING_ADD] = "INSERT INTO oidc_pending (" OIDC_PENDING_COLS                         \
+                            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",                           \
     [SQ_OIDC_PENDING_PRUNE] = "DELETE FROM oidc_pending WHERE expires_at <= ?1",                   \
     [SQ_OIDC_PENDING_TAKE] =                                                                       \
         "DELETE FROM oidc_pending WHERE state_hash = ?1 RETURNING " OIDC_PENDING_COLS,             \
     [SQ_USER_SET_IDP_SUBJECT] = "UPDATE users SET idp_subject = ?2 WHERE id = ?1",
+
+/* Retention of the tables that grow with traffic, and the server secrets (migration 12). */
+#define SQ_SQL_RETENTION                                                                           \
+    [SQ_AUDIT_PRUNE] = "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 "        \
+                       "ORDER BY at LIMIT ?2)",                                                    \
+    [SQ_CHALLENGE_PRUNE] = "DELETE FROM scep_challenges WHERE expires_at < ?1",                    \
+    [SQ_SESSION_PRUNE_UNBOUND] =                                                                   \
+        "DELETE FROM sessions WHERE enrollment_id IS NULL AND issued_at < ?1",                     \
+    [SQ_SECRET_ADD] = "INSERT INTO server_secrets (name, value, created_at) VALUES (?1, ?2, ?3) "  \
+                      "ON CONFLICT (name) DO NOTHING",                                             \
+    [SQ_SECRET_GET] = "SELECT value FROM server_secrets WHERE name = ?1",
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -810,7 +842,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-    SQ_SQL_OIDC};
+    SQ_SQL_OIDC SQ_SQL_RETENTION};
 
 /* ---- connections ---- */
 
@@ -2794,6 +2826,61 @@ static int sq_failure_prune(storage *st, int64_t before, int64_t *deleted)
     return rc;
 }
 
+/* ---- retention and server secrets ---- */
+
+/* One DELETE bound by `before` and reporting how many rows went. */
+static int sq_prune(storage *st, enum sq_stmt_id id, const char *op, int64_t before, int limit,
+                    int64_t *deleted)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, id, &c);
+    bind_int(c, s, 1, before);
+    if (limit > 0)
+        bind_int(c, s, 2, limit);
+    int rc = sq_run(c, s, op, 0);
+    if (rc == ST_OK)
+        *deleted = sqlite3_changes64(c->db);
+    return rc;
+}
+
+static int sq_audit_prune(storage *st, int64_t before, int limit, int64_t *deleted)
+{
+    return sq_prune(st, SQ_AUDIT_PRUNE, "audit_prune", before, limit, deleted);
+}
+
+static int sq_challenge_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    return sq_prune(st, SQ_CHALLENGE_PRUNE, "challenge_prune", before, 0, deleted);
+}
+
+static int sq_session_prune_unbound(storage *st, int64_t before, int64_t *deleted)
+{
+    return sq_prune(st, SQ_SESSION_PRUNE_UNBOUND, "session_prune_unbound", before, 0, deleted);
+}
+
+/* Insert-if-absent, then read: whoever inserted first, every caller reads the same value. */
+static int sq_secret_get_or_add(storage *st, const char *name, const char *candidate, int64_t now,
+                                char **value)
+{
+    static const char op[] = "secret_get_or_add";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_SECRET_ADD, &c);
+    bind_text(c, s, 1, name);
+    bind_text(c, s, 2, candidate);
+    bind_int(c, s, 3, now);
+    int rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        return rc;
+    s = sq_stmt(c, SQ_SECRET_GET);
+    bind_text(c, s, 1, name);
+    rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *value = col_text(s, 0);
+    sq_reset(c, s);
+    return *value ? ST_OK : ST_ERROR;
+}
+
 /* ---- webhook events ---- */
 
 static int sq_webhook_add(storage *st, const char *type, const char *data, int64_t now, int64_t *id)
@@ -3004,6 +3091,7 @@ static int sq_oidc_pending_add(storage *st, const st_oidc_pending *p, int64_t no
     bind_text(c, s, 5, p->code_verifier);
     bind_int(c, s, 6, p->created_at);
     bind_int(c, s, 7, p->expires_at);
+    bind_text(c, s, 8, p->reauth_ticket);
     return sq_run(c, s, "oidc_pending_add", 0);
 }
 
@@ -3024,6 +3112,7 @@ static int sq_oidc_pending_take(storage *st, const char *state_hash, int64_t now
     out->code_verifier = col_text(s, 4);
     out->created_at = sqlite3_column_int64(s, 5);
     out->expires_at = sqlite3_column_int64(s, 6);
+    out->reauth_ticket = col_text(s, 7);
     /* Step to the end so the DELETE completes before the reset. */
     rc = sq_step(c, s);
     sq_reset(c, s);
@@ -3593,8 +3682,10 @@ static const struct storage_ops sqlite_ops = {
     .session_set_machine_info = sq_session_set_machine_info,
     .session_revoke_enrollment = sq_session_revoke_enrollment,
     .session_revoke = sq_session_revoke,
+    .session_prune_unbound = sq_session_prune_unbound,
     .challenge_add = sq_challenge_add,
     .challenge_consume = sq_challenge_consume,
+    .challenge_prune = sq_challenge_prune,
     .cert_add = sq_cert_add,
     .cert_get_by_fingerprint = sq_cert_get_by_fingerprint,
     .cert_set_enrollment = sq_cert_set_enrollment,
@@ -3622,6 +3713,7 @@ static const struct storage_ops sqlite_ops = {
     .history_prune = sq_history_prune,
     .audit_add = sq_audit_add,
     .audit_list = sq_audit_list,
+    .audit_prune = sq_audit_prune,
     .push_enqueue = sq_push_enqueue,
     .push_enqueue_filter = sq_push_enqueue_filter,
     .push_sweep = sq_push_sweep,
@@ -3631,6 +3723,7 @@ static const struct storage_ops sqlite_ops = {
     .failure_add = sq_failure_add,
     .failure_count = sq_failure_count,
     .failure_prune = sq_failure_prune,
+    .secret_get_or_add = sq_secret_get_or_add,
     .webhook_add = sq_webhook_add,
     .webhook_claim = sq_webhook_claim,
     .webhook_done = sq_webhook_done,

@@ -223,7 +223,7 @@ TEST(get_cert_initial_has_no_csr)
     ASSERT(scep_request_challenge(req) == NULL);
     ASSERT(scep_request_subject(req) == NULL);
     ASSERT(scep_request_public_key(req, &len) == NULL);
-    ASSERT_INT_EQ(scep_issue_cert(ca, req, 30, &issued), CRYPTO_EINPUT);
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, "X", "Orchard", 30, &issued), CRYPTO_EINPUT);
     ASSERT_INT_EQ(scep_reply_failure(ca, req, SCEP_FAIL_BAD_REQUEST, &der, &len), 0);
     free(der);
     scep_request_free(req);
@@ -243,10 +243,12 @@ static void check_success(const char *spec_rel, const char *local, const uint8_t
 
     ASSERT_NOT_NULL(ca);
     ASSERT_INT_EQ(parse_file(ca, spec_rel, local, &req), 0);
-    ASSERT_INT_EQ(scep_issue_cert(ca, req, 365, &issued), 0);
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, "9F0C7E3A-DEVICE", "Orchard Test Org", 365, &issued), 0);
     ASSERT_INT_EQ(crypto_cert_verify_issued_by(issued, scep_ca_cert(ca), now), 0);
+    /* The subject is the one the CA chose, never the CSR's. */
     char *subject = crypto_cert_subject(issued);
-    ASSERT_STR_EQ(subject, scep_request_subject(req));
+    ASSERT_STR_EQ(subject, "CN=9F0C7E3A-DEVICE,O=Orchard Test Org");
+    ASSERT(strcmp(subject, scep_request_subject(req)) != 0);
     free(subject);
     ASSERT_INT_EQ(crypto_cert_validity(issued, &nb, &na), 0);
     ASSERT(nb <= now && na >= now + 365L * 86400 && na <= time(NULL) + 365L * 86400);
@@ -373,8 +375,65 @@ TEST(bad_input)
     scep_ca_free(ca);
 }
 
+/* The signed part parses without the CA key; the envelope only when opened. */
+TEST(staged_parse)
+{
+    scep_ca *ca = fixture_ca();
+    scep_request *req = NULL;
+    crypto_cert *issued = NULL;
+    size_t len = 0;
+    ASSERT_NOT_NULL(ca);
+    uint8_t *msg = spec_fixture("scep/PKCSReq-scepclient-2.1.0.der", &len);
+    ASSERT_NOT_NULL(msg);
+
+    ASSERT_INT_EQ(scep_request_parse_signed(ca, msg, len, &req), 0);
+    ASSERT_INT_EQ(scep_request_message_type(req), SCEP_PKCS_REQ);
+    ASSERT_STR_EQ(scep_request_transaction_id(req), "LBeODOxsXVF15BHAu9XPJL9ND+g=");
+    ASSERT(scep_request_challenge(req) == NULL); /* still sealed */
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, "X", "O", 30, &issued), CRYPTO_EINPUT);
+    ASSERT_INT_EQ(scep_request_open(ca, req), 0);
+    ASSERT_STR_EQ(scep_request_challenge(req), "secret");
+    ASSERT_INT_EQ(scep_request_open(ca, req), 0); /* idempotent */
+    /* The chosen subject must be a real one. */
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, "", "O", 30, &issued), CRYPTO_EINPUT);
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, "X", "", 30, &issued), CRYPTO_EINPUT);
+    char longname[80];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    ASSERT_INT_EQ(scep_issue_cert(ca, req, longname, "O", 30, &issued), CRYPTO_EINPUT);
+    scep_request_free(req);
+    req = NULL;
+
+    /* Addressed to another CA: the signed part parses, the envelope does not open. */
+    char *cert_pem = NULL, *key_pem = NULL;
+    crypto_cert *other_cert = NULL;
+    crypto_key *other_key = NULL;
+    ASSERT_INT_EQ(crypto_ca_generate("Other CA", 1, &cert_pem, &key_pem), 0);
+    ASSERT_INT_EQ(crypto_cert_from_pem(cert_pem, &other_cert), 0);
+    ASSERT_INT_EQ(crypto_key_from_pem(key_pem, NULL, &other_key), 0);
+    scep_ca *other = scep_ca_new(other_cert, other_key);
+    ASSERT_NOT_NULL(other);
+    ASSERT_INT_EQ(scep_request_parse_signed(other, msg, len, &req), 0);
+    ASSERT_INT_EQ(scep_request_open(other, req), CRYPTO_EINPUT);
+    scep_request_free(req);
+    req = NULL;
+
+    /* Too large to be a SCEP message: refused before any parsing. */
+    uint8_t *big = calloc(1, SCEP_MAX_MESSAGE + 1);
+    ASSERT_NOT_NULL(big);
+    memcpy(big, msg, len);
+    ASSERT_INT_EQ(scep_request_parse_signed(ca, big, SCEP_MAX_MESSAGE + 1, &req), CRYPTO_EINPUT);
+    ASSERT(req == NULL);
+    free(big);
+    free(cert_pem);
+    free(key_pem);
+    scep_ca_free(other);
+    free(msg);
+    scep_ca_free(ca);
+}
+
 TEST_MAIN(TEST_ENTRY(ca_cert_der_matches_reference), TEST_ENTRY(ca_new_rejects_wrong_key),
           TEST_ENTRY(parse_scepclient_pkcsreq), TEST_ENTRY(parse_all_ciphers),
           TEST_ENTRY(renewal_signer_chains_to_ca), TEST_ENTRY(get_cert_initial_has_no_csr),
           TEST_ENTRY(success_reply_des), TEST_ENTRY(success_reply_aes_and_3des),
-          TEST_ENTRY(failure_replies), TEST_ENTRY(bad_input))
+          TEST_ENTRY(failure_replies), TEST_ENTRY(bad_input), TEST_ENTRY(staged_parse))

@@ -2255,7 +2255,16 @@ TEST(conf_oidc_pending)
     ASSERT_STR_EQ(got.code_verifier, "v1");
     ASSERT_STR_EQ(got.identifier, "alice@example.com");
     ASSERT_INT_EQ(got.expires_at, 700);
+    ASSERT(got.reauth_ticket == NULL);
     st_oidc_pending_cleanup(&got);
+    /* The re-authentication ticket of the challenge travels with the pending sign-in. */
+    p.state_hash = "h5";
+    p.reauth_ticket = "tkt";
+    ASSERT_INT_EQ(storage_oidc_pending_add(st, &p, 100), ST_OK);
+    ASSERT_INT_EQ(storage_oidc_pending_take(st, "h5", 200, &got), ST_OK);
+    ASSERT_STR_EQ(got.reauth_ticket, "tkt");
+    st_oidc_pending_cleanup(&got);
+    p.reauth_ticket = NULL;
     /* Single use. */
     ASSERT_INT_EQ(storage_oidc_pending_take(st, "h1", 200, &got), ST_ENOTFOUND);
     /* Expired: not returned, and gone. */
@@ -2597,6 +2606,130 @@ TEST(conf_library_state)
     storage_close(st);
 }
 
+/* ---- retention of what grows with traffic (issue 13) ---- */
+
+static int conf_session_at(storage *st, const char *token_hash, int64_t user_id,
+                           const char *enrollment_id, int64_t issued_at)
+{
+    st_session s = {0};
+    s.token_hash = (char *)token_hash;
+    s.user_id = user_id;
+    s.method = (char *)"local";
+    s.issued_at = issued_at;
+    s.enrollment_id = (char *)enrollment_id;
+    return storage_session_add(st, &s);
+}
+
+TEST(conf_audit_prune)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    char action[32];
+    /* Out of id order on purpose: age decides, not insertion order. */
+    for (int i = 1; i <= 50; i++) {
+        snprintf(action, sizeof(action), "a%d", i);
+        st_audit a = {0};
+        a.at = i % 2 ? 1000 + i : i;
+        a.actor = "system";
+        a.action = action;
+        a.target = "E1";
+        ASSERT_INT_EQ(storage_audit_add(st, &a), ST_OK);
+    }
+    int64_t deleted = -1, n = -1;
+    /* 25 rows are older than 100: at most 10 per call, the oldest first. */
+    ASSERT_INT_EQ(storage_audit_prune(st, 100, 10, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 10);
+    ASSERT_INT_EQ(storage_audit_count(st, "a2", "E1", 0, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0); /* at = 2: among the oldest */
+    ASSERT_INT_EQ(storage_audit_count(st, "a50", "E1", 0, &n), ST_OK);
+    ASSERT_INT_EQ(n, 1); /* at = 50: not yet */
+    ASSERT_INT_EQ(storage_audit_prune(st, 100, 10, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 10);
+    ASSERT_INT_EQ(storage_audit_prune(st, 100, 10, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 5);
+    ASSERT_INT_EQ(storage_audit_prune(st, 100, 10, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 0);
+    /* The newer half is untouched; the boundary is exclusive (at < before). */
+    struct conf_audit_state all = {0, 0, 1, 0, 0};
+    ASSERT_INT_EQ(storage_audit_list(st, 0, 0, conf_audit_cb, &all), ST_OK);
+    ASSERT_INT_EQ(all.n, 25);
+    ASSERT_INT_EQ(storage_audit_prune(st, 1001, 100, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 0);
+    ASSERT_INT_EQ(storage_audit_prune(st, 1002, 100, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 1); /* at = 1001 */
+    storage_close(st);
+}
+
+TEST(conf_challenge_and_session_prune)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t uid = conf_user(st, "p@example.com");
+    ASSERT(uid > 0);
+    ASSERT_INT_EQ(conf_enroll(st, "E1", uid), ST_OK);
+    ASSERT_INT_EQ(conf_session_at(st, "old-unbound", uid, NULL, 100), ST_OK);
+    ASSERT_INT_EQ(conf_session_at(st, "new-unbound", uid, NULL, 900), ST_OK);
+    ASSERT_INT_EQ(conf_session_at(st, "old-bound", uid, "E1", 100), ST_OK);
+    ASSERT_INT_EQ(storage_session_revoke(st, "old-bound", 150), ST_OK);
+    int64_t deleted = -1;
+    ASSERT_INT_EQ(storage_session_prune_unbound(st, 500, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 1);
+    st_session s;
+    ASSERT_INT_EQ(storage_session_get(st, "old-unbound", &s), ST_ENOTFOUND);
+    /* A bound token stays even revoked: CheckOut and the failure policy still need it. */
+    ASSERT_INT_EQ(storage_session_get(st, "old-bound", &s), ST_OK);
+    st_session_cleanup(&s);
+    ASSERT_INT_EQ(storage_session_get(st, "new-unbound", &s), ST_OK);
+    st_session_cleanup(&s);
+
+    ASSERT_INT_EQ(storage_challenge_add(st, "c-old", uid, "new-unbound", 200), ST_OK);
+    ASSERT_INT_EQ(storage_challenge_add(st, "c-used", uid, "new-unbound", 300), ST_OK);
+    ASSERT_INT_EQ(storage_challenge_add(st, "c-live", uid, "new-unbound", 2000), ST_OK);
+    int64_t got_uid = 0;
+    char *sess = NULL;
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c-used", 250, &got_uid, &sess), ST_OK);
+    free(sess);
+    sess = NULL;
+    ASSERT_INT_EQ(storage_challenge_prune(st, 1000, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 2);
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c-old", 150, &got_uid, &sess), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_challenge_consume(st, "c-live", 1500, &got_uid, &sess), ST_OK);
+    ASSERT_STR_EQ(sess, "new-unbound");
+    free(sess);
+    storage_close(st);
+}
+
+TEST(conf_server_secrets)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    char *v = NULL;
+    ASSERT_INT_EQ(storage_secret_get_or_add(st, "reauth_ticket_key", "first", 10, &v), ST_OK);
+    ASSERT_STR_EQ(v, "first");
+    free(v);
+    v = NULL;
+    /* Generated once: a later candidate never replaces the stored value. */
+    ASSERT_INT_EQ(storage_secret_get_or_add(st, "reauth_ticket_key", "second", 20, &v), ST_OK);
+    ASSERT_STR_EQ(v, "first");
+    free(v);
+    v = NULL;
+    ASSERT_INT_EQ(storage_secret_get_or_add(st, "other", "x", 20, &v), ST_OK);
+    ASSERT_STR_EQ(v, "x");
+    free(v);
+    v = NULL;
+    storage_close(st);
+    st = conf_backend->reopen();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(storage_secret_get_or_add(st, "reauth_ticket_key", "third", 30, &v), ST_OK);
+    ASSERT_STR_EQ(v, "first");
+    free(v);
+    v = NULL;
+    storage_fail_after(st, 1);
+    ASSERT_INT_EQ(storage_secret_get_or_add(st, "reauth_ticket_key", "fourth", 40, &v), ST_ERROR);
+    ASSERT(v == NULL);
+    storage_close(st);
+}
+
 #define CONFORMANCE_TESTS                                                                          \
     TEST_ENTRY(conf_lifecycle), TEST_ENTRY(conf_reopen_keeps_data_and_version),                    \
         TEST_ENTRY(conf_users), TEST_ENTRY(conf_user_list), TEST_ENTRY(conf_apikeys),              \
@@ -2617,6 +2750,7 @@ TEST(conf_library_state)
         TEST_ENTRY(conf_failure_counters), TEST_ENTRY(conf_auth_state_transition_and_audit_count), \
         TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
         TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
-        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending)
+        TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending), TEST_ENTRY(conf_audit_prune),     \
+        TEST_ENTRY(conf_challenge_and_session_prune), TEST_ENTRY(conf_server_secrets)
 
 #endif
