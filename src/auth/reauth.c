@@ -277,10 +277,13 @@ static void check_interval(struct app *app, const st_enrollment *e, int64_t now)
     int64_t interval = config_get_int(app->cfg, "reauth_interval");
     if (interval <= 0 || e->last_auth_at <= 0 || now < e->last_auth_at + interval)
         return;
-    if (storage_enrollment_transition_auth_state(app->st, e->id, "active", "reauth_required",
+    /* Tokens first: a bound, valid token of an enrollment that is not active means "the
+     * re-authentication was done" to mdm/request.c, so the demand must never be stored while
+     * the old tokens still hold (a failed revoke is retried by the next sweep). */
+    if (storage_session_revoke_enrollment(app->st, e->id, now) != 0 ||
+        storage_enrollment_transition_auth_state(app->st, e->id, "active", "reauth_required",
                                                  e->last_auth_at + interval) != 0)
-        return; /* another instance did it, or the state changed */
-    storage_session_revoke_enrollment(app->st, e->id, now);
+        return; /* storage failed, another instance did it, or the state changed */
     audit_record(app, "system", "reauth.require", e->id, "reason=interval");
 }
 

@@ -57,12 +57,14 @@ static int local_verify(struct app *app, const char *identifier, const char *pas
 {
     pthread_once(&dummy_once, make_dummy_hash);
     int rc = storage_user_get_by_email(app->st, identifier, user);
+    if (rc == ST_ERROR)
+        return ST_ERROR;
     if (rc != 0 || user->password_hash == NULL || user->disabled) {
         secret_password_verify(dummy_hash, password);
         st_user_cleanup(user);
-        return -1;
+        return 1;
     }
-    return secret_password_verify(user->password_hash, password) ? 0 : -1;
+    return secret_password_verify(user->password_hash, password) ? 0 : 1;
 }
 
 const struct auth_provider auth_provider_local = {"local", local_verify};
@@ -180,12 +182,18 @@ void signin_handle_get(void *ctx, http_request *req, http_response *res)
     char ticket[SECRET_TOKEN_LEN + 1];
     const char *identifier = http_request_query(req, "user-identifier");
     request_ticket(req, ticket, &identifier);
-    if (identifier && strlen(identifier) > MAX_IDENTIFIER)
-        identifier = NULL;
+    if (identifier && strlen(identifier) > MAX_IDENTIFIER) {
+        log_warn("event=signin_refused rid=%s reason=identifier_too_long", req->request_id);
+        render_form(app, res, 400, NULL, ticket, GENERIC_FAILURE);
+        return;
+    }
     /* A federated domain hands "who is this user" to its identity provider (auth/oidc.c). */
     char *domain = domains_of_identifier(identifier);
     st_domain d = {0};
-    if (domain && domains_lookup(app, domain, &d) == ST_OK && domains_is_oidc(&d)) {
+    int found = domain ? domains_lookup(app, domain, &d) : ST_ENOTFOUND;
+    if (found == ST_ERROR) { /* never a password form for what may be a federated domain */
+        signin_render_message(res, 503, "Try again later", "The server could not start sign-in.");
+    } else if (found == ST_OK && domains_is_oidc(&d)) {
         if (!oidc_start_limited(app, req, res)) {
             char *ident = lowercase_dup(identifier);
             oidc_begin(app, req, res, &d, ident, ticket[0] ? ticket : NULL);
@@ -272,7 +280,13 @@ void signin_handle_post(void *ctx, http_request *req, http_response *res)
     int federated = domain && domains_lookup(app, domain, &d) == ST_OK && domains_is_oidc(&d);
     st_domain_cleanup(&d);
     free(domain);
-    if (federated || auth_provider_local.verify_password(app, ident, password, &user) != 0) {
+    int verdict = federated ? 1 : auth_provider_local.verify_password(app, ident, password, &user);
+    if (verdict == ST_ERROR) { /* our failure: no attempt to count, and nothing to guess from */
+        signin_render_message(res, 503, "Try again later",
+                              "The server could not complete sign-in.");
+        goto out;
+    }
+    if (verdict != 0) {
         ratelimit_fail(app->signin_limit, ident_key, now);
         ratelimit_fail(app->signin_limit, addr_key, now);
         audit_record(app, "anonymous", "signin.fail", ident, req->client_addr);

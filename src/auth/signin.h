@@ -16,7 +16,8 @@
 
 struct auth_provider {
     const char *name; /* recorded as the session's method */
-    /* Fills *user for valid credentials; returns 0, -1 for bad credentials. */
+    /* Fills *user for valid credentials; returns 0, 1 for bad credentials, ST_ERROR when the
+     * directory could not be read (no attempt happened: nothing is counted). */
     int (*verify_password)(struct app *app, const char *identifier, const char *password,
                            st_user *user);
 };

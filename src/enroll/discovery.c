@@ -20,7 +20,7 @@ int enroll_domain_served(const struct app *app, const char *domain)
     st_domain d;
     int rc = domains_lookup(app, domain, &d);
     st_domain_cleanup(&d);
-    return rc == ST_OK;
+    return rc == ST_OK ? 1 : rc == ST_ERROR ? ST_ERROR : 0;
 }
 
 /* Lowercase host of the Host header without the port; NULL if absent or unreasonable. */
@@ -69,10 +69,15 @@ void enroll_handle_discovery(void *ctx, http_request *req, http_response *res)
     struct app *app = ctx;
     char *domain = host_domain(req);
     const char *user = http_request_query(req, "user-identifier");
-    if (domain == NULL || !enroll_domain_served(app, domain)) {
+    int served = domain ? enroll_domain_served(app, domain) : 0;
+    int user_served = served == 1 && user ? identifier_domain_served(app, user) : 1;
+    if (served == ST_ERROR || user_served == ST_ERROR) {
+        /* A refusal would make the device give up on (or fall back from) a domain we serve. */
+        http_response_error(res, 503, "storage unavailable");
+    } else if (served != 1) {
         log_info("event=discovery_refused rid=%s reason=unknown_domain", req->request_id);
         refuse(res, "unknown domain");
-    } else if (user && !identifier_domain_served(app, user)) {
+    } else if (user_served != 1) {
         log_info("event=discovery_refused rid=%s reason=identifier_domain", req->request_id);
         refuse(res, "identifier not in this domain");
     } else {

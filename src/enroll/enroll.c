@@ -105,8 +105,10 @@ void enroll_handle_enroll(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
     char err[128];
-    if (!enroll_domain_served(app, req->params[0])) {
-        http_response_error(res, 404, "unknown enrollment URL");
+    int served = enroll_domain_served(app, req->params[0]);
+    if (served != 1) {
+        http_response_error(res, served == ST_ERROR ? 503 : 404,
+                            served == ST_ERROR ? "storage unavailable" : "unknown enrollment URL");
         return;
     }
     plist_t info = machine_info_parse(req, err, sizeof(err));

@@ -21,7 +21,8 @@ void enroll_handle_enroll(void *ctx, http_request *req, http_response *res);
 /* GET|POST /scep */
 void enroll_handle_scep(void *ctx, http_request *req, http_response *res);
 
-/* 1 if domain (lowercase) is an organisation domain of this server. */
+/* 1 if domain (lowercase) is an organisation domain of this server, 0 if not, ST_ERROR when
+ * storage could not tell (the caller answers 503, never "not served"). */
 int enroll_domain_served(const struct app *app, const char *domain);
 
 /*
