@@ -319,22 +319,27 @@ TEST(binary_malformed_trailers_and_offsets_are_refused)
     free(good);
 }
 
-/* Reproduction (b): a comment full of "</array>" that let the old textual guard count down. */
+/*
+ * Reproduction (b): a first-line comment full of "</arra" fragments let the old textual guard
+ * count down, so 190,000 levels (3.99 MB, under the 4 MiB body limit) reached libplist, whose
+ * recursive free overflowed the stack.
+ */
 TEST(xml_comment_trick_is_refused)
 {
-    size_t n = 100000;
+    size_t n = 190000;
     size_t cap = n * 24 + 64;
     char *xml = xmalloc(cap);
     size_t len = 0;
     len += (size_t)sprintf(xml + len, "<!-- ");
     for (size_t i = 0; i < n; i++)
-        len += (size_t)sprintf(xml + len, "</array>");
+        len += (size_t)sprintf(xml + len, "</arra");
     len += (size_t)sprintf(xml + len, " -->\n<plist>");
     for (size_t i = 0; i < n; i++)
         len += (size_t)sprintf(xml + len, "<array>");
     for (size_t i = 0; i < n; i++)
         len += (size_t)sprintf(xml + len, "</array>");
     len += (size_t)sprintf(xml + len, "</plist>");
+    ASSERT(len < 4u << 20);
     char err[160];
     double t0 = now_s();
     ASSERT_INT_EQ(pl_budget_check(xml, len, NULL, NULL, err, sizeof(err)), PL_BUDGET_TOO_DEEP);
