@@ -16,7 +16,8 @@
  * Stricter than libplist on purpose (Apple never writes these): offset and reference sizes
  * above 8, version other than 00, object offsets inside the header or past the table,
  * objects that run into the table, null/fill objects, UIDs and sets (NSKeyedArchiver), size
- * markers other than 1/2/4/8-byte integers, dictionary keys that are not strings.
+ * markers other than 1/2/4/8-byte integers, dictionary keys that are not strings, and UTF-16
+ * strings containing U+0000 (libplist 2.2 then aborts on an assertion: found by fuzz_bplist).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,18 @@ static int object_header(struct pl_meter *m, const struct bp_file *f, uint32_t i
             return pl_refuse(m, PL_BUDGET_TOO_WIDE, "plist dictionary with more than %zu keys",
                              m->b->max_keys);
         return 0;
+    }
+    /*
+     * A UTF-16 string with U+0000 becomes a C string whose strlen is shorter than the length
+     * libplist records, and libplist 2.2 asserts they agree whenever it hands out a key
+     * (plist_dict_next_item): one such key would abort the process. (ASCII strings are cut at
+     * a NUL by libplist itself, so they stay consistent.)
+     */
+    if (type == 0x6) {
+        for (uint64_t i = 0; i < count; i++) {
+            if (f->d[p + 2 * i] == 0 && f->d[p + 2 * i + 1] == 0)
+                return pl_refuse(m, PL_BUDGET_MALFORMED, "binary plist: NUL in string %u", idx);
+        }
     }
     ob->kind = type == 0x4 ? BP_SCALAR : BP_STRING;
     /* libplist turns UTF-16 into UTF-8: up to 3 bytes per unit */

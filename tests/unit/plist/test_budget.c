@@ -545,6 +545,36 @@ TEST(node_text_and_size_budgets)
     free(bin);
 }
 
+/*
+ * Found by fuzz_bplist: a UTF-16 dictionary key containing U+0000 made libplist 2.2 abort on an
+ * assertion (length != strlen) as soon as the key was read back (plist_dict_next_item): one
+ * binary plist of 40 bytes killed the process. Refused by the budget now.
+ */
+TEST(utf16_string_with_nul_is_refused)
+{
+    struct bb b;
+    bb_init(&b, 1);
+    uint64_t k = 1, v = 2;
+    bb_dict(&b, &k, &v, 1);
+    bb_begin(&b);
+    bb_marker(&b, 0x60, 2);
+    bb_bytes(&b, "\0\0\0a", 4); /* U+0000 'a' */
+    bb_true(&b);
+    size_t len = 0;
+    char *bin = bb_finish(&b, 1, 0, &len);
+    char err[160];
+    ASSERT_INT_EQ(pl_budget_check(bin, len, NULL, NULL, err, sizeof(err)), PL_BUDGET_MALFORMED);
+    ASSERT(strstr(err, "NUL in string") != NULL);
+    ASSERT(pl_parse(bin, len, err, sizeof(err)) == NULL);
+    free(bin);
+    /* the fuzzer's own reproducer, kept in the corpus */
+    size_t flen = 0;
+    char *found = fs_read_file("fuzz/corpus/bplist/utf16_nul_key.bplist", &flen);
+    ASSERT_NOT_NULL(found);
+    ASSERT(pl_parse(found, flen, err, sizeof(err)) == NULL);
+    free(found);
+}
+
 /* ---- every real device plist, as XML and converted to binary ---- */
 
 static int accept_file(const char *path, int *count)
@@ -656,4 +686,5 @@ TEST_MAIN(TEST_ENTRY(binary_nested_100000_deep_is_refused), TEST_ENTRY(binary_de
           TEST_ENTRY(xml_comments_cdata_and_pis_agree_with_libplist),
           TEST_ENTRY(xml_ambiguous_or_foreign_markup_is_refused),
           TEST_ENTRY(wide_dictionaries_are_refused), TEST_ENTRY(node_text_and_size_budgets),
+          TEST_ENTRY(utf16_string_with_nul_is_refused),
           TEST_ENTRY(every_real_device_plist_is_accepted), TEST_ENTRY(idle_body_check_is_cheap))
