@@ -127,6 +127,14 @@ def reference_cycle():
     return bp_file(objs, 1, 1)
 
 
+def utf16_nul_key():
+    """Found by fuzz_bplist: a dictionary key in UTF-16 holding U+0000. libplist 2.2 asserts that a
+    key's length equals its strlen when the key is read back, so on the old main this 52-byte file
+    sent to /mdm/connect aborted the server."""
+    key = bytes([0x62]) + b"\x00\x00\x00a"  # UTF-16BE, 2 units: U+0000 'a'
+    return bp_file([bp_dict([1], [2], 1), key, bytes([0x09])], 1, 1)
+
+
 def entity_bomb():
     return (b'<?xml version="1.0"?><!DOCTYPE plist [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;'
             b'&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><plist><dict><key>'
@@ -204,6 +212,11 @@ def binary_reference_bomb_is_refused():
 @test
 def binary_reference_cycle_is_refused():
     send_everywhere(reference_cycle(), "a binary reference cycle")
+
+
+@test
+def binary_key_with_nul_is_refused():
+    send_everywhere(utf16_nul_key(), "a UTF-16 key holding U+0000")
 
 
 @test

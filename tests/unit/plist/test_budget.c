@@ -548,7 +548,7 @@ TEST(node_text_and_size_budgets)
 /*
  * Found by fuzz_bplist: a UTF-16 dictionary key containing U+0000 made libplist 2.2 abort on an
  * assertion (length != strlen) as soon as the key was read back (plist_dict_next_item): one
- * binary plist of 40 bytes killed the process. Refused by the budget now.
+ * binary plist of 52 bytes killed the process. Refused by the budget now.
  */
 TEST(utf16_string_with_nul_is_refused)
 {
