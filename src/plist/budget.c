@@ -21,7 +21,7 @@ const pl_budget pl_budget_device = {
     .max_depth = PL_MAX_DEPTH,
     .max_nodes = 100000,
     .max_text = 16u << 20,
-    .max_keys = 1024,
+    .max_keys = 512,
     .allow_binary = 0,
 };
 

@@ -490,6 +490,8 @@ TEST(wide_dictionaries_are_refused)
         ASSERT_INT_EQ(rc, keys == 1024 ? PL_BUDGET_OK : PL_BUDGET_TOO_WIDE);
         if (rc == 0)
             ASSERT_INT_EQ(u.max_keys, 1024);
+        /* what devices send before authentication: 512 */
+        ASSERT_INT_EQ(check(xml, len, &pl_budget_device, NULL), PL_BUDGET_TOO_WIDE);
         free(xml);
     }
     struct bb b;
