@@ -32,11 +32,12 @@ static plist_t machine_info_parse(const http_request *req, char *err, size_t err
             snprintf(err, err_len, "body is not a CMS SignedData with content");
             return NULL;
         }
-        plist_t p = pl_parse_dict((const char *)content, content_len, err, err_len);
+        plist_t p = pl_parse_dict_budget((const char *)content, content_len, &pl_budget_device, err,
+                                         err_len);
         free(content);
         return p;
     }
-    return pl_parse_dict(req->body, req->body_len, err, err_len);
+    return pl_parse_dict_budget(req->body, req->body_len, &pl_budget_device, err, err_len);
 }
 
 /* MachineInfo as XML, keeping only the keys Orchard records (never UDID/SERIAL in UE). */

@@ -115,7 +115,7 @@ int mdm_request_begin(struct app *app, http_request *req, http_response *res, st
     char err[128];
     const char *why = NULL;
     memset(m, 0, sizeof(*m));
-    m->msg = pl_parse_dict(req->body, req->body_len, err, sizeof(err));
+    m->msg = pl_parse_dict_budget(req->body, req->body_len, &pl_budget_device, err, sizeof(err));
     if (m->msg == NULL) {
         log_warn("event=mdm_bad_body rid=%s reason=\"%s\"", req->request_id, err);
         http_response_error(res, 400, "the body must be a plist dictionary");

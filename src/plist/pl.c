@@ -1,7 +1,8 @@
 /*
- * Bounded plist parsing and typed access. libplist parses recursively and trusts its input's
- * shape, so Orchard checks nesting depth on the raw XML before handing it over, and counts
- * nodes afterwards.
+ * Bounded plist parsing and typed access. libplist trusts its input's shape (it recurses per
+ * nesting level, expands binary references, frees recursively), so every parse first runs the
+ * budget check of plist/budget.c on the raw bytes; the tree is counted again afterwards as a
+ * second line of defence (cheap: the budget already bounds its depth and size).
  */
 #include "plist/pl.h"
 
@@ -13,39 +14,17 @@
 
 #include "core/mem.h"
 
-/* Depth of <dict>/<array> nesting in XML text, without parsing: a cheap guard. */
-static int xml_depth_ok(const char *data, size_t len)
+/*
+ * Counts values against the hard ceilings; depth is the number of containers around node.
+ * Recursion is bounded by PL_MAX_DEPTH, which the budget check enforced before parsing.
+ */
+static int count_nodes(plist_t node, unsigned depth, size_t *count)
 {
-    int depth = 0;
-    for (size_t i = 0; i + 1 < len; i++) {
-        if (data[i] != '<')
-            continue;
-        const char *t = data + i + 1;
-        size_t rest = len - i - 1;
-        if ((rest >= 4 && memcmp(t, "dict", 4) == 0) || (rest >= 5 && memcmp(t, "array", 5) == 0)) {
-            size_t n = t[0] == 'd' ? 4 : 5;
-            if (rest > n && t[n] == '/')
-                continue; /* <dict/> */
-            if (++depth > PL_MAX_DEPTH)
-                return 0;
-        } else if (rest >= 5 && (memcmp(t, "/dict", 5) == 0 || memcmp(t, "/arra", 5) == 0)) {
-            depth--;
-        } else if (rest >= 8 && memcmp(t, "!DOCTYPE", 8) == 0) {
-            /* An internal subset could declare entities; Apple's plists never have one. */
-            const char *gt = memchr(t, '>', rest);
-            const char *br = memchr(t, '[', rest);
-            if (br && (gt == NULL || br < gt))
-                return 0;
-        }
-    }
-    return 1;
-}
-
-static int count_nodes(plist_t node, int depth, size_t *count)
-{
-    if (++*count > PL_MAX_NODES || depth > PL_MAX_DEPTH)
+    if (++*count > PL_MAX_NODES)
         return -1;
     plist_type t = plist_get_node_type(node);
+    if ((t == PLIST_ARRAY || t == PLIST_DICT) && depth + 1 > PL_MAX_DEPTH)
+        return -1;
     if (t == PLIST_ARRAY) {
         uint32_t n = plist_array_get_size(node);
         for (uint32_t i = 0; i < n; i++) {
@@ -74,22 +53,18 @@ static int count_nodes(plist_t node, int depth, size_t *count)
     return 0;
 }
 
-plist_t pl_parse(const char *data, size_t len, char *err, size_t err_len)
+plist_t pl_parse_budget(const char *data, size_t len, const pl_budget *b, char *err, size_t err_len)
 {
     plist_t root = NULL;
-    if (len == 0 || len > UINT32_MAX) {
-        snprintf(err, err_len, "empty or oversized plist");
-        return NULL;
-    }
-    if (plist_is_binary(data, (uint32_t)len)) {
+    if (b == NULL)
+        b = &pl_budget_default;
+    if (pl_budget_check(data, len, b, NULL, err, err_len) != PL_BUDGET_OK)
+        return NULL; /* libplist never sees it */
+    /* pl_budget_check refused anything longer than UINT32_MAX */
+    if (len >= 8 && memcmp(data, "bplist00", 8) == 0)
         plist_from_bin(data, (uint32_t)len, &root);
-    } else {
-        if (!xml_depth_ok(data, len)) {
-            snprintf(err, err_len, "plist nesting too deep or has a DTD subset");
-            return NULL;
-        }
+    else
         plist_from_xml(data, (uint32_t)len, &root);
-    }
     if (root == NULL) {
         snprintf(err, err_len, "not a property list");
         return NULL;
@@ -103,15 +78,26 @@ plist_t pl_parse(const char *data, size_t len, char *err, size_t err_len)
     return root;
 }
 
-plist_t pl_parse_dict(const char *data, size_t len, char *err, size_t err_len)
+plist_t pl_parse_dict_budget(const char *data, size_t len, const pl_budget *b, char *err,
+                             size_t err_len)
 {
-    plist_t root = pl_parse(data, len, err, err_len);
+    plist_t root = pl_parse_budget(data, len, b, err, err_len);
     if (root && plist_get_node_type(root) != PLIST_DICT) {
         plist_free(root);
         snprintf(err, err_len, "plist root is not a dictionary");
         return NULL;
     }
     return root;
+}
+
+plist_t pl_parse(const char *data, size_t len, char *err, size_t err_len)
+{
+    return pl_parse_budget(data, len, &pl_budget_default, err, err_len);
+}
+
+plist_t pl_parse_dict(const char *data, size_t len, char *err, size_t err_len)
+{
+    return pl_parse_dict_budget(data, len, &pl_budget_default, err, err_len);
 }
 
 plist_t pl_get_typed(plist_t dict, const char *key, plist_type type)

@@ -10,15 +10,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PL_MAX_DEPTH 32
-#define PL_MAX_NODES 200000
+#include "plist/budget.h"
 
 /*
- * Parses an XML or binary plist. Returns the root (caller frees with plist_free) or NULL with a
- * short reason in err: not a plist, too deep, too many nodes.
+ * Parses an XML or binary plist within budget b (see plist/budget.h): the raw bytes are checked
+ * first (pl_budget_check), and libplist only sees input that passed. Returns the root (caller
+ * frees with plist_free) or NULL with a short reason in err (safe to log): the budget's refusal,
+ * or "not a property list" when libplist itself refused. b NULL means pl_budget_default.
  */
+plist_t pl_parse_budget(const char *data, size_t len, const pl_budget *b, char *err,
+                        size_t err_len);
+/* Like pl_parse_budget, but the root must be a dictionary. */
+plist_t pl_parse_dict_budget(const char *data, size_t len, const pl_budget *b, char *err,
+                             size_t err_len);
+/* pl_parse_budget / pl_parse_dict_budget with pl_budget_default (admin and stored input). */
 plist_t pl_parse(const char *data, size_t len, char *err, size_t err_len);
-/* Like pl_parse, but the root must be a dictionary. */
 plist_t pl_parse_dict(const char *data, size_t len, char *err, size_t err_len);
 
 /* Borrowed string value of dict[key], or NULL. */
