@@ -269,6 +269,11 @@ void api_handle_enrollment_commands(void *ctx, http_request *req, http_response 
         enqueue(app, req, res, actor);
         return;
     }
+    st_enrollment e = {0};
+    int rc = load_enrollment(app, req, res, &e); /* 404 for an enrollment that never was */
+    st_enrollment_cleanup(&e);
+    if (rc != 0)
+        return;
     json_t *arr = json_array();
     if (storage_command_list(app->st, req->params[0], LIST_LIMIT, add_command, arr) != 0) {
         json_decref(arr);

@@ -77,7 +77,12 @@ static void send_profile(struct app *app, http_request *req, http_response *res,
     char *xml = NULL;
     uint8_t *der = NULL;
     size_t xml_len = 0, der_len = 0;
-    if (storage_user_get(app->st, s->user_id, &user) != 0) {
+    int rc = storage_user_get(app->st, s->user_id, &user);
+    if (rc == ST_ERROR) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
+    }
+    if (rc != 0) {
         session_challenge(app, res); /* the user is gone: the token is worthless */
         goto out;
     }
