@@ -33,8 +33,9 @@ const struct config_key config_keys[] = {
     D("tls_key", CONFIG_STRING, "tls/server.key", 0, 0, NULL, "Server private key (PEM)."),
     D("threads", CONFIG_INT, "0", 0, 256, NULL, "HTTP worker threads; 0 = four per core."),
     D("max_body", CONFIG_INT, "4194304", 4096, 268435456, NULL,
-      "Largest admin upload (profiles, apps, commands), in bytes (413 beyond); other routes "
-      "have smaller fixed limits (docs/HTTP.md)."),
+      "Largest request body accepted, in bytes (413 beyond): what admin uploads (profiles, "
+      "apps, commands) may reach; other routes have smaller limits of their own "
+      "(docs/HTTP.md)."),
     D("log_level", CONFIG_ENUM, "info", 0, 0, "debug info warn error",
       "Least severe level logged."),
     D("access_log", CONFIG_BOOL, "true", 0, 1, NULL, "Log one line per HTTP request."),

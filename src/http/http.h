@@ -137,7 +137,7 @@ struct http_server_options {
                                     * certificate in ("" = none); repeated from such a peer:
                                     * 403. Not copied. */
     int threads;                   /* 0 = HTTP_THREADS_PER_CORE per core */
-    size_t max_body;               /* HTTP_BODY_UPLOAD routes (admin uploads) */
+    size_t max_body;               /* cap of every route; what HTTP_BODY_UPLOAD routes get */
     int access_log;
     /* Limits (docs/HTTP.md); 0 picks the default in brackets. */
     int header_timeout;              /* s from accept / end of the last response to complete headers

@@ -375,15 +375,15 @@ static struct req_state *state_new(http_server *s, struct MHD_Connection *conn, 
     return st;
 }
 
+/* The route's own limit, never above the server-wide max_body (which admin uploads get). */
 static size_t route_body_limit(const http_server *s, const struct http_route *r)
 {
-    if (r->max_body == HTTP_BODY_DEFAULT)
-        return HTTP_BODY_DEFAULT_BYTES;
-    if (r->max_body == HTTP_BODY_NONE)
-        return 0;
-    if (r->max_body == HTTP_BODY_UPLOAD)
-        return s->opts.max_body;
-    return r->max_body;
+    size_t limit = r->max_body;
+    if (limit == HTTP_BODY_DEFAULT)
+        limit = HTTP_BODY_DEFAULT_BYTES;
+    else if (limit == HTTP_BODY_NONE)
+        limit = 0;
+    return limit < s->opts.max_body ? limit : s->opts.max_body;
 }
 
 /* A declared Content-Length beyond limit (libmicrohttpd has already refused malformed ones). */
