@@ -122,10 +122,13 @@ void http_response_error(http_response *res, int status, const char *msg);
 
 typedef struct http_server http_server;
 
-/* TLS 1.2 and 1.3 only, AEAD ciphers with ECDHE (docs/HTTP.md explains each part). */
+/* TLS 1.2 and 1.3 only, AEAD ciphers with ECDHE, X25519 first (docs/HTTP.md explains each
+ * part; with server precedence, a group the client sent no key share for would cost every
+ * TLS 1.3 handshake a HelloRetryRequest round trip). */
 #define HTTP_TLS_PRIORITIES                                                                        \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"            \
-    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-GROUP-ALL:+GROUP-X25519:"  \
+    "+GROUP-SECP256R1:+GROUP-SECP384R1:%SERVER_PRECEDENCE"
 
 struct http_server_options {
     const char *listen; /* HOST:PORT */

@@ -50,9 +50,9 @@ struct http_conn {
     int fd;
     int keyed; /* counted under key (not a trusted proxy) */
     uint8_t key[16];
-    int shut;   /* shut down by the reaper or the per-address limit */
-    int linger; /* answered before its body was read: close gracefully */
-    enum http_conn_phase phase;
+    int shut;                      /* shut down by the reaper or the per-address limit */
+    atomic_int linger;             /* answered before its body was read: close gracefully */
+    atomic_int phase;              /* enum http_conn_phase: set by workers, read by the reaper */
     _Atomic long long deadline_ms; /* CLOCK_MONOTONIC; 0 = none */
 };
 
@@ -193,7 +193,7 @@ static void set_deadline(http_limits *l, http_conn *c, enum http_conn_phase p)
                    : l->cfg.header_timeout;
     else if (p == HTTP_PHASE_BODY)
         secs = l->cfg.body_timeout;
-    c->phase = p;
+    atomic_store(&c->phase, (int)p);
     atomic_store(&c->deadline_ms, secs ? now_ms() + secs * 1000 : 0);
 }
 
@@ -298,7 +298,7 @@ static void linger_drain(http_limits *l, struct lingering *g)
 void limits_conn_linger(http_conn *c)
 {
     if (c != NULL)
-        c->linger = 1;
+        atomic_store(&c->linger, 1);
 }
 
 void limits_conn_close(http_limits *l, http_conn *c)
@@ -306,7 +306,7 @@ void limits_conn_close(http_limits *l, http_conn *c)
     if (c == NULL)
         return;
     pthread_mutex_lock(&l->lock);
-    if (c->linger && !c->shut && c->fd >= 0)
+    if (atomic_load(&c->linger) && !c->shut && c->fd >= 0)
         linger_start(l, c->fd);
     if (c->prev)
         c->prev->next = c->next;
@@ -367,8 +367,8 @@ static void reap(http_limits *l, long long now)
             continue;
         shutdown(c->fd, SHUT_RDWR);
         c->shut = 1;
-        limits_count(l, c->phase == HTTP_PHASE_BODY ? HTTP_REFUSED_BODY_TIMEOUT
-                                                    : HTTP_REFUSED_HEADER_TIMEOUT);
+        limits_count(l, atomic_load(&c->phase) == HTTP_PHASE_BODY ? HTTP_REFUSED_BODY_TIMEOUT
+                                                                  : HTTP_REFUSED_HEADER_TIMEOUT);
     }
 }
 

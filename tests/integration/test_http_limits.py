@@ -22,8 +22,10 @@ import os
 import plistlib
 import re
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -362,6 +364,11 @@ def beyond_capacity_a_request_gets_503_with_retry_after():
 
 # --- 4. TLS versions and suites ------------------------------------------------------------------
 
+# The ServerHello.random that marks a HelloRetryRequest (RFC 8446 4.1.3), less its first 4
+# bytes, which `openssl s_client -trace` prints apart (as gmt_unix_time).
+HRR_RANDOM = "E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C"
+
+
 def tls_context(version, ciphers=None):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -400,6 +407,15 @@ def tls_1_0_and_1_1_are_refused_and_tls_1_2_and_1_3_work():
            "TLS 1.2 offering only %s" % suite)
     # The ordinary clients of the test suite (Python's defaults) still work.
     status(s.get("/healthz"), 200, "default client")
+    # X25519 is the server's first group: a client that sends an X25519 key share (OpenSSL,
+    # Chromium, Apple's stacks) gets no HelloRetryRequest, i.e. no extra round trip.
+    if shutil.which("openssl"):
+        p = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % s.port, "-tls1_3", "-trace",
+                            "-groups", "X25519:P-256"], input=b"", capture_output=True, timeout=30)
+        out = p.stdout.decode("latin-1")
+        ok("TLSv1.3" in out or "TLS 1.3" in out, "openssl s_client TLS 1.3 handshake:\n" + out[-2000:])
+        ok(HRR_RANDOM not in out.replace(" ", "").upper(), "the server asked the client for another key share "
+           "(HelloRetryRequest) although it offered X25519")
 
 
 # --- 5. proxy identity ---------------------------------------------------------------------------
