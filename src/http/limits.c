@@ -36,7 +36,7 @@
 #define OVER_CAPACITY_HEADER_TIMEOUT 5
 /* Lingering close (below): how long, how many sockets at once, how much per wake-up. */
 #define LINGER_MS 5000
-#define LINGER_MAX 1024
+#define LINGER_MAX HTTP_LINGER_MAX
 #define LINGER_READ_MAX (256 * 1024)
 
 struct addr_entry {

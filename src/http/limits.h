@@ -20,6 +20,9 @@
 
 #include "core/buf.h"
 
+/* Sockets kept open at most for a lingering close (limits.c); they need descriptors too. */
+#define HTTP_LINGER_MAX 1024
+
 typedef struct http_limits http_limits;
 typedef struct http_conn http_conn;
 

@@ -468,11 +468,14 @@ static enum MHD_Result answer_early(http_server *s, struct MHD_Connection *conn,
     return rc;
 }
 
-/* Bytes a buf of capacity cap may grow to when it must hold need bytes (at most doubling
- * until it fits, core/buf.c): an upper bound to reserve before appending. */
-static size_t growth_bound(size_t cap, size_t need)
+/* By how much a buf of capacity cap grows to hold need bytes: core/buf.c's policy (64, then
+ * doubling), so that the body-memory budget can be reserved before the allocation. */
+static size_t growth_of(size_t cap, size_t need)
 {
-    return need <= cap ? 0 : 2 * need - cap;
+    size_t c = cap ? cap : 64;
+    while (c < need)
+        c *= 2;
+    return need <= cap ? 0 : c - cap;
 }
 
 static void drop_body(http_server *s, struct req_state *st)
@@ -512,26 +515,22 @@ static enum MHD_Result take_body(http_server *s, struct req_state *st, const cha
     }
     if (st->late_status) {
         st->discarded += n;
-        return st->discarded - n > DISCARD_MAX ? MHD_NO : MHD_YES;
+        return st->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
     }
     if (n > st->body_limit - st->body.len) { /* chunked, beyond the route's limit */
         refuse_late(s, st, 413, "request body too large", ROUTE_OVERSIZED);
         st->discarded += n;
         return MHD_YES;
     }
-    size_t bound = growth_bound(st->body.cap, st->body.len + n + 1);
-    if (bound && limits_body_reserve(s->limits, bound) != 0) {
+    size_t growth = growth_of(st->body.cap, st->body.len + n + 1);
+    if (growth && limits_body_reserve(s->limits, growth) != 0) {
         limits_count(s->limits, HTTP_REFUSED_BODY_MEMORY);
         refuse_late(s, st, 503, "the server is busy, retry later", ROUTE_OVERLOADED);
         st->discarded += n;
         return MHD_YES;
     }
-    size_t before = st->body.cap;
+    st->reserved += growth;
     buf_append(&st->body, data, n); /* within body_limit: cannot fail */
-    if (bound) {
-        limits_body_release(s->limits, bound - (st->body.cap - before));
-        st->reserved = st->body.cap;
-    }
     return MHD_YES;
 }
 
@@ -698,7 +697,8 @@ static void limits_defaults(const struct http_server_options *o, struct http_lim
 static unsigned int hard_connection_limit(int capacity)
 {
     unsigned long want = (unsigned long)capacity + (capacity / 8 > 64 ? capacity / 8 : 64);
-    const unsigned long reserve = 128; /* database, logs, APNs, webhooks, GnuTLS */
+    /* Database, logs, APNs, webhooks, GnuTLS, and the sockets of lingering closes. */
+    const unsigned long reserve = 128 + HTTP_LINGER_MAX;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return (unsigned int)want;
@@ -711,11 +711,7 @@ static unsigned int hard_connection_limit(int capacity)
         getrlimit(RLIMIT_NOFILE, &rl);
     }
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want + reserve) {
-        unsigned long fit = rl.rlim_cur > 2 * reserve ? rl.rlim_cur - reserve : reserve;
-        log_warn("event=http_fd_limit open_files=%lu connections=%lu capacity=%d "
-                 "hint=\"raise the open-files limit (ulimit -n, LimitNOFILE=)\"",
-                 (unsigned long)rl.rlim_cur, fit, capacity);
-        want = fit;
+        want = rl.rlim_cur > 2 * reserve ? rl.rlim_cur - reserve : rl.rlim_cur / 2;
     }
     return (unsigned int)want;
 }
@@ -733,6 +729,14 @@ http_server *http_server_start(const struct http_server_options *o, char *err, s
         abort();
     struct http_limits_config lc;
     limits_defaults(o, &lc);
+    unsigned int hard = hard_connection_limit(lc.max_connections);
+    if ((unsigned long)lc.max_connections + 64 > hard) { /* the open-files limit is too low */
+        int capacity = hard > 9 ? (int)(hard - hard / 9) : 1;
+        log_warn("event=http_fd_limit connections=%u capacity=%d configured=%d "
+                 "hint=\"raise the open-files limit (ulimit -n, LimitNOFILE=)\"",
+                 hard, capacity, lc.max_connections);
+        lc.max_connections = capacity;
+    }
     s->limits = limits_new(&lc);
     unsigned long long seed = 0;
     if (getentropy(&seed, sizeof(seed)) != 0)
@@ -754,7 +758,7 @@ http_server *http_server_start(const struct http_server_options *o, char *err, s
         {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)o->key_pem},
         {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)HTTP_TLS_PRIORITIES},
         {MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT, NULL},
-        {MHD_OPTION_CONNECTION_LIMIT, hard_connection_limit(lc.max_connections), NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, hard, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s},
