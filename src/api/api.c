@@ -450,6 +450,12 @@ void api_handle_debug_fault(void *ctx, http_request *req, http_response *res)
     api_send_json(res, 200, json_pack("{s:I, s:b}", "after", after, "step", step));
 }
 
+int api_prebody_authorize(void *ctx, http_request *req, http_response *res)
+{
+    char actor[128];
+    return authorize(ctx, req, res, actor, sizeof(actor));
+}
+
 /* For the handlers in the other api/ files. */
 int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
                   size_t actor_len)

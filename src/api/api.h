@@ -49,6 +49,9 @@ struct app;
 /* Sends j (taking ownership) as the JSON body with the status. */
 void api_send_json(http_response *res, int status, json_t *j);
 
+/* The same check as an http_prebody_check (routes.c): the admin API refuses a request without
+ * a valid key before reading its body. */
+int api_prebody_authorize(void *ctx, http_request *req, http_response *res);
 int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
                   size_t actor_len);
 /* The push certificate expiry gauge and the push worker's counters, for /metrics. */

@@ -116,20 +116,31 @@ static int start_http(struct app *app)
     char *key_path = config_get_path(app->cfg, "tls_key");
     char *cert = fs_read_file(cert_path, NULL), *key = fs_read_file(key_path, NULL);
     int rc = -1;
+    /* 0 in the config means "no limit"; to the HTTP layer 0 means "the default". */
+    int per_address = (int)config_get_int(app->cfg, "http_max_connections_per_address");
+    if (per_address == 0)
+        per_address = -1;
     if (cert == NULL || key == NULL) {
         fprintf(stderr, "orchard: cannot read %s\n", cert ? key_path : cert_path);
         goto out;
     }
-    struct http_server_options o = {.listen = config_get(app->cfg, "listen"),
-                                    .cert_pem = cert,
-                                    .key_pem = key,
-                                    .client_ca_pem = app->scep_ca_pem,
-                                    .trusted_proxies = config_get(app->cfg, "trusted_proxies"),
-                                    .threads = (int)config_get_int(app->cfg, "threads"),
-                                    .max_body = (size_t)config_get_int(app->cfg, "max_body"),
-                                    .access_log = (int)config_get_int(app->cfg, "access_log"),
-                                    .routes = orchard_routes,
-                                    .ctx = app};
+    struct http_server_options o = {
+        .listen = config_get(app->cfg, "listen"),
+        .cert_pem = cert,
+        .key_pem = key,
+        .client_ca_pem = app->scep_ca_pem,
+        .trusted_proxies = config_get(app->cfg, "trusted_proxies"),
+        .proxy_cert_header = config_get(app->cfg, "proxy_cert_header"),
+        .threads = (int)config_get_int(app->cfg, "threads"),
+        .max_body = (size_t)config_get_int(app->cfg, "max_body"),
+        .access_log = (int)config_get_int(app->cfg, "access_log"),
+        .header_timeout = (int)config_get_int(app->cfg, "http_header_timeout"),
+        .body_timeout = (int)config_get_int(app->cfg, "http_body_timeout"),
+        .max_connections = (int)config_get_int(app->cfg, "http_max_connections"),
+        .max_connections_per_address = per_address,
+        .body_memory = (size_t)config_get_int(app->cfg, "http_body_memory"),
+        .routes = orchard_routes,
+        .ctx = app};
     app->http = http_server_start(&o, err, sizeof(err));
     if (app->http == NULL) {
         fprintf(stderr, "orchard: %s\n", err);

@@ -33,14 +33,35 @@ const struct config_key config_keys[] = {
     D("tls_key", CONFIG_STRING, "tls/server.key", 0, 0, NULL, "Server private key (PEM)."),
     D("threads", CONFIG_INT, "0", 0, 256, NULL, "HTTP worker threads; 0 = four per core."),
     D("max_body", CONFIG_INT, "4194304", 4096, 268435456, NULL,
-      "Largest request body accepted, in bytes (413 beyond)."),
+      "Largest request body accepted, in bytes (413 beyond): what admin uploads (profiles, "
+      "apps, commands) may reach; other routes have smaller limits of their own "
+      "(docs/HTTP.md)."),
     D("log_level", CONFIG_ENUM, "info", 0, 0, "debug info warn error",
       "Least severe level logged."),
     D("access_log", CONFIG_BOOL, "true", 0, 1, NULL, "Log one line per HTTP request."),
     D("trusted_proxies", CONFIG_STRING, "", 0, 0, NULL,
-      "Addresses or CIDR ranges of TLS-terminating proxies (load balancers): they may pass "
-      "client certificates (Client-Cert, X-SSL-Client-Cert) and the client address "
-      "(X-Forwarded-For, used for sign-in rate limits and logs)."),
+      "Addresses or CIDR ranges of TLS-terminating proxies (load balancers): their "
+      "X-Forwarded-For names the client (sign-in rate limits, logs), they are exempt from "
+      "http_max_connections_per_address, and they may pass a client certificate in "
+      "proxy_cert_header."),
+    D("proxy_cert_header", CONFIG_STRING, "", 0, 0, NULL,
+      "The one header a trusted proxy passes the device's TLS client certificate in (e.g. "
+      "Client-Cert or X-SSL-Client-Cert; RFC 9440 :base64-DER: or nginx "
+      "$ssl_client_escaped_cert); the proxy must overwrite it. Empty = none (devices sign "
+      "their messages anyway). docs/HTTP.md."),
+    D("http_header_timeout", CONFIG_DURATION, "20s", 1, 3600, NULL,
+      "A connection must complete its TLS handshake and request headers within this (also the "
+      "keep-alive idle time)."),
+    D("http_body_timeout", CONFIG_DURATION, "60s", 1, 3600, NULL,
+      "Total time to receive one request body, however fast the bytes trickle."),
+    D("http_max_connections", CONFIG_INT, "10000", 1, 1000000, NULL,
+      "Capacity: beyond this many open connections, requests get 503 with Retry-After."),
+    D("http_max_connections_per_address", CONFIG_INT, "100", 0, 1000000, NULL,
+      "Open connections per client IPv4 address or IPv6 /64 (trusted_proxies exempt); more are "
+      "closed at once. 0 = no limit."),
+    D("http_body_memory", CONFIG_INT, "268435456", 1048576, 68719476736LL, NULL,
+      "Bytes of request bodies held in memory by all requests together; beyond, 503 with "
+      "Retry-After."),
     D("metrics_token", CONFIG_SECRET, "", 0, 0, NULL,
       "If set, /metrics requires Authorization: Bearer <token>."),
     D("enroll_token_ttl", CONFIG_DURATION, "1h", 60, 30 * DAY, NULL,

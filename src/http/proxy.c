@@ -10,6 +10,8 @@
 
 #include "http/http.h"
 
+#include "core/mem.h"
+
 /* An IPv4 or IPv6 address as 16 bytes (IPv4 mapped into ::ffff:0:0/96); 0 if addr parses. */
 static int parse_addr(const char *addr, uint8_t out[16], int *v4)
 {
@@ -121,4 +123,26 @@ void http_client_addr(const char *trusted, const char *peer, const char *forward
             return;
         end = start > forwarded_for ? start - 1 : forwarded_for;
     }
+}
+
+char *http_forwarded_join(const char *const *lines, size_t n)
+{
+    if (n == 0)
+        return NULL;
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(lines[i]) + 2;
+    char *out = xmalloc(len);
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = strlen(lines[i]);
+        if (i > 0) {
+            memcpy(out + used, ", ", 2);
+            used += 2;
+        }
+        memcpy(out + used, lines[i], k);
+        used += k;
+    }
+    out[used] = '\0';
+    return out;
 }

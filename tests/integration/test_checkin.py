@@ -661,20 +661,24 @@ def proxy_certificate_headers_count_only_from_trusted_proxies():
     try:
         d = enrolled(s)
         body = idle_body(d)
-        rfc9440 = {"Client-Cert": ":" + base64.b64encode(pki.cert_der(d.cert)).decode() + ":"}
-        # nginx: proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert (name as src/mdm/identity.c)
-        nginx = {"X-SSL-Client-Cert": urllib.parse.quote(open(d.cert_path).read())}
-        for hdr, what in ((rfc9440, "RFC 9440 Client-Cert"), (nginx, "X-SSL-Client-Cert")):
-            status_4xx(d.connect(body, signature=None, client_cert=None, extra_headers=hdr),
-                       what + " from an address that is not a trusted proxy")
-        s.restart(env={"ORCHARD_TRUSTED_PROXIES": "127.0.0.1"})
-        for hdr, what in ((rfc9440, "RFC 9440 Client-Cert"), (nginx, "X-SSL-Client-Cert")):
-            status(d.connect(body, signature=None, client_cert=None, extra_headers=hdr), 200,
-                   what + " from a trusted proxy")
+        # The two encodings of docs/HTTP.md: RFC 9440 and nginx $ssl_client_escaped_cert.
+        rfc9440 = ":" + base64.b64encode(pki.cert_der(d.cert)).decode() + ":"
+        nginx = urllib.parse.quote(open(d.cert_path).read())
+        encodings = ((rfc9440, "RFC 9440 :base64-DER:"), (nginx, "URL-escaped PEM"))
+        for name in ("Client-Cert", "X-SSL-Client-Cert"):
+            for value, what in encodings:
+                status_4xx(d.connect(body, signature=None, client_cert=None, extra_headers={name: value}),
+                           "%s %s from an address that is not a trusted proxy" % (name, what))
+        s.restart(env={"ORCHARD_TRUSTED_PROXIES": "127.0.0.1", "ORCHARD_PROXY_CERT_HEADER": "X-SSL-Client-Cert"})
+        for value, what in encodings:
+            status(d.connect(body, signature=None, client_cert=None, extra_headers={"X-SSL-Client-Cert": value}),
+                   200, what + " in proxy_cert_header from a trusted proxy")
+            status_4xx(d.connect(body, signature=None, client_cert=None, extra_headers={"Client-Cert": value}),
+                       what + " in a header other than proxy_cert_header")
         ca, ca_key = pki.make_ca("proxy test foreign CA")
         foreign = pki.issue(ca, ca_key, d.key.public_key(), subject=d.cert.subject)
         status_4xx(d.connect(body, signature=None, client_cert=None,
-                             extra_headers={"Client-Cert": ":" + base64.b64encode(pki.cert_der(foreign)).decode() + ":"}),
+                             extra_headers={"X-SSL-Client-Cert": ":" + base64.b64encode(pki.cert_der(foreign)).decode() + ":"}),
                    "a trusted proxy passing a certificate from another CA")
     finally:
         s.stop()
