@@ -699,6 +699,12 @@ def _(w):
                headers={"Host": "evil.example"})
 
 
+@case("discovery with an identifier that a decoded NUL would cut to a served one")
+def _(w):
+    return req(w, "GET", "/.well-known/com.apple.remotemanagement?user-identifier=alice@example.com%00@evil.example",
+               headers={"Host": "example.com"})
+
+
 @case("discovery by POST")
 def _(w):
     return req(w, "POST", "/.well-known/com.apple.remotemanagement", body=b"x", headers={"Host": "example.com"})
