@@ -37,13 +37,38 @@ static char *host_domain(const http_request *req)
 }
 
 /*
+ * Text a person can type: valid UTF-8, no control characters, and no "%00" (the HTTP layer
+ * leaves an encoded NUL encoded rather than cut the string at it).
+ */
+static int identifier_text_ok(const char *s)
+{
+    if (strstr(s, "%00") != NULL)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        int n = *p < 0x80             ? 0
+                : (*p & 0xe0) == 0xc0 ? 1
+                : (*p & 0xf0) == 0xe0 ? 2
+                : (*p & 0xf8) == 0xf0 ? 3
+                                      : -1;
+        if (n < 0 || *p < 0x20 || *p == 0x7f || (n == 1 && *p < 0xc2))
+            return 0;
+        for (int i = 1; i <= n; i++)
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+/*
  * The device splits the identifier at the last '@' (PROTOCOL.md 3.1); so do we. An identifier
  * longer than an e-mail address can be (254 octets, RFC 5321) is nobody's.
  */
 static int identifier_domain_served(const struct app *app, const char *user)
 {
     const char *at = strrchr(user, '@');
-    if (at == NULL || at == user || strlen(user) > 254 || strlen(at + 1) > 255)
+    if (at == NULL || at == user || strlen(user) > 254 || strlen(at + 1) > 255 ||
+        !identifier_text_ok(user))
         return 0;
     char *d = xstrdup(at + 1);
     for (char *p = d; *p; p++)

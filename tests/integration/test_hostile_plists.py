@@ -173,15 +173,18 @@ def send_everywhere(body, what, log_reason=None):
     for method, path in ROUTES:
         before = len(s.log_text())
         t0 = time.monotonic()
+        # A (bogus) Mdm-Signature gets a device route past the identity pre-check on the
+        # headers: the plist is parsed before the signature is verified.
         r = s.request(method, path, body=body,
-                      headers={"Content-Type": "application/x-apple-aspen-mdm-checkin"}, timeout=120)
+                      headers={"Content-Type": "application/x-apple-aspen-mdm-checkin",
+                               "Mdm-Signature": "AAAA"}, timeout=120)
         took = time.monotonic() - t0
         status_4xx(r, "%s %s with %s" % (method, path, what))
         ok(took < QUICK_S, "%s %s with %s answered in %.2fs (limit %.1fs)" % (method, path, what, took, QUICK_S))
         ok(s.running(), "the server is still running after %s to %s" % (what, path))
         h = s.get("/healthz", timeout=10)
         ok(h.status == 200, "/healthz answers after %s to %s" % (what, path), h)
-        if log_reason:
+        if log_reason and r.status != 413:  # 413: the route's body limit came first
             deadline = time.monotonic() + 5
             while log_reason not in s.log_text()[before:] and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -210,7 +210,12 @@ class Device:
         self.workdir = workdir or tempfile.mkdtemp(prefix="orchard-dev-", dir="/tmp")
         os.makedirs(self.workdir, exist_ok=True)
         self.model_family = model_family
-        self.machine_info = machine_info if machine_info is not None else default_machine_info()
+        # The captured iPhone body, or a MachineInfo naming the product this device says it is
+        # (Orchard takes the platform from what was recorded at enrollment).
+        if machine_info is None:
+            machine_info = default_machine_info() if product == "iPhone12,1" else bare_machine_info(
+                product=product, version=build_version, os_version=os_version)
+        self.machine_info = machine_info
         self.enroll_content_type = enroll_content_type
         self.enrollment_id = enrollment_id or str(uuid.uuid4()).upper()
         self.sig_hash = sig_hash
