@@ -157,6 +157,7 @@ TEST(attached_verify_flat_on_mutations)
     free(b64);
 }
 
-TEST_MAIN(TEST_ENTRY(allocator_counts_openssl), TEST_ENTRY(attached_verify_flat_on_mutations), TEST_ENTRY(slow_path_flat_on_sha1_mutations),
+TEST_MAIN(TEST_ENTRY(allocator_counts_openssl), TEST_ENTRY(attached_verify_flat_on_mutations),
+          TEST_ENTRY(slow_path_flat_on_sha1_mutations),
           TEST_ENTRY(slow_path_flat_on_sha256_mutations),
           TEST_ENTRY(verify_detached_flat_on_mutations))
