@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "plist/pl.h"
+
 /* Nesting cap for plists; the schema's deepest real key is 7 levels down. */
 #define UE_MAX_DEPTH 32
 #define UE_PATH_MAX 256
@@ -867,35 +869,30 @@ int ue_profile_validate(plist_t profile, enum ue_os os, ue_warn_fn warn, void *w
     return 0;
 }
 
+struct types_walk {
+    const struct ue_entry *e;
+    char *why;
+    size_t why_len;
+};
+
+static int type_item(const char *key, plist_t val, void *ctx)
+{
+    struct types_walk *w = ctx;
+    const struct ue_key *k = ue_entry_child(w->e, key);
+    if (k == NULL || ue_type_matches((enum ue_type)k->type, plist_get_node_type(val)))
+        return 0;
+    say(w->why, w->why_len, "%s: %s must be of type %s, not %s", w->e->name, key,
+        ue_type_name((enum ue_type)k->type), plist_type_name(plist_get_node_type(val)));
+    return -1;
+}
+
 int ue_checkin_types_check(plist_t msg, char *why, size_t why_len)
 {
     plist_t mt = plist_dict_get_item(msg, "MessageType");
-    const struct ue_entry *e = mt && plist_get_node_type(mt) == PLIST_STRING
-                                   ? ue_checkin_find(plist_get_string_ptr(mt, NULL))
-                                   : NULL;
-    if (e == NULL)
+    struct types_walk w = {NULL, why, why_len};
+    if (mt && plist_get_node_type(mt) == PLIST_STRING)
+        w.e = ue_checkin_find(plist_get_string_ptr(mt, NULL));
+    if (w.e == NULL)
         return 0; /* an unknown MessageType is refused by its own check */
-    plist_dict_iter it = NULL;
-    plist_dict_new_iter(msg, &it);
-    int rc = 0;
-    for (;;) {
-        char *key = NULL;
-        plist_t val = NULL;
-        plist_dict_next_item(msg, it, &key, &val);
-        if (val == NULL) {
-            free(key);
-            break;
-        }
-        const struct ue_key *k = ue_entry_child(e, key);
-        if (k && !ue_type_matches((enum ue_type)k->type, plist_get_node_type(val))) {
-            say(why, why_len, "%s: %s must be of type %s, not %s", e->name, key,
-                ue_type_name((enum ue_type)k->type), plist_type_name(plist_get_node_type(val)));
-            rc = -1;
-        }
-        free(key);
-        if (rc)
-            break;
-    }
-    free(it);
-    return rc;
+    return pl_dict_each(msg, type_item, &w);
 }

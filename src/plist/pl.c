@@ -18,6 +18,13 @@
  * Counts values against the hard ceilings; depth is the number of containers around node.
  * Recursion is bounded by PL_MAX_DEPTH, which the budget check enforced before parsing.
  */
+struct count_walk {
+    unsigned depth;
+    size_t *count;
+};
+
+static int count_item(const char *key, plist_t val, void *ctx);
+
 static int count_nodes(plist_t node, unsigned depth, size_t *count)
 {
     if (++*count > PL_MAX_NODES)
@@ -32,25 +39,38 @@ static int count_nodes(plist_t node, unsigned depth, size_t *count)
                 return -1;
         }
     } else if (t == PLIST_DICT) {
-        plist_dict_iter it = NULL;
-        plist_dict_new_iter(node, &it);
-        int rc = 0;
-        for (;;) {
-            char *key = NULL;
-            plist_t val = NULL;
-            plist_dict_next_item(node, it, &key, &val);
-            free(key);
-            if (val == NULL)
-                break;
-            if (count_nodes(val, depth + 1, count) != 0) {
-                rc = -1;
-                break;
-            }
-        }
-        free(it);
-        return rc;
+        struct count_walk w = {depth + 1, count};
+        return pl_dict_each(node, count_item, &w);
     }
     return 0;
+}
+
+static int count_item(const char *key, plist_t val, void *ctx)
+{
+    (void)key;
+    struct count_walk *w = ctx;
+    return count_nodes(val, w->depth, w->count);
+}
+
+int pl_dict_each(plist_t dict, int (*fn)(const char *key, plist_t value, void *ctx), void *ctx)
+{
+    if (dict == NULL || plist_get_node_type(dict) != PLIST_DICT)
+        return 0;
+    plist_dict_iter it = NULL;
+    int rc = 0;
+    plist_dict_new_iter(dict, &it);
+    while (rc == 0) {
+        char *key = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(dict, it, &key, &val);
+        if (val != NULL)
+            rc = fn(key, val, ctx);
+        free(key);
+        if (val == NULL)
+            break;
+    }
+    free(it);
+    return rc;
 }
 
 plist_t pl_parse_budget(const char *data, size_t len, const pl_budget *b, char *err, size_t err_len)
@@ -168,23 +188,16 @@ char *pl_to_xml(plist_t p, size_t *len)
 
 static json_t *to_json(plist_t p);
 
+static int json_item(const char *key, plist_t val, void *obj)
+{
+    json_object_set_new(obj, key, to_json(val));
+    return 0;
+}
+
 static json_t *dict_to_json(plist_t p)
 {
     json_t *obj = json_object();
-    plist_dict_iter it = NULL;
-    plist_dict_new_iter(p, &it);
-    for (;;) {
-        char *key = NULL;
-        plist_t val = NULL;
-        plist_dict_next_item(p, it, &key, &val);
-        if (val == NULL) {
-            free(key);
-            break;
-        }
-        json_object_set_new(obj, key, to_json(val));
-        free(key);
-    }
-    free(it);
+    pl_dict_each(p, json_item, obj);
     return obj;
 }
 

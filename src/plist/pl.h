@@ -27,6 +27,13 @@ plist_t pl_parse_dict_budget(const char *data, size_t len, const pl_budget *b, c
 plist_t pl_parse(const char *data, size_t len, char *err, size_t err_len);
 plist_t pl_parse_dict(const char *data, size_t len, char *err, size_t err_len);
 
+/*
+ * Calls fn(key, value, ctx) for each item of dict in order; stops at the first non-zero
+ * return and returns it (0 when every call returned 0, or dict is not a dictionary). key and
+ * value are borrowed for the call only.
+ */
+int pl_dict_each(plist_t dict, int (*fn)(const char *key, plist_t value, void *ctx), void *ctx);
+
 /* Borrowed string value of dict[key], or NULL. */
 const char *pl_get_string(plist_t dict, const char *key);
 /* Borrowed bytes of a <data> value, or NULL. */
