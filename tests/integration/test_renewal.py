@@ -116,15 +116,17 @@ def metric(s, name):
     raise AssertionError("/metrics has no %s:\n%s" % (name, r.text[:2000]))
 
 
-def wait_for(pred, what, s, timeout=20):
-    """Polls pred() while the scheduler (every second of real time) runs on the moved clock."""
+def wait_for(pred, what, s, timeout=20, why=None):
+    """Polls pred() while the scheduler (every second of real time) runs on the moved clock.
+    why(), if given, says what was seen instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
         time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s\n%s" % (what, s.log_tail(30)))
+    raise AssertionError("timed out waiting for %s%s\n%s" % (what, " (%r)" % (why(),) if why else "",
+                                                              s.log_tail(30)))
 
 
 def settle():
@@ -289,8 +291,8 @@ def renewalreq_still_renews_bound_to_the_signers_enrollment_and_retires_the_old_
     shutil.copy(d.cert_path, old[0])
     d.scep_renew()  # RenewalReq signed with the current identity (same key, new certificate)
     eq(d.idle(), None, "Idle with the RenewalReq certificate")
-    eq(identity(s, d)["fingerprint"], fingerprint(d.cert_path), "bound at first use")
     refused_with(d, old[0], old[1], "the certificate it replaced")
+    eq(identity(s, d)["fingerprint"], fingerprint(d.cert_path), "bound at first use")
     eq(len(audit(s, "identity.renewed", d.enrollment_id)), 1, "identity.renewed audited")
 
 
@@ -500,6 +502,25 @@ def alices_renewal_certificate_is_never_accepted_for_bobs_enrollment():
     refused_with(alice, old_cert, old_key, "Alice's old certificate is retired")
 
 
+@test
+def a_fresh_certificate_of_the_same_user_is_not_a_renewal_of_her_enrollment():
+    # Until issue 15 any unbound certificate of the same user was taken for a renewal and bound.
+    s = server("same-user")
+    alice = enrolled(s, ALICE)
+    other = new_device(s, ALICE)
+    other.discover()
+    other.enroll_unauthenticated()
+    other.sign_in()
+    other.fetch_profile()
+    other.verify_profile()
+    fresh_cert, fresh_key = other.scep_enroll()  # a first-enrollment certificate, never used
+    refused_with(alice, fresh_cert, fresh_key, "Alice's enrollment with a fresh certificate of hers")
+    eq(alice.idle(), None, "her own certificate still works")
+    eq(identity(s, alice)["fingerprint"], fingerprint(alice.cert_path), "her enrollment keeps its identity")
+    other.authenticate()  # the fresh certificate is for a new enrollment, and works there
+    other.token_update()
+
+
 # --- two instances on PostgreSQL -----------------------------------------------------------------
 
 def psql(dsn, sql):
@@ -520,6 +541,10 @@ def dsn_for(base, dbname):
     return "%s://%s/%s%s" % (scheme, auth, dbname, tail)
 
 
+SYNTHETIC = 300  # enrollments written straight into the database: enough work that both
+                 # instances' scheduler passes overlap and race for the same rows
+
+
 @test
 def two_instances_on_one_postgresql_database_renew_each_identity_exactly_once():
     ok(PG_DSN.startswith(("postgres://", "postgresql://")),
@@ -537,19 +562,67 @@ def two_instances_on_one_postgresql_database_renew_each_identity_exactly_once():
     b.data = a.data
     b._api_key = a.api_key
     b.start()
-    devices = [enrolled(a, ALICE), enrolled(b, BOB), enrolled(a, BOB), enrolled(b, ALICE)]
-    # Both clocks move together; both schedulers race for every renewal.
-    for _ in range(2):
-        threads = [threading.Thread(target=x.advance_clock, args=(155 * DAY,)) for x in (a, b)]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+    devices = [enrolled(a, ALICE), enrolled(b, BOB)]
+    # Many more enrolled identities, 350 days from expiry, each needing its own renewal.
+    now = server_now(a)
+    psql(dsn, "INSERT INTO enrollments (id, type, user_id, cert_fingerprint, enrolled_at, last_seen_at) "
+              "SELECT 'SYNTH-' || g, 1, u.id, 'synthfp' || g, %d, %d FROM generate_series(1, %d) g, "
+              "users u WHERE u.email = 'bob@example.com'" % (now, now, SYNTHETIC))
+    psql(dsn, "INSERT INTO certs (fingerprint, serial, user_id, session_hash, enrollment_id, not_after, "
+              "issued_at) SELECT 'synthfp' || g, 'synth' || g, u.id, 'synthsession', 'SYNTH-' || g, %d, %d "
+              "FROM generate_series(1, %d) g, users u WHERE u.email = 'bob@example.com'"
+              % (now + 350 * DAY, now, SYNTHETIC))
+    # Both clocks move together: the real devices are 55 days from expiry, the synthetic ones 40.
+    threads = [threading.Thread(target=x.advance_clock, args=(310 * DAY,)) for x in (a, b)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
     for d in devices:
         renewal_is(a, d, "pending", attempts=1)
+    total = SYNTHETIC + len(devices)
+    wait_for(lambda: int(psql(dsn, "SELECT count(*) FROM identity_renewals WHERE attempts = 1")[0]) == total,
+             "every identity to have its first attempt", a, timeout=120)
     settle()
-    for d in devices:
-        eq(len(commands(a, d)), 1, "one InstallProfile for %s" % d.enrollment_id)
-        eq(len(audit(b, "identity.renew_start", d.enrollment_id)), 1, "one attempt started")
-    # The devices renew through either instance; each renewal completes once.
+    # Exactly one attempt, one InstallProfile and one audited start per identity.
+    eq(psql(dsn, "SELECT count(*) FROM identity_renewals WHERE attempts <> 1 OR state <> 'pending'"), ["0"],
+       "every renewal has exactly one attempt")
+    eq(psql(dsn, "SELECT count(*), count(DISTINCT enrollment_id) FROM commands "
+                 "WHERE request_type = 'InstallProfile'"), ["%d|%d" % (total, total)],
+       "one InstallProfile per identity, none twice")
+    eq(psql(dsn, "SELECT count(*), count(DISTINCT target) FROM audit WHERE action = 'identity.renew_start'"),
+       ["%d|%d" % (total, total)], "one identity.renew_start per identity")
+    who = set()
+    for x in (a, b):
+        who |= {l.split("event=renewal_scheduled ")[1].split()[0] for l in x.log_text().splitlines()
+                if "event=renewal_scheduled " in l}
+    eq(len(who), total, "every renewal scheduled once, by one instance or the other")
+    # A day later every first attempt has failed unanswered, at the same moment on both
+    # instances; an hour later every second attempt starts: both race again, twice.
+    for step, state in ((DAY + 60, "attempts = 1 AND command_uuid IS NULL AND last_error = 'not_fetched'"),
+                        (3600, "attempts = 2 AND command_uuid IS NOT NULL")):
+        threads = [threading.Thread(target=x.advance_clock, args=(step,)) for x in (a, b)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        wait_for(lambda: int(psql(dsn, "SELECT count(*) FROM identity_renewals WHERE " + state)[0]) == total,
+                 "every renewal to reach %s" % state, a, timeout=120,
+                 why=lambda: psql(dsn, "SELECT state, attempts, command_uuid IS NULL, last_error, count(*) "
+                                       "FROM identity_renewals GROUP BY 1, 2, 3, 4"))
+    wait_for(lambda: int(psql(dsn, "SELECT count(*) FROM identity_renewals WHERE attempts = 2 AND "
+                                   "command_uuid IS NOT NULL")[0]) == total,
+             "every identity to have its second attempt", a, timeout=120,
+             why=lambda: psql(dsn, "SELECT state, attempts, command_uuid IS NULL, last_error, count(*) "
+                                   "FROM identity_renewals GROUP BY 1, 2, 3, 4"))
+    settle()
+    eq(psql(dsn, "SELECT count(*), count(DISTINCT target) FROM audit WHERE action = 'identity.renew_failed'"),
+       ["%d|%d" % (total, total)], "one failure recorded per identity")
+    eq(psql(dsn, "SELECT count(*), count(DISTINCT enrollment_id) FROM commands "
+                 "WHERE request_type = 'InstallProfile'"), ["%d|%d" % (total, total)],
+       "one InstallProfile queued per identity: the second attempt's")
+    eq(psql(dsn, "SELECT count(*), count(DISTINCT enrollment_id), min(status), max(status) FROM command_history "
+                 "WHERE request_type = 'InstallProfile'"), ["%d|%d|3|3" % (total, total)],
+       "the first attempt's InstallProfile cancelled, once per identity")
+    eq(psql(dsn, "SELECT count(*) FROM identity_renewals WHERE attempts <> 2 OR state <> 'pending'"), ["0"],
+       "every renewal has exactly two attempts")
+    # The real devices renew through either instance; each renewal completes once.
     for d in devices:
         own, other = (a, b) if d.server_url.startswith(a.url) else (b, a)
         d.run_commands(responder=d.renewal_responder())
@@ -557,13 +630,6 @@ def two_instances_on_one_postgresql_database_renew_each_identity_exactly_once():
         eq(d.idle(), None, "Idle with the new certificate on the other instance")
         eq(renewal(other, d)["state"], "done", "renewed")
         eq(len(audit(other, "identity.renewed", d.enrollment_id)), 1, "renewed once")
-    # A day later neither instance starts anything more.
-    for x in (a, b):
-        x.advance_clock(2 * DAY)
-    settle()
-    for d in devices:
-        eq(len(commands(a, d)), 1, "still one InstallProfile for %s" % d.enrollment_id)
-        eq(renewal(b, d)["attempts"], 1, "one attempt")
 
 
 @test

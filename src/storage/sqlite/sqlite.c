@@ -564,6 +564,8 @@ enum sq_stmt_id {
     "certs AS c JOIN enrollments AS e ON e.id = c.enrollment_id AND "                              \
     "e.cert_fingerprint = c.fingerprint"
 #define SQ_BOUND_WHERE "c.revoked_at = 0 AND e.type = 1 AND e.unenrolled_at = 0"
+/* SQ_RENEWAL_DUE: CROSS JOIN makes SQLite read the recent history first (completed_at index),
+ * then the renewal of each failed command, rather than every renewal row. */
 #define SQ_SQL_RENEWAL                                                                             \
     [SQ_CHALLENGE_ADD_RENEWAL] = "INSERT INTO scep_challenges (challenge_hash, user_id, "          \
                                  "session_hash, enrollment_id, expires_at) VALUES (?1, ?2, ?3, "   \
@@ -589,8 +591,9 @@ enum sq_stmt_id {
         "next_attempt_at <= ?1 UNION SELECT r.enrollment_id, r.old_fingerprint, r.expires_at, "    \
         "r.state, r.attempts, r.next_attempt_at, r.challenge_hash, r.command_uuid, "               \
         "r.new_fingerprint, r.last_error, r.started_at, r.updated_at, r.version "                  \
-        "FROM command_history AS h JOIN identity_renewals AS r ON r.command_uuid = h.uuid "        \
-        "WHERE h.completed_at >= ?2 AND h.status IN (3, 4) AND r.state = 'pending' "               \
+        "FROM command_history AS h CROSS JOIN identity_renewals AS r "                             \
+        "WHERE r.command_uuid = h.uuid AND h.completed_at >= ?2 AND h.status IN (3, 4) AND "       \
+        "r.state = 'pending' "                                                                     \
         "ORDER BY 6 LIMIT ?3",                                                                     \
     [SQ_ROTATE_ENROLLMENT] = "UPDATE enrollments SET cert_fingerprint = ?3 WHERE id = ?1 AND "     \
                              "cert_fingerprint = ?2",                                              \
