@@ -240,7 +240,7 @@ TEST(conf_renewal_due)
     ASSERT(uid > 0);
     const char *ids[] = {"E1", "E2", "E3", "E4", "E5"};
     for (int i = 0; i < 5; i++) {
-        char fp[8], serial[8];
+        char fp[16], serial[16];
         snprintf(fp, sizeof(fp), "f%d", i + 1);
         snprintf(serial, sizeof(serial), "0%d", i + 1);
         ASSERT_INT_EQ(conf_identity(st, ids[i], uid, fp, serial, 5000), ST_OK);
