@@ -74,6 +74,25 @@ void api_handle_healthz(void *ctx, http_request *req, http_response *res)
         http_response_send(res, 503, "application/json", "{\"status\":\"storage down\"}", 25);
 }
 
+/* Enrolled devices whose identity certificate expires within 30 days, or has expired: the ones
+ * identity renewal (mdm/renewal.h) has yet to reach. Omitted when storage does not answer. */
+static void identity_metrics(struct app *app, buf *out)
+{
+    int64_t now = app_now(app), soon = 0, expired = 0;
+    if (storage_identity_count_expiring(app->st, now, now + 30 * 86400, &soon) != ST_OK ||
+        storage_identity_count_expiring(app->st, 0, now, &expired) != ST_OK)
+        return;
+    buf_printf(out,
+               "# HELP orchard_identities_expiring_30d Enrolled devices whose identity "
+               "certificate expires within 30 days.\n"
+               "# TYPE orchard_identities_expiring_30d gauge\n"
+               "orchard_identities_expiring_30d %lld\n"
+               "# HELP orchard_identities_expired Enrolled devices whose identity certificate "
+               "has expired (they can no longer reach the server).\n"
+               "# TYPE orchard_identities_expired gauge\norchard_identities_expired %lld\n",
+               (long long)soon, (long long)expired);
+}
+
 void api_handle_metrics(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
@@ -92,6 +111,7 @@ void api_handle_metrics(void *ctx, http_request *req, http_response *res)
                "# TYPE orchard_schema_version gauge\norchard_schema_version %d\n",
                storage_schema_version(app->st));
     api_push_metrics(app, &res->body);
+    identity_metrics(app, &res->body);
     signin_metrics(app, &res->body);
     webhooks_metrics(app, app->webhooks, &res->body);
     res->status = 200;
@@ -176,13 +196,44 @@ static int load_enrollment(struct app *app, http_request *req, http_response *re
     return rc;
 }
 
+/*
+ * The device identity of an enrollment: its certificate's expiry, and the latest renewal
+ * (mdm/renewal.h: of this certificate, or the one that produced it) or null; the identity is
+ * null when not known. A Mac's user channel shows its device channel's renewal.
+ */
+static json_t *identity_json(struct app *app, const st_enrollment *e)
+{
+    st_cert c = {0};
+    st_renewal r = {0};
+    if (e->cert_fingerprint == NULL ||
+        storage_cert_get_by_fingerprint(app->st, e->cert_fingerprint, &c) != ST_OK)
+        return json_null();
+    json_t *renewal = json_null();
+    if (storage_renewal_get(app->st, e->parent_id ? e->parent_id : e->id, &r) == ST_OK)
+        renewal =
+            json_pack("{s:s, s:i, s:I, s:o, s:s, s:o, s:I, s:I}", "state", r.state, "attempts",
+                      r.attempts, "next_attempt_at", (json_int_t)r.next_attempt_at, "last_error",
+                      str_or_null(r.last_error), "old_fingerprint", r.old_fingerprint,
+                      "new_fingerprint", str_or_null(r.new_fingerprint), "started_at",
+                      (json_int_t)r.started_at, "updated_at", (json_int_t)r.updated_at);
+    json_t *j = json_pack("{s:s, s:I, s:I, s:b, s:o}", "fingerprint", c.fingerprint, "not_after",
+                          (json_int_t)c.not_after, "issued_at", (json_int_t)c.issued_at, "expired",
+                          c.not_after <= app_now(app), "renewal", renewal);
+    st_cert_cleanup(&c);
+    st_renewal_cleanup(&r);
+    return j;
+}
+
 void api_handle_enrollment(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
     AUTHORIZE();
     st_enrollment e = {0};
-    if (load_enrollment(app, req, res, &e) == 0)
-        api_send_json(res, 200, enrollment_json(app, &e));
+    if (load_enrollment(app, req, res, &e) == 0) {
+        json_t *j = enrollment_json(app, &e);
+        json_object_set_new(j, "identity", identity_json(app, &e));
+        api_send_json(res, 200, j);
+    }
     st_enrollment_cleanup(&e);
 }
 

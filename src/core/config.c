@@ -70,6 +70,11 @@ const struct config_key config_keys[] = {
       "Lifetime of the one-time SCEP challenge in an enrollment profile."),
     D("scep_cert_days", CONFIG_INT, "365", 1, 3650, NULL,
       "Validity of device identity certificates, in days."),
+    D("identity_renew_before", CONFIG_DURATION, "60d", 0, 3650 * DAY, NULL,
+      "Renew a device's identity certificate this long before it expires: the scheduler sends "
+      "a replacement of the enrollment profile with a fresh SCEP challenge (PROTOCOL.md 10.3) "
+      "and retries until the device uses its new certificate or the old one expires; 0 = "
+      "never. At most half of scep_cert_days is used."),
     D("signin_rate_limit", CONFIG_INT, "10", 1, 100000, NULL,
       "Failed sign-ins allowed per user and per source address per 15 minutes."),
     D("scep_rate_limit", CONFIG_INT, "20", 1, 100000, NULL,

@@ -58,6 +58,11 @@ char *crypto_name_string(const X509_NAME *name);
  */
 int crypto_x509_issue(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
                       EVP_PKEY *sign_key, int days, const struct crypto_ext *exts, X509 **out);
+/* crypto_x509_issue with the validity counted from `at` (Unix seconds) instead of the wall
+ * clock; at == 0 means now. */
+int crypto_x509_issue_at(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
+                         EVP_PKEY *sign_key, int days, time_t at, const struct crypto_ext *exts,
+                         X509 **out);
 
 /* ---- Per-thread caches (cert_cache.c) ---- */
 

@@ -178,7 +178,15 @@ static int add_exts(X509 *x, const crypto_cert *issuer, const struct crypto_ext 
 int crypto_x509_issue(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
                       EVP_PKEY *sign_key, int days, const struct crypto_ext *exts, X509 **out)
 {
+    return crypto_x509_issue_at(subject, pubkey, issuer, sign_key, days, 0, exts, out);
+}
+
+int crypto_x509_issue_at(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_cert *issuer,
+                         EVP_PKEY *sign_key, int days, time_t at, const struct crypto_ext *exts,
+                         X509 **out)
+{
     X509 *x = NULL;
+    time_t *from = at > 0 ? &at : NULL; /* NULL: OpenSSL reads the wall clock */
     int rc = CRYPTO_EINPUT;
 
     if (days <= 0 || days > 36500)
@@ -189,8 +197,8 @@ int crypto_x509_issue(const X509_NAME *subject, EVP_PKEY *pubkey, const crypto_c
         !X509_set_subject_name(x, subject) ||
         !X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer->x509) : subject) ||
         !X509_set_pubkey(x, pubkey) ||
-        X509_time_adj_ex(X509_getm_notBefore(x), 0, -CLOCK_SKEW_SECONDS, NULL) == NULL ||
-        X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL) == NULL ||
+        X509_time_adj_ex(X509_getm_notBefore(x), 0, -CLOCK_SKEW_SECONDS, from) == NULL ||
+        X509_time_adj_ex(X509_getm_notAfter(x), days, 0, from) == NULL ||
         !add_exts(x, issuer, exts) || X509_sign(x, sign_key, EVP_sha256()) <= 0)
         goto out;
     *out = x;

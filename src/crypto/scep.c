@@ -336,6 +336,12 @@ static X509_NAME *issued_name(const char *cn, const char *org)
 int scep_issue_cert(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
                     int days, crypto_cert **issued)
 {
+    return scep_issue_cert_at(ca, req, cn, org, days, 0, issued);
+}
+
+int scep_issue_cert_at(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
+                       int days, time_t now, crypto_cert **issued)
+{
     /* Exactly what a device identity needs (TLS client authentication, Mdm-Signature, and
      * key encipherment for the SCEP reply); nothing from the CSR's extensions. */
     static const struct crypto_ext exts[] = {
@@ -352,8 +358,8 @@ int scep_issue_cert(const scep_ca *ca, const scep_request *req, const char *cn, 
     X509_NAME *name = issued_name(cn, org);
     if (name == NULL)
         return CRYPTO_EINPUT;
-    int rc = crypto_x509_issue(name, X509_REQ_get0_pubkey(req->csr), ca->cert, ca->key->pkey, days,
-                               exts, &x);
+    int rc = crypto_x509_issue_at(name, X509_REQ_get0_pubkey(req->csr), ca->cert, ca->key->pkey,
+                                  days, now, exts, &x);
     X509_NAME_free(name);
     if (rc == 0)
         *issued = crypto_cert_wrap(x);

@@ -112,6 +112,10 @@ const uint8_t *scep_request_public_key(const scep_request *req, size_t *len);
  */
 int scep_issue_cert(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
                     int days, crypto_cert **issued);
+/* scep_issue_cert with the validity counted from `now` (the server's clock, which tests move
+ * with the debug clock) instead of the wall clock; now == 0 means the wall clock. */
+int scep_issue_cert_at(const scep_ca *ca, const scep_request *req, const char *cn, const char *org,
+                       int days, time_t now, crypto_cert **issued);
 
 /*
  * Builds a CertRep with pkiStatus SUCCESS: a degenerate certs-only SignedData holding `issued`,

@@ -60,14 +60,6 @@ static char *machine_info_summary(plist_t info)
     return xml;
 }
 
-static int sign_profile(const struct app *app, const char *xml, size_t len, uint8_t **der,
-                        size_t *der_len)
-{
-    const crypto_cert *chain[] = {app->signer_ca};
-    return cms_sign(app->signer_cert, app->signer_key, chain, 1, (const uint8_t *)xml, len, der,
-                    der_len);
-}
-
 /* Issues the SCEP challenge and the signed profile into res. */
 static void send_profile(struct app *app, http_request *req, http_response *res,
                          const st_session *s)
@@ -93,8 +85,8 @@ static void send_profile(struct app *app, http_request *req, http_response *res,
         http_response_error(res, 503, "storage unavailable");
         goto out;
     }
-    xml = enroll_profile_build(app, &user, challenge, &xml_len);
-    if (sign_profile(app, xml, xml_len, &der, &der_len) != 0) {
+    xml = enroll_profile_build(app, &user, challenge, s->token_hash, &xml_len);
+    if (enroll_profile_sign(app, xml, xml_len, &der, &der_len) != 0) {
         log_error("event=profile_sign_failed rid=%s", req->request_id);
         http_response_error(res, 500, "cannot sign the profile");
         goto out;

@@ -2,15 +2,55 @@
  * The BYOD enrollment profile (PROTOCOL.md 6): a SCEP identity payload and the com.apple.mdm
  * payload pointing at it. Never `AccessRights` (its presence makes the device cancel a BYOD
  * enrollment, 6.2); `AssignedManagedAppleID` and `EnrollmentMode` = BYOD are mandatory.
+ *
+ * The same builder makes the replacement that renews the identity (PROTOCOL.md 10.3): the device
+ * replaces a profile with the same top-level PayloadIdentifier, updates in place the payloads
+ * whose PayloadIdentifier and PayloadUUID it already has, and rejects the update if a frozen
+ * com.apple.mdm key (6.3) changed. So the payload UUIDs are not random: they are derived from
+ * the session that enrolled (the SHA-256 of its token, which the SCEP challenge passes on to
+ * every certificate of the enrollment), and a replacement built years later has the same ones.
+ * The top-level PayloadUUID is new in every profile: it names this version of the profile.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/secret.h"
 #include "core/mem.h"
+#include "crypto/cms.h"
 #include "crypto/pki.h"
 #include "enroll/enroll.h"
 #include "plist/pl.h"
 #include "routes.h"
+
+/*
+ * The PayloadUUID of one payload of the enrollment profile of session_hash: the first 128 bits
+ * of SHA-256("orchard-profile-v1:<label>:<session_hash>") as an RFC 9562 version-8 UUID
+ * (uppercase, as Apple writes them). Without a session (a certificate from before sessions were
+ * recorded) a random one.
+ */
+static void payload_uuid(const char *session_hash, const char *label, char out[37])
+{
+    if (session_hash == NULL || session_hash[0] == '\0') {
+        crypto_uuid(out);
+        return;
+    }
+    char digest[SECRET_HASH_LEN + 1], hex[33];
+    char *input = xasprintf("orchard-profile-v1:%s:%s", label, session_hash);
+    secret_hash(input, digest);
+    free(input);
+    memcpy(hex, digest, 32);
+    int v = hex[16] >= 'a' ? hex[16] - 'a' + 10 : hex[16] - '0';
+    hex[12] = '8';           /* version 8: custom */
+    hex[16] = "89ab"[v & 3]; /* variant 10 (RFC 9562) */
+    size_t o = 0;
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20)
+            out[o++] = '-';
+        char ch = hex[i];
+        out[o++] = ch >= 'a' && ch <= 'f' ? (char)(ch - 'a' + 'A') : ch;
+    }
+    out[o] = '\0';
+}
 
 static plist_t payload_base(const char *type, const char *identifier, const char *uuid)
 {
@@ -82,13 +122,14 @@ static plist_t mdm_payload(const struct app *app, const st_user *user, const cha
     return p;
 }
 
-char *enroll_profile_build(const struct app *app, const st_user *user, const char *challenge,
-                           size_t *len)
+/* The profile with a new top-level PayloadUUID and the payload UUIDs of session_hash. */
+static char *profile_build(const struct app *app, const st_user *user, const char *challenge,
+                           const char *session_hash, size_t *len)
 {
     char top_uuid[37], scep_uuid[37], mdm_uuid[37];
     crypto_uuid(top_uuid);
-    crypto_uuid(scep_uuid);
-    crypto_uuid(mdm_uuid);
+    payload_uuid(session_hash, "scep", scep_uuid);
+    payload_uuid(session_hash, "mdm", mdm_uuid);
     plist_t profile = payload_base("Configuration", ENROLL_PROFILE_ID, top_uuid);
     const char *org = config_get(app->cfg, "org_name");
     char *name = xasprintf("%s work account", org);
@@ -106,4 +147,36 @@ char *enroll_profile_build(const struct app *app, const st_user *user, const cha
     char *xml = pl_to_xml(profile, len);
     plist_free(profile);
     return xml;
+}
+
+char *enroll_profile_build(const struct app *app, const st_user *user, const char *challenge,
+                           const char *session_hash, size_t *len)
+{
+    return profile_build(app, user, challenge, session_hash, len);
+}
+
+char *enroll_profile_build_renewal(const struct app *app, const st_enrollment *e,
+                                   const st_user *user, const char *challenge,
+                                   const char *session_hash, size_t *len, const char **why)
+{
+    *why = NULL;
+    /* Topic is frozen (6.3) and was recorded at Authenticate: a device would reject a profile
+     * naming another push topic, so none is sent (a new push certificate must keep the topic). */
+    if (e->topic && strcmp(e->topic, app->topic) != 0) {
+        *why = "topic_changed";
+        return NULL;
+    }
+    if (user->managed_apple_id == NULL || user->managed_apple_id[0] == '\0') {
+        *why = "no_managed_apple_id";
+        return NULL;
+    }
+    return profile_build(app, user, challenge, session_hash, len);
+}
+
+int enroll_profile_sign(const struct app *app, const char *xml, size_t len, uint8_t **der,
+                        size_t *der_len)
+{
+    const crypto_cert *chain[] = {app->signer_ca};
+    return cms_sign(app->signer_cert, app->signer_key, chain, 1, (const uint8_t *)xml, len, der,
+                    der_len);
 }

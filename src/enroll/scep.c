@@ -1,10 +1,11 @@
 /*
  * The SCEP endpoint (RFC 8894) named by the profile's identity payload: GetCACert, GetCACaps and
  * PKIOperation (GET with base64 `message` or POST). PKCSReq must carry the one-time challenge of
- * an enrollment profile, which is consumed here; RenewalReq must be signed by a certificate this
- * CA issued that is not revoked, for an enrollment that may still hold an identity. Every issued
- * certificate is recorded, with a subject Orchard chooses. Refusals are proper CertRep FAILURE
- * messages, so a SCEP client gets an answer it understands.
+ * an enrollment profile, which is consumed here (a renewal's challenge names its enrollment);
+ * RenewalReq must be signed by a certificate this CA issued that is not revoked, for an
+ * enrollment that may still hold an identity. Every issued certificate is recorded, with a
+ * subject Orchard chooses, and with the enrollment it renews when there is one. Refusals are proper
+ * CertRep FAILURE messages, so a SCEP client gets an answer it understands.
  *
  * PKIOperation is open to anyone and each one costs a decryption with the CA key and a
  * signature, so the work is ordered cheapest first and bounded per client address:
@@ -47,39 +48,49 @@ static void grant_cleanup(struct scep_grant *g)
     free(g->enrollment_id);
 }
 
-static int authorize_pkcsreq(struct app *app, const scep_request *req, struct scep_grant *g)
-{
-    const char *challenge = scep_request_challenge(req);
-    if (challenge == NULL || !secret_token_well_formed(challenge))
-        return -1;
-    char hash[SECRET_HASH_LEN + 1];
-    secret_hash(challenge, hash);
-    return storage_challenge_consume(app->st, hash, app_now(app), &g->user_id, &g->session_hash) ==
-                   0
-               ? 0
-               : -1;
-}
-
 /*
- * An enrollment that may still renew its identity: enrolled, and not cut off by the
- * re-authentication policy or an administrator. "revoked" is the state of
- * POST /api/v1/enrollments/{id}/revoke.
+ * An enrollment that may still renew its identity: enrolled, of the user the certificate will be
+ * issued to, and not cut off by the re-authentication policy or an administrator. "revoked" is
+ * the state of POST /api/v1/enrollments/{id}/revoke.
  */
-static int may_renew(struct app *app, const char *enrollment_id, const char **why)
+static int may_renew(struct app *app, const char *enrollment_id, int64_t user_id, const char **why)
 {
     st_enrollment e = {0};
     int rc = storage_enrollment_get(app->st, enrollment_id, &e);
     const char *state = e.auth_state ? e.auth_state : "";
     if (rc != ST_OK)
-        *why = "unknown_enrollment";
+        *why = rc == ST_ENOTFOUND ? "unknown_enrollment" : "storage";
     else if (e.unenrolled_at || strcmp(state, "unenrolled") == 0)
         *why = "unenrolled";
     else if (strcmp(state, "reauth_failed") == 0)
         *why = "reauth_failed";
     else if (strcmp(state, "revoked") == 0)
         *why = "revoked";
+    else if (e.user_id != user_id)
+        *why = "other_user";
     st_enrollment_cleanup(&e);
     return *why == NULL ? 0 : -1;
+}
+
+/*
+ * PKCSReq: the one-time challenge of an enrollment profile, consumed here. A renewal challenge
+ * (sent by mdm/renewal.c in the replacement profile) names the enrollment it renews: the
+ * certificate is recorded for that enrollment, which must still be allowed to renew.
+ */
+static int authorize_pkcsreq(struct app *app, const scep_request *req, struct scep_grant *g,
+                             const char **why)
+{
+    const char *challenge = scep_request_challenge(req);
+    char hash[SECRET_HASH_LEN + 1];
+    *why = "challenge";
+    if (challenge == NULL || !secret_token_well_formed(challenge))
+        return -1;
+    secret_hash(challenge, hash);
+    if (storage_challenge_consume_bound(app->st, hash, app_now(app), &g->user_id, &g->session_hash,
+                                        &g->enrollment_id) != 0)
+        return -1;
+    *why = NULL;
+    return g->enrollment_id ? may_renew(app, g->enrollment_id, g->user_id, why) : 0;
 }
 
 /* RenewalReq: checked before the envelope is opened, from the signed part alone. */
@@ -103,7 +114,7 @@ static int authorize_renewal(struct app *app, const scep_request *req, struct sc
     if (rc != 0 || old.revoked_at != 0) {
         *why = rc != 0 ? "signer_unknown" : "signer_revoked";
         rc = -1;
-    } else if (g->enrollment_id && may_renew(app, g->enrollment_id, why) != 0) {
+    } else if (g->enrollment_id && may_renew(app, g->enrollment_id, old.user_id, why) != 0) {
         rc = -1;
     } else {
         g->user_id = old.user_id;
@@ -145,8 +156,10 @@ static int issue(struct app *app, const scep_request *req, crypto_cert **issued)
     char cn[37];
     crypto_uuid(cn);
     const char *org = config_get(app->cfg, "org_name");
-    return scep_issue_cert(app->scep, req, cn, org && org[0] ? org : "Orchard",
-                           (int)config_get_int(app->cfg, "scep_cert_days"), issued);
+    /* Valid from the server's now (the debug clock moves it in tests; the wall clock else). */
+    return scep_issue_cert_at(app->scep, req, cn, org && org[0] ? org : "Orchard",
+                              (int)config_get_int(app->cfg, "scep_cert_days"), (time_t)app_now(app),
+                              issued);
 }
 
 /* Counts a refusal against the client's budget (see the top of the file). */
@@ -180,17 +193,16 @@ static int answer(struct app *app, scep_request *req, const char *rid, const cha
         grant_cleanup(&g);
         return 1;
     }
-    if (ok && type == SCEP_PKCS_REQ && authorize_pkcsreq(app, req, &g) != 0) {
+    if (ok && type == SCEP_PKCS_REQ && authorize_pkcsreq(app, req, &g, &why) != 0)
         ok = 0;
-        why = "challenge";
-    }
     if (ok && (issue(app, req, &issued) != 0 || record_cert(app, issued, &g) != 0)) {
         ok = 0;
         why = "issue_failed";
     }
     if (ok) {
         rc = scep_reply_success(app->scep, req, issued, der, len);
-        log_info("event=scep_issued rid=%s type=%d user=%lld", rid, type, (long long)g.user_id);
+        log_info("event=scep_issued rid=%s type=%d user=%lld enrollment=%s", rid, type,
+                 (long long)g.user_id, g.enrollment_id ? g.enrollment_id : "-");
     } else {
         rc = scep_reply_failure(app->scep, req, SCEP_FAIL_BAD_REQUEST, der, len);
         log_warn("event=scep_refused rid=%s type=%d reason=%s", rid, type, why);

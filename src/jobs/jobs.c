@@ -1,5 +1,6 @@
 /*
- * The scheduler thread: the re-authentication policy on every tick, and once an hour the
+ * The scheduler thread: the re-authentication policy and identity renewal on every tick, and
+ * once an hour the
  * retention of everything that grows with traffic (command history, audit events, sign-in
  * failure windows, SCEP challenges, unbound session tokens; pending federated sign-ins are
  * pruned each time one is added, see storage_oidc_pending_add).
@@ -14,6 +15,7 @@
 #include "auth/reauth.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "mdm/renewal.h"
 
 struct jobs {
     struct app *app;
@@ -77,6 +79,7 @@ static void prune(jobs *j)
 void jobs_run_once(struct app *app)
 {
     reauth_sweep(app);
+    renewal_sweep(app); /* identity renewal (mdm/renewal.h) */
 }
 
 static void *jobs_main(void *arg)

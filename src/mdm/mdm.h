@@ -85,8 +85,9 @@ int mdm_check_session(struct app *app, http_request *req, http_response *res, st
  */
 int mdm_cert_owner(struct app *app, const struct mdm_request *m, int64_t *user_id);
 /*
- * Checks that the request's certificate is the one bound to the enrollment, or a renewal of it
- * (issued by our CA to the same user), which is then bound. On refusal fills res (403).
+ * Checks that the request's certificate is the one bound to the enrollment, or a certificate
+ * Orchard issued for the renewal of this enrollment (renewal_accept_identity, mdm/renewal.h),
+ * which then replaces it. On refusal fills res (403; 503 when storage failed).
  */
 int mdm_check_identity(struct app *app, http_request *req, http_response *res,
                        struct mdm_request *m, const st_enrollment *e);

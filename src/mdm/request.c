@@ -11,6 +11,7 @@
 #include "mdm/identity.h"
 #include "mdm/mdm.h"
 #include "mdm/platform.h"
+#include "mdm/renewal.h"
 #include "mdm/ue_rules.h"
 
 static int valid_id(const char *s)
@@ -262,14 +263,9 @@ int mdm_check_identity(struct app *app, http_request *req, http_response *res,
 {
     if (strcmp(e->cert_fingerprint ? e->cert_fingerprint : "", m->fp) == 0)
         return 0; /* the hot path: the bound certificate */
-    /* Renewal (PROTOCOL.md 10.3): a newer certificate of ours for the same enrollment/user. */
-    int64_t owner = 0;
-    int rc = mdm_cert_owner(app, m, &owner);
-    if (rc == 0 && owner != e->user_id)
-        rc = -2;
-    if (rc == 0 && (storage_cert_set_enrollment(app->st, m->fp, m->id) != 0 ||
-                    storage_enrollment_set_cert(app->st, m->id, m->fp) != 0))
-        rc = ST_ERROR;
+    /* Another certificate is accepted only as a renewal issued for this enrollment (PROTOCOL.md
+     * 10.3, docs/DECISIONS.md "Device identity"), which it then replaces. */
+    int rc = renewal_accept_identity(app, e, m->fp, req->request_id);
     if (rc == ST_ERROR) {
         http_response_error(res, 503, "storage unavailable");
         return -1;
@@ -280,7 +276,6 @@ int mdm_check_identity(struct app *app, http_request *req, http_response *res,
         http_response_error(res, 403, "device identity not accepted for this enrollment");
         return -1;
     }
-    log_info("event=identity_renewed rid=%s enrollment=%s", req->request_id, m->id);
     return 0;
 }
 

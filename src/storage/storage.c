@@ -965,3 +965,84 @@ int storage_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
     assert(st != NULL && fn != NULL);
     STORAGE_CALL(st, item_state_enrollments, item_kind, item_id, fn, ctx);
 }
+
+/* ---- identity renewal ---- */
+
+void st_renewal_cleanup(st_renewal *r)
+{
+    if (r == NULL)
+        return;
+    free(r->enrollment_id);
+    free(r->old_fingerprint);
+    free(r->state);
+    free(r->challenge_hash);
+    free(r->command_uuid);
+    free(r->new_fingerprint);
+    free(r->last_error);
+    memset(r, 0, sizeof(*r));
+}
+
+int storage_challenge_add_renewal(storage *st, const char *challenge_hash, int64_t user_id,
+                                  const char *session_hash, const char *enrollment_id,
+                                  int64_t expires_at)
+{
+    assert(st != NULL && challenge_hash != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, challenge_add_renewal, challenge_hash, user_id, session_hash, enrollment_id,
+                 expires_at);
+}
+
+int storage_challenge_consume_bound(storage *st, const char *challenge_hash, int64_t now,
+                                    int64_t *user_id, char **session_hash, char **enrollment_id)
+{
+    assert(st != NULL && challenge_hash != NULL && user_id != NULL && session_hash != NULL &&
+           enrollment_id != NULL);
+    *user_id = 0;
+    *session_hash = NULL;
+    *enrollment_id = NULL;
+    STORAGE_CALL(st, challenge_consume_bound, challenge_hash, now, user_id, session_hash,
+                 enrollment_id);
+}
+
+int storage_renewal_get(storage *st, const char *enrollment_id, st_renewal *out)
+{
+    assert(st != NULL && enrollment_id != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, renewal_get, enrollment_id, out);
+}
+
+int storage_renewal_put(storage *st, st_renewal *r, int64_t expect_version)
+{
+    assert(st != NULL && r != NULL && r->enrollment_id != NULL && r->old_fingerprint != NULL &&
+           r->state != NULL);
+    STORAGE_CALL(st, renewal_put, r, expect_version);
+}
+
+int storage_renewal_candidates(storage *st, int64_t expires_before, int limit,
+                               int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL && limit > 0);
+    STORAGE_CALL(st, renewal_candidates, expires_before, limit, fn, ctx);
+}
+
+int storage_renewal_due(storage *st, int64_t now, int64_t errors_since, int limit,
+                        int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL && limit > 0);
+    STORAGE_CALL(st, renewal_due, now, errors_since, limit, fn, ctx);
+}
+
+int storage_identity_rotate(storage *st, const char *enrollment_id, const char *root_id,
+                            const char *old_fp, const char *new_fp, int64_t now, int *renewal_done)
+{
+    assert(st != NULL && enrollment_id != NULL && root_id != NULL && old_fp != NULL &&
+           new_fp != NULL && renewal_done != NULL);
+    *renewal_done = 0;
+    STORAGE_CALL(st, identity_rotate, enrollment_id, root_id, old_fp, new_fp, now, renewal_done);
+}
+
+int storage_identity_count_expiring(storage *st, int64_t after, int64_t before, int64_t *count)
+{
+    assert(st != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, identity_count_expiring, after, before, count);
+}

@@ -620,6 +620,85 @@ int storage_item_state_clear(storage *st, const char *enrollment_id);
 int storage_item_state_enrollments(storage *st, int item_kind, int64_t item_id,
                                    int (*fn)(const char *enrollment_id, void *ctx), void *ctx);
 
+/* ---- identity renewal (PROTOCOL.md 10.3, mdm/renewal.h; migration 13) ---- */
+
+/*
+ * A one-time SCEP challenge for renewing the identity of enrollment_id: as storage_challenge_add,
+ * and bound to that enrollment, so that the certificate it produces is recorded for it.
+ */
+int storage_challenge_add_renewal(storage *st, const char *challenge_hash, int64_t user_id,
+                                  const char *session_hash, const char *enrollment_id,
+                                  int64_t expires_at);
+/*
+ * storage_challenge_consume that also returns the enrollment the challenge was issued for
+ * (*enrollment_id: new string; NULL for the challenge of a first enrollment).
+ */
+int storage_challenge_consume_bound(storage *st, const char *challenge_hash, int64_t now,
+                                    int64_t *user_id, char **session_hash, char **enrollment_id);
+
+/*
+ * The renewal of one enrollment's identity certificate (one row per device channel; a new
+ * renewal of a later certificate replaces the row). States: "pending" (an attempt is out, or
+ * the next one is due at next_attempt_at), "held" (the enrollment may not renew now; checked
+ * again at next_attempt_at), and the final "done", "expired", "cancelled".
+ */
+typedef struct st_renewal {
+    char *enrollment_id;   /* the device channel */
+    char *old_fingerprint; /* the certificate being replaced */
+    int64_t expires_at;    /* its notAfter */
+    char *state;
+    int attempts;            /* attempts started so far */
+    int64_t next_attempt_at; /* pending: when the attempt out counts as failed, or the next
+                              * one starts; held: the next check */
+    char *challenge_hash;    /* the SCEP challenge of the attempt out; NULL when none */
+    char *command_uuid;      /* its InstallProfile; NULL when none */
+    char *new_fingerprint;   /* done: the certificate that replaced it */
+    char *last_error;        /* why the last attempt failed; NULL if none did */
+    int64_t started_at;
+    int64_t updated_at;
+    int64_t version; /* raised by every write: the compare-and-set of storage_renewal_put */
+} st_renewal;
+
+void st_renewal_cleanup(st_renewal *r);
+int storage_renewal_get(storage *st, const char *enrollment_id, st_renewal *out);
+/*
+ * Writes the row of r->enrollment_id (every field but version) if the stored row still has
+ * version expect_version, or creates it if there is none yet (callers then pass 0): a
+ * compare-and-set, so of several instances exactly one starts each attempt. Sets r->version to
+ * the new version (1 for a new row). ST_ECONFLICT when the row changed meanwhile.
+ */
+int storage_renewal_put(storage *st, st_renewal *r, int64_t expect_version);
+/*
+ * Device channels (enrolled) whose bound, unrevoked certificate expires at or before
+ * expires_before and that have no renewal row for that certificate yet, soonest expiry first,
+ * at most limit. Each record has enrollment_id, old_fingerprint, expires_at and the version of
+ * the row of an earlier certificate (0 if none), for storage_renewal_put. No statement is open
+ * while fn runs; early stop as storage_user_list.
+ */
+int storage_renewal_candidates(storage *st, int64_t expires_before, int limit,
+                               int (*fn)(const st_renewal *r, void *ctx), void *ctx);
+/*
+ * Renewals to look at now: "pending" or "held" rows with next_attempt_at <= now, and "pending"
+ * rows whose InstallProfile ended in Error or CommandFormatError at or after errors_since; at
+ * most limit, soonest first. Callbacks as storage_renewal_candidates.
+ */
+int storage_renewal_due(storage *st, int64_t now, int64_t errors_since, int limit,
+                        int (*fn)(const st_renewal *r, void *ctx), void *ctx);
+/*
+ * The device used a new certificate (new_fp) for the first time: in one transaction, the
+ * enrollment's certificate becomes new_fp if it still is old_fp (else ST_ECONFLICT and nothing
+ * changes), every other unrevoked certificate of root_id (the device channel) and old_fp itself
+ * are revoked, and the renewal of old_fp on root_id, if any, becomes "done" (*renewal_done = 1
+ * when this call finished it).
+ */
+int storage_identity_rotate(storage *st, const char *enrollment_id, const char *root_id,
+                            const char *old_fp, const char *new_fp, int64_t now, int *renewal_done);
+/*
+ * The enrolled device channels whose bound, unrevoked certificate expires in (after, before]
+ * (metrics).
+ */
+int storage_identity_count_expiring(storage *st, int64_t after, int64_t before, int64_t *count);
+
 /* ---- test fault injection (config debug_faults; see storage_impl.h) ---- */
 
 /*

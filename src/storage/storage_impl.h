@@ -150,6 +150,21 @@ struct storage_ops {
     int (*item_state_enrollments)(storage *st, int item_kind, int64_t item_id,
                                   int (*fn)(const char *enrollment_id, void *ctx), void *ctx);
 
+    int (*challenge_add_renewal)(storage *st, const char *challenge_hash, int64_t user_id,
+                                 const char *session_hash, const char *enrollment_id,
+                                 int64_t expires_at);
+    int (*challenge_consume_bound)(storage *st, const char *challenge_hash, int64_t now,
+                                   int64_t *user_id, char **session_hash, char **enrollment_id);
+    int (*renewal_get)(storage *st, const char *enrollment_id, st_renewal *out);
+    int (*renewal_put)(storage *st, st_renewal *r, int64_t expect_version);
+    int (*renewal_candidates)(storage *st, int64_t expires_before, int limit,
+                              int (*fn)(const st_renewal *r, void *ctx), void *ctx);
+    int (*renewal_due)(storage *st, int64_t now, int64_t errors_since, int limit,
+                       int (*fn)(const st_renewal *r, void *ctx), void *ctx);
+    int (*identity_rotate)(storage *st, const char *enrollment_id, const char *root_id,
+                           const char *old_fp, const char *new_fp, int64_t now, int *renewal_done);
+    int (*identity_count_expiring)(storage *st, int64_t after, int64_t before, int64_t *count);
+
     /*
      * Optional test hook (may be NULL): make the backend's Nth subsequent database round trip
      * (statement step, BEGIN, COMMIT; never ROLLBACK) fail as an I/O error would; 0 disarms.

@@ -486,6 +486,98 @@ class Device:
         self.use_identity(self.cert_path, self.key_path)
         return self.cert_path
 
+    # --- 10.3 identity renewal (a replacement of the enrollment profile) -----------------------
+    # The keys iOS refuses to see change when a profile replaces the installed one (PROTOCOL 6.3).
+    FROZEN_MDM_KEYS = ("Topic", "ServerURL", "CheckInURL", "AssignedManagedAppleID", "EnrollmentMode",
+                       "RequiredAppIDForMDM")
+
+    def profile_from_install(self, command):
+        """The profile an InstallProfile carries: a CMS-signed one is checked with `openssl cms
+        -verify` against the profile-signing CA (as verify_profile does), a plain one parsed."""
+        payload = (command.get("Command") or {}).get("Payload")
+        if not isinstance(payload, bytes) or not payload:
+            raise DeviceError("InstallProfile without a <data> Payload")
+        if payload[:1] != b"\x30":
+            return plistlib.loads(payload)
+        d = tempfile.mkdtemp(prefix="install-", dir=self.workdir)
+        src, out = os.path.join(d, "profile.der"), os.path.join(d, "profile.plist")
+        with open(src, "wb") as f:
+            f.write(payload)
+        cmd = ["openssl", "cms", "-verify", "-inform", "DER", "-in", src, "-out", out, "-binary"]
+        cmd += ["-CAfile", self.signing_ca] if self.signing_ca else ["-noverify"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise DeviceError("openssl cms -verify of the InstallProfile payload failed: %s" % p.stderr.strip())
+        with open(out, "rb") as f:
+            return plistlib.loads(f.read())
+
+    @staticmethod
+    def payload_of(profile, payload_type):
+        found = [p for p in profile.get("PayloadContent") or [] if isinstance(p, dict)
+                 and p.get("PayloadType") == payload_type]
+        if len(found) != 1:
+            raise DeviceError("profile must hold exactly one %s payload, has %d" % (payload_type, len(found)))
+        return found[0]
+
+    def replacement_problems(self, new):
+        """Why iOS would reject `new` as an update of the installed enrollment profile (its
+        frozen com.apple.mdm keys changed), or [] if it would install it."""
+        old = self.profile or {}
+        if new.get("PayloadIdentifier") != old.get("PayloadIdentifier"):
+            return ["top-level PayloadIdentifier %r is not the installed %r"
+                    % (new.get("PayloadIdentifier"), old.get("PayloadIdentifier"))]
+        om, nm = self.payload_of(old, "com.apple.mdm"), self.payload_of(new, "com.apple.mdm")
+        bad = ["%s changed: %r -> %r" % (k, om.get(k), nm.get(k)) for k in self.FROZEN_MDM_KEYS
+               if om.get(k) != nm.get(k)]
+        cap = "com.apple.mdm.per-user-connections"
+        if (cap in (om.get("ServerCapabilities") or [])) != (cap in (nm.get("ServerCapabilities") or [])):
+            bad.append("%s added or removed" % cap)
+        return bad
+
+    def renew_identity(self, command, challenge=DEFAULT):
+        """Installs a replacement of the enrollment profile as iOS does (PROTOCOL 10.3): refuses it
+        if a frozen key changed (DeviceError), runs scepclient against the SCEP payload's URL
+        with its challenge (a new key; ScepError if no certificate comes back) and uses the new
+        identity from then on. Returns the new profile."""
+        new = self.profile_from_install(command)
+        problems = self.replacement_problems(new)
+        if problems:
+            raise DeviceError("the replacement profile would be rejected: " + "; ".join(problems))
+        mdm = self.payload_of(new, "com.apple.mdm")
+        scep = [p for p in new["PayloadContent"] if isinstance(p, dict)
+                and p.get("PayloadUUID") == mdm.get("IdentityCertificateUUID")]
+        if len(scep) != 1 or scep[0].get("PayloadType") != "com.apple.security.scep":
+            raise DeviceError("IdentityCertificateUUID does not name the SCEP payload of the replacement")
+        content = scep[0].get("PayloadContent") or {}
+        self.scep_url = content.get("URL") or self.scep_url
+        self.scep_challenge = content.get("Challenge")
+        self.scep_enroll(challenge=self.scep_challenge if challenge is DEFAULT else challenge)
+        self.profile, self.mdm_payload, self.scep_payload = new, mdm, scep[0]
+        return new
+
+    def renewal_responder(self, challenge=DEFAULT, on_renewal=None):
+        """A run_commands responder that renews the identity when the enrollment profile is
+        replaced (and answers Acknowledged, signed with the new identity, as iOS reports after
+        installing) or answers Error with an ErrorChain when SCEP fails; other commands get the
+        canned results. on_renewal(profile) is called after each renewal."""
+        def respond(cmd):
+            c = cmd["Command"]
+            if c.get("RequestType") == "InstallProfile":
+                prof = self.profile_from_install(cmd)
+                if self.profile and prof.get("PayloadIdentifier") == self.profile.get("PayloadIdentifier"):
+                    try:
+                        self.renew_identity(cmd, challenge=challenge)
+                    except ScepError as e:
+                        return "Error", {"ErrorChain": [{
+                            "ErrorCode": 22013, "ErrorDomain": "MCSCEPErrorDomain",
+                            "LocalizedDescription": "The SCEP server returned an invalid response.",
+                            "USEnglishDescription": str(e)[:200]}]}
+                    if on_renewal:
+                        on_renewal(prof)
+                    return "Acknowledged", {}
+            return "Acknowledged", canned_result(c)
+        return respond
+
     def use_identity(self, cert_path, key_path):
         self.cert_path, self.key_path = cert_path, key_path
         self.cert = pki.load_cert(cert_path)

@@ -332,13 +332,37 @@ static const char pg_schema_v12[] =
     " created_at BIGINT NOT NULL);"
     "ALTER TABLE oidc_pending ADD COLUMN reauth_ticket TEXT;";
 
+/* Migration 13 (as sqlite.c's): identity renewal. */
+static const char pg_schema_v13[] =
+    "ALTER TABLE scep_challenges ADD COLUMN enrollment_id TEXT COLLATE \"C\";"
+    "CREATE TABLE identity_renewals ("
+    " enrollment_id TEXT COLLATE \"C\" PRIMARY KEY,"
+    " old_fingerprint TEXT COLLATE \"C\" NOT NULL,"
+    " expires_at BIGINT NOT NULL,"
+    " state TEXT COLLATE \"C\" NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt_at BIGINT NOT NULL DEFAULT 0,"
+    " challenge_hash TEXT COLLATE \"C\","
+    " command_uuid TEXT COLLATE \"C\","
+    " new_fingerprint TEXT COLLATE \"C\","
+    " last_error TEXT,"
+    " started_at BIGINT NOT NULL,"
+    " updated_at BIGINT NOT NULL,"
+    " version BIGINT NOT NULL DEFAULT 1);"
+    "CREATE INDEX identity_renewals_due ON identity_renewals (next_attempt_at)"
+    " WHERE state IN ('pending', 'held');"
+    "CREATE INDEX identity_renewals_command ON identity_renewals (command_uuid)"
+    " WHERE command_uuid IS NOT NULL;"
+    "CREATE INDEX certs_live_expiry ON certs (not_after) WHERE revoked_at = 0;";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
-    pg_schema_v1, pg_schema_v2, pg_schema_v3, pg_schema_v4,  pg_schema_v5,  pg_schema_v6,
-    pg_schema_v7, pg_schema_v8, pg_schema_v9, pg_schema_v10, pg_schema_v11, pg_schema_v12,
+    pg_schema_v1,  pg_schema_v2,  pg_schema_v3,  pg_schema_v4, pg_schema_v5,
+    pg_schema_v6,  pg_schema_v7,  pg_schema_v8,  pg_schema_v9, pg_schema_v10,
+    pg_schema_v11, pg_schema_v12, pg_schema_v13,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -465,9 +489,25 @@ enum pg_stmt_id {
     PG_SESSION_PRUNE_UNBOUND,
     PG_SECRET_ADD,
     PG_SECRET_GET,
+    PG_CHALLENGE_ADD_RENEWAL,
+    PG_RENEWAL_GET,
+    PG_RENEWAL_PUT,
+    PG_RENEWAL_CANDIDATES,
+    PG_RENEWAL_DUE,
+    PG_ROTATE_ENROLLMENT,
+    PG_ROTATE_CERTS,
+    PG_ROTATE_RENEWAL,
+    PG_IDENTITY_COUNT_EXPIRING,
     PG_NSTMT
 };
 
+/* Identity renewal (migration 13), as sqlite.c's RENEWAL_COLS, SQ_BOUND_FROM, SQ_BOUND_WHERE. */
+#define RENEWAL_COLS                                                                               \
+    "enrollment_id, old_fingerprint, expires_at, state, attempts, next_attempt_at, "               \
+    "challenge_hash, command_uuid, new_fingerprint, last_error, started_at, updated_at, version"
+#define PG_BOUND_FROM                                                                              \
+    "certs c JOIN enrollments e ON e.id = c.enrollment_id AND e.cert_fingerprint = c.fingerprint"
+#define PG_BOUND_WHERE "c.revoked_at = 0 AND e.type = 1 AND e.unenrolled_at = 0"
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
     "token_hash, user_id, method, issued_at, expires_at, enrollment_id, revoked_at, machine_info"
@@ -580,7 +620,7 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     /* The claim: of concurrent consumers, the one whose UPDATE runs first wins. */
     [PG_CHALLENGE_CONSUME] = {"UPDATE scep_challenges SET used = 1, used_at = $2"
                               " WHERE challenge_hash = $1 AND used = 0 AND expires_at > $2"
-                              " RETURNING user_id, session_hash",
+                              " RETURNING user_id, session_hash, enrollment_id",
                               ONCE},
     [PG_CHALLENGE_GET] = {"SELECT used FROM scep_challenges WHERE challenge_hash = $1", RETRY},
     [PG_CERT_ADD] = {"INSERT INTO certs (" CERT_COLS
@@ -941,6 +981,54 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
                        "ON CONFLICT (name) DO NOTHING",
                        RETRY},
     [PG_SECRET_GET] = {"SELECT value FROM server_secrets WHERE name = $1", RETRY},
+
+    /* ---- identity renewal (migration 13; sqlite.c's SQ_SQL_RENEWAL) ---- */
+    [PG_CHALLENGE_ADD_RENEWAL] = {"INSERT INTO scep_challenges (challenge_hash, user_id, "
+                                  "session_hash, enrollment_id, expires_at) VALUES ($1, $2, $3, "
+                                  "$4, $5)",
+                                  ONCE},
+    [PG_RENEWAL_GET] = {"SELECT " RENEWAL_COLS " FROM identity_renewals WHERE enrollment_id = $1",
+                        RETRY},
+    /* The compare-and-set: of concurrent writers expecting one version, one changes the row. */
+    [PG_RENEWAL_PUT] =
+        {"INSERT INTO identity_renewals (" RENEWAL_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, "
+         "$8, $9, $10, $11, $12, 1) ON CONFLICT (enrollment_id) DO UPDATE SET "
+         "old_fingerprint = excluded.old_fingerprint, expires_at = excluded.expires_at, "
+         "state = excluded.state, attempts = excluded.attempts, "
+         "next_attempt_at = excluded.next_attempt_at, challenge_hash = excluded.challenge_hash, "
+         "command_uuid = excluded.command_uuid, new_fingerprint = excluded.new_fingerprint, "
+         "last_error = excluded.last_error, started_at = excluded.started_at, "
+         "updated_at = excluded.updated_at, version = identity_renewals.version + 1 "
+         "WHERE identity_renewals.version = $13 RETURNING version",
+         ONCE},
+    [PG_RENEWAL_CANDIDATES] =
+        {"SELECT e.id, c.fingerprint, c.not_after, coalesce(r.version, 0) FROM " PG_BOUND_FROM
+         " LEFT JOIN identity_renewals r ON r.enrollment_id = e.id WHERE " PG_BOUND_WHERE
+         " AND c.not_after <= $1 AND (r.enrollment_id IS NULL OR "
+         "r.old_fingerprint <> c.fingerprint) ORDER BY c.not_after LIMIT $2",
+         RETRY},
+    [PG_RENEWAL_DUE] =
+        {"SELECT " RENEWAL_COLS " FROM identity_renewals WHERE state IN ('pending', 'held') AND "
+         "next_attempt_at <= $1 UNION SELECT r.enrollment_id, r.old_fingerprint, r.expires_at, "
+         "r.state, r.attempts, r.next_attempt_at, r.challenge_hash, r.command_uuid, "
+         "r.new_fingerprint, r.last_error, r.started_at, r.updated_at, r.version "
+         "FROM command_history h JOIN identity_renewals r ON r.command_uuid = h.uuid "
+         "WHERE h.completed_at >= $2 AND h.status IN (3, 4) AND r.state = 'pending' "
+         "ORDER BY 6 LIMIT $3",
+         RETRY},
+    [PG_ROTATE_ENROLLMENT] = {"UPDATE enrollments SET cert_fingerprint = $3 WHERE id = $1 AND "
+                              "cert_fingerprint = $2",
+                              ONCE},
+    [PG_ROTATE_CERTS] = {"UPDATE certs SET revoked_at = $4 WHERE (enrollment_id = $1 OR "
+                         "fingerprint = $2) AND fingerprint <> $3 AND revoked_at = 0",
+                         ONCE},
+    [PG_ROTATE_RENEWAL] = {"UPDATE identity_renewals SET state = 'done', new_fingerprint = $3, "
+                           "challenge_hash = NULL, updated_at = $4, version = version + 1 "
+                           "WHERE enrollment_id = $1 AND old_fingerprint = $2 AND state <> 'done'",
+                           ONCE},
+    [PG_IDENTITY_COUNT_EXPIRING] = {"SELECT count(*) FROM " PG_BOUND_FROM " WHERE " PG_BOUND_WHERE
+                                    " AND c.not_after > $1 AND c.not_after <= $2",
+                                    RETRY},
 };
 
 /* ---- connections ---- */
@@ -1855,8 +1943,9 @@ static int pg_challenge_add(storage *st, const char *challenge_hash, int64_t use
     return pg_run(conn_get(st), PG_CHALLENGE_ADD, &p, "challenge_add", 0, NULL);
 }
 
-static int pg_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
-                                int64_t *user_id, char **session_hash)
+/* Consumes a challenge; enrollment_id (may be NULL) receives the enrollment it renews. */
+static int pg_challenge_take(storage *st, const char *challenge_hash, int64_t now, int64_t *user_id,
+                             char **session_hash, char **enrollment_id)
 {
     static const char op[] = "challenge_consume";
     struct pg_conn *c = conn_get(st);
@@ -1868,6 +1957,8 @@ static int pg_challenge_consume(storage *st, const char *challenge_hash, int64_t
     if (rc == ST_OK) {
         *user_id = col_int(r, 0, 0);
         *session_hash = col_text(r, 0, 1);
+        if (enrollment_id)
+            *enrollment_id = col_text(r, 0, 2);
         PQclear(r);
         return ST_OK;
     }
@@ -1882,6 +1973,12 @@ static int pg_challenge_consume(storage *st, const char *challenge_hash, int64_t
         rc = col_int(r, 0, 0) ? ST_ECONFLICT : ST_ENOTFOUND;
     PQclear(r);
     return rc;
+}
+
+static int pg_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
+                                int64_t *user_id, char **session_hash)
+{
+    return pg_challenge_take(st, challenge_hash, now, user_id, session_hash, NULL);
 }
 
 static int pg_cert_add(storage *st, const st_cert *x)
@@ -3440,6 +3537,183 @@ static int pg_item_state_enrollments(storage *st, int item_kind, int64_t item_id
     return pg_lib_list_all(st, PG_LIB_STATE_ENROLLMENTS, &p, &l, "item_state_enrollments");
 }
 
+/* ---- identity renewal (migration 13) ---- */
+
+static int pg_challenge_add_renewal(storage *st, const char *challenge_hash, int64_t user_id,
+                                    const char *session_hash, const char *enrollment_id,
+                                    int64_t expires_at)
+{
+    struct pg_params p = {0};
+    p_text(&p, challenge_hash);
+    p_ref(&p, user_id);
+    p_text(&p, session_hash);
+    p_text(&p, enrollment_id);
+    p_int(&p, expires_at);
+    return pg_run(conn_get(st), PG_CHALLENGE_ADD_RENEWAL, &p, "challenge_add_renewal", 0, NULL);
+}
+
+static int pg_challenge_consume_bound(storage *st, const char *challenge_hash, int64_t now,
+                                      int64_t *user_id, char **session_hash, char **enrollment_id)
+{
+    return pg_challenge_take(st, challenge_hash, now, user_id, session_hash, enrollment_id);
+}
+
+static void read_renewal(const PGresult *r, int i, st_renewal *x)
+{
+    x->enrollment_id = col_text(r, i, 0);
+    x->old_fingerprint = col_text(r, i, 1);
+    x->expires_at = col_int(r, i, 2);
+    x->state = col_text(r, i, 3);
+    x->attempts = (int)col_int(r, i, 4);
+    x->next_attempt_at = col_int(r, i, 5);
+    x->challenge_hash = col_text(r, i, 6);
+    x->command_uuid = col_text(r, i, 7);
+    x->new_fingerprint = col_text(r, i, 8);
+    x->last_error = col_text(r, i, 9);
+    x->started_at = col_int(r, i, 10);
+    x->updated_at = col_int(r, i, 11);
+    x->version = col_int(r, i, 12);
+}
+
+/* A row of PG_RENEWAL_CANDIDATES: the identity and the earlier row's version. */
+static void read_renewal_candidate(const PGresult *r, int i, st_renewal *x)
+{
+    x->enrollment_id = col_text(r, i, 0);
+    x->old_fingerprint = col_text(r, i, 1);
+    x->expires_at = col_int(r, i, 2);
+    x->version = col_int(r, i, 3);
+}
+
+static int pg_renewal_get(storage *st, const char *enrollment_id, st_renewal *out)
+{
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_RENEWAL_GET, &p, "renewal_get", &r);
+    if (rc == ST_OK)
+        read_renewal(r, 0, out);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_renewal_put(storage *st, st_renewal *x, int64_t expect_version)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->enrollment_id);
+    p_text(&p, x->old_fingerprint);
+    p_int(&p, x->expires_at);
+    p_text(&p, x->state);
+    p_int(&p, x->attempts);
+    p_int(&p, x->next_attempt_at);
+    p_text(&p, x->challenge_hash);
+    p_text(&p, x->command_uuid);
+    p_text(&p, x->new_fingerprint);
+    p_text(&p, x->last_error);
+    p_int(&p, x->started_at);
+    p_int(&p, x->updated_at);
+    p_int(&p, expect_version);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_RENEWAL_PUT, &p, "renewal_put", &r);
+    if (rc == ST_OK)
+        x->version = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc; /* no row back: another version */
+}
+
+/* Runs a renewal listing and calls fn on each row once the result is complete (fn writes). */
+static int pg_renewal_rows(storage *st, enum pg_stmt_id id, const struct pg_params *p,
+                           void (*read)(const PGresult *r, int i, st_renewal *x),
+                           int (*fn)(const st_renewal *r, void *ctx), void *ctx, const char *op)
+{
+    PGresult *r;
+    int ret = pg_exec(conn_get(st), id, p, op, &r);
+    if (ret != ST_OK)
+        return ret;
+    int n = PQntuples(r);
+    for (int i = 0; i < n && ret == ST_OK; i++) {
+        st_renewal x = {0};
+        read(r, i, &x);
+        ret = fn(&x, ctx);
+        st_renewal_cleanup(&x);
+    }
+    PQclear(r);
+    return ret;
+}
+
+static int pg_renewal_candidates(storage *st, int64_t expires_before, int limit,
+                                 int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    struct pg_params p = {0};
+    p_int(&p, expires_before);
+    p_int(&p, limit);
+    return pg_renewal_rows(st, PG_RENEWAL_CANDIDATES, &p, read_renewal_candidate, fn, ctx,
+                           "renewal_candidates");
+}
+
+static int pg_renewal_due(storage *st, int64_t now, int64_t errors_since, int limit,
+                          int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    struct pg_params p = {0};
+    p_int(&p, now);
+    p_int(&p, errors_since);
+    p_int(&p, limit);
+    return pg_renewal_rows(st, PG_RENEWAL_DUE, &p, read_renewal, fn, ctx, "renewal_due");
+}
+
+static int pg_identity_rotate(storage *st, const char *enrollment_id, const char *root_id,
+                              const char *old_fp, const char *new_fp, int64_t now,
+                              int *renewal_done)
+{
+    static const char op[] = "identity_rotate";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_text(&p, enrollment_id);
+    p_text(&p, old_fp);
+    p_text(&p, new_fp);
+    /* The row lock of this UPDATE orders concurrent rotations: the second one finds
+     * cert_fingerprint changed once the first commits, and changes nothing. */
+    rc = pg_run(c, PG_ROTATE_ENROLLMENT, &p, op, 1, NULL);
+    if (rc == ST_ENOTFOUND)
+        rc = ST_ECONFLICT;
+    if (rc != ST_OK)
+        goto out;
+    struct pg_params q = {0};
+    p_text(&q, root_id);
+    p_text(&q, old_fp);
+    p_text(&q, new_fp);
+    p_int(&q, now);
+    rc = pg_run(c, PG_ROTATE_CERTS, &q, op, 0, NULL);
+    if (rc != ST_OK)
+        goto out;
+    int64_t changed = 0;
+    rc = pg_run(c, PG_ROTATE_RENEWAL, &q, op, 0, &changed);
+    if (rc != ST_OK)
+        goto out;
+    rc = pg_commit(c, op);
+    if (rc == ST_OK)
+        *renewal_done = changed > 0;
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_identity_count_expiring(storage *st, int64_t after, int64_t before, int64_t *count)
+{
+    struct pg_params p = {0};
+    p_int(&p, after);
+    p_int(&p, before);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_IDENTITY_COUNT_EXPIRING, &p, "identity_count_expiring", &r);
+    if (rc == ST_OK)
+        *count = col_int(r, 0, 0);
+    PQclear(r);
+    return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+}
+
 static const struct storage_ops pgsql_ops = {
     .name = "pgsql",
     .close = pg_close,
@@ -3530,5 +3804,13 @@ static const struct storage_ops pgsql_ops = {
     .item_state_by_command = pg_item_state_by_command,
     .item_state_clear = pg_item_state_clear,
     .item_state_enrollments = pg_item_state_enrollments,
+    .challenge_add_renewal = pg_challenge_add_renewal,
+    .challenge_consume_bound = pg_challenge_consume_bound,
+    .renewal_get = pg_renewal_get,
+    .renewal_put = pg_renewal_put,
+    .renewal_candidates = pg_renewal_candidates,
+    .renewal_due = pg_renewal_due,
+    .identity_rotate = pg_identity_rotate,
+    .identity_count_expiring = pg_identity_count_expiring,
     .fail_step_after = pg_fail_step_after,
 };

@@ -346,11 +346,40 @@ static const char sq_schema_retention[] =
     " created_at INTEGER NOT NULL);"
     "ALTER TABLE oidc_pending ADD COLUMN reauth_ticket TEXT;";
 
+/*
+ * Migration 13, identity renewal (issue 15, mdm/renewal.h): a SCEP challenge may be bound to the
+ * enrollment whose identity it renews; one renewal row per device channel (the attempt out, its
+ * challenge and InstallProfile, the backoff, the version its compare-and-set writes check); the
+ * unrevoked certificates by expiry (the scheduler's and the metrics' range scans).
+ */
+static const char sq_schema_renewal[] =
+    "ALTER TABLE scep_challenges ADD COLUMN enrollment_id TEXT;"
+    "CREATE TABLE identity_renewals ("
+    " enrollment_id TEXT PRIMARY KEY,"
+    " old_fingerprint TEXT NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " state TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt_at INTEGER NOT NULL DEFAULT 0,"
+    " challenge_hash TEXT,"
+    " command_uuid TEXT,"
+    " new_fingerprint TEXT,"
+    " last_error TEXT,"
+    " started_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " version INTEGER NOT NULL DEFAULT 1);"
+    "CREATE INDEX identity_renewals_due ON identity_renewals (next_attempt_at)"
+    " WHERE state IN ('pending', 'held');"
+    "CREATE INDEX identity_renewals_command ON identity_renewals (command_uuid)"
+    " WHERE command_uuid IS NOT NULL;"
+    "CREATE INDEX certs_live_expiry ON certs (not_after) WHERE revoked_at = 0;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,       sq_schema_push,
     sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk,    sq_schema_webhooks,
     sq_schema_versions, sq_schema_failures, sq_schema_app_versions, sq_schema_retention,
+    sq_schema_renewal,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -483,6 +512,15 @@ enum sq_stmt_id {
     SQ_SESSION_PRUNE_UNBOUND,
     SQ_SECRET_ADD,
     SQ_SECRET_GET,
+    SQ_CHALLENGE_ADD_RENEWAL,
+    SQ_RENEWAL_GET,
+    SQ_RENEWAL_PUT,
+    SQ_RENEWAL_CANDIDATES,
+    SQ_RENEWAL_DUE,
+    SQ_ROTATE_ENROLLMENT,
+    SQ_ROTATE_CERTS,
+    SQ_ROTATE_RENEWAL,
+    SQ_IDENTITY_COUNT_EXPIRING,
     SQ_NSTMT
 };
 
@@ -515,6 +553,57 @@ enum sq_stmt_id {
     [SQ_SECRET_ADD] = "INSERT INTO server_secrets (name, value, created_at) VALUES (?1, ?2, ?3) "  \
                       "ON CONFLICT (name) DO NOTHING",                                             \
     [SQ_SECRET_GET] = "SELECT value FROM server_secrets WHERE name = ?1",
+
+/* Identity renewal (migration 13). A device channel's identity is the certificate bound to it:
+ * certs `c` joined to enrollments `e` both ways (SQ_BOUND_FROM), unrevoked, of an enrolled
+ * device channel (SQ_BOUND_WHERE). */
+#define RENEWAL_COLS                                                                               \
+    "enrollment_id, old_fingerprint, expires_at, state, attempts, next_attempt_at, "               \
+    "challenge_hash, command_uuid, new_fingerprint, last_error, started_at, updated_at, version"
+#define SQ_BOUND_FROM                                                                              \
+    "certs AS c JOIN enrollments AS e ON e.id = c.enrollment_id AND "                              \
+    "e.cert_fingerprint = c.fingerprint"
+#define SQ_BOUND_WHERE "c.revoked_at = 0 AND e.type = 1 AND e.unenrolled_at = 0"
+/* SQ_RENEWAL_DUE: CROSS JOIN makes SQLite read the recent history first (completed_at index),
+ * then the renewal of each failed command, rather than every renewal row. */
+#define SQ_SQL_RENEWAL                                                                             \
+    [SQ_CHALLENGE_ADD_RENEWAL] = "INSERT INTO scep_challenges (challenge_hash, user_id, "          \
+                                 "session_hash, enrollment_id, expires_at) VALUES (?1, ?2, ?3, "   \
+                                 "?4, ?5)",                                                        \
+    [SQ_RENEWAL_GET] = "SELECT " RENEWAL_COLS " FROM identity_renewals WHERE enrollment_id = ?1",  \
+    [SQ_RENEWAL_PUT] =                                                                             \
+        "INSERT INTO identity_renewals (" RENEWAL_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "    \
+        "?8, ?9, ?10, ?11, ?12, 1) ON CONFLICT (enrollment_id) DO UPDATE SET "                     \
+        "old_fingerprint = excluded.old_fingerprint, expires_at = excluded.expires_at, "           \
+        "state = excluded.state, attempts = excluded.attempts, "                                   \
+        "next_attempt_at = excluded.next_attempt_at, challenge_hash = excluded.challenge_hash, "   \
+        "command_uuid = excluded.command_uuid, new_fingerprint = excluded.new_fingerprint, "       \
+        "last_error = excluded.last_error, started_at = excluded.started_at, "                     \
+        "updated_at = excluded.updated_at, version = identity_renewals.version + 1 "               \
+        "WHERE identity_renewals.version = ?13 RETURNING version",                                 \
+    [SQ_RENEWAL_CANDIDATES] =                                                                      \
+        "SELECT e.id, c.fingerprint, c.not_after, coalesce(r.version, 0) FROM " SQ_BOUND_FROM      \
+        " LEFT JOIN identity_renewals AS r ON r.enrollment_id = e.id WHERE " SQ_BOUND_WHERE        \
+        " AND c.not_after <= ?1 AND (r.enrollment_id IS NULL OR "                                  \
+        "r.old_fingerprint <> c.fingerprint) ORDER BY c.not_after LIMIT ?2",                       \
+    [SQ_RENEWAL_DUE] =                                                                             \
+        "SELECT " RENEWAL_COLS " FROM identity_renewals WHERE state IN ('pending', 'held') AND "   \
+        "next_attempt_at <= ?1 UNION SELECT r.enrollment_id, r.old_fingerprint, r.expires_at, "    \
+        "r.state, r.attempts, r.next_attempt_at, r.challenge_hash, r.command_uuid, "               \
+        "r.new_fingerprint, r.last_error, r.started_at, r.updated_at, r.version "                  \
+        "FROM command_history AS h CROSS JOIN identity_renewals AS r "                             \
+        "WHERE r.command_uuid = h.uuid AND h.completed_at >= ?2 AND h.status IN (3, 4) AND "       \
+        "r.state = 'pending' "                                                                     \
+        "ORDER BY 6 LIMIT ?3",                                                                     \
+    [SQ_ROTATE_ENROLLMENT] = "UPDATE enrollments SET cert_fingerprint = ?3 WHERE id = ?1 AND "     \
+                             "cert_fingerprint = ?2",                                              \
+    [SQ_ROTATE_CERTS] = "UPDATE certs SET revoked_at = ?4 WHERE (enrollment_id = ?1 OR "           \
+                        "fingerprint = ?2) AND fingerprint <> ?3 AND revoked_at = 0",              \
+    [SQ_ROTATE_RENEWAL] = "UPDATE identity_renewals SET state = 'done', new_fingerprint = ?3, "    \
+                          "challenge_hash = NULL, updated_at = ?4, version = version + 1 "         \
+                          "WHERE enrollment_id = ?1 AND old_fingerprint = ?2 AND state <> 'done'", \
+    [SQ_IDENTITY_COUNT_EXPIRING] = "SELECT count(*) FROM " SQ_BOUND_FROM " WHERE " SQ_BOUND_WHERE  \
+                                   " AND c.not_after > ?1 AND c.not_after <= ?2",
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -646,8 +735,8 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_CHALLENGE_ADD] = "INSERT INTO scep_challenges (challenge_hash, user_id, session_hash, "
                          "expires_at) VALUES (?1, ?2, ?3, ?4)",
-    [SQ_CHALLENGE_GET] = "SELECT user_id, session_hash, expires_at, used FROM scep_challenges"
-                         " WHERE challenge_hash = ?1",
+    [SQ_CHALLENGE_GET] = "SELECT user_id, session_hash, expires_at, used, enrollment_id"
+                         " FROM scep_challenges WHERE challenge_hash = ?1",
     [SQ_CHALLENGE_USE] =
         "UPDATE scep_challenges SET used = 1, used_at = ?2 WHERE challenge_hash = ?1",
     [SQ_CERT_ADD] = "INSERT INTO certs (" CERT_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -842,7 +931,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-    SQ_SQL_OIDC SQ_SQL_RETENTION};
+    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_RENEWAL};
 
 /* ---- connections ---- */
 
@@ -1663,13 +1752,14 @@ static int sq_challenge_add(storage *st, const char *challenge_hash, int64_t use
     return sq_run(c, s, "challenge_add", 0);
 }
 
-static int sq_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
-                                int64_t *user_id, char **session_hash)
+/* Consumes a challenge; enrollment_id (may be NULL) receives the enrollment it renews. */
+static int sq_challenge_take(storage *st, const char *challenge_hash, int64_t now, int64_t *user_id,
+                             char **session_hash, char **enrollment_id)
 {
     static const char op[] = "challenge_consume";
     int64_t uid = 0, expires_at = 0;
     int used = 0;
-    char *sess = NULL;
+    char *sess = NULL, *enr = NULL;
     struct sq_conn *c = conn_get(st);
     if (c == NULL)
         return ST_ERROR;
@@ -1685,6 +1775,7 @@ static int sq_challenge_consume(storage *st, const char *challenge_hash, int64_t
     sess = col_text(s, 1);
     expires_at = sqlite3_column_int64(s, 2);
     used = sqlite3_column_int(s, 3);
+    enr = col_text(s, 4);
     sq_reset(c, s);
     /* A replay is a conflict even after expiry: it is the more telling answer. */
     if (used) {
@@ -1706,11 +1797,22 @@ out:
     if (rc != ST_OK) {
         sq_rollback(c);
         free(sess);
+        free(enr);
         return rc;
     }
     *user_id = uid;
     *session_hash = sess;
+    if (enrollment_id)
+        *enrollment_id = enr;
+    else
+        free(enr);
     return ST_OK;
+}
+
+static int sq_challenge_consume(storage *st, const char *challenge_hash, int64_t now,
+                                int64_t *user_id, char **session_hash)
+{
+    return sq_challenge_take(st, challenge_hash, now, user_id, session_hash, NULL);
 }
 
 static int sq_cert_add(storage *st, const st_cert *x)
@@ -3664,6 +3766,205 @@ static int sq_item_state_enrollments(storage *st, int item_kind, int64_t item_id
     return lib_list_all(c, s, &r, "item_state_enrollments");
 }
 
+/* ---- identity renewal (migration 13) ---- */
+
+static int sq_challenge_add_renewal(storage *st, const char *challenge_hash, int64_t user_id,
+                                    const char *session_hash, const char *enrollment_id,
+                                    int64_t expires_at)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_CHALLENGE_ADD_RENEWAL, &c);
+    bind_text(c, s, 1, challenge_hash);
+    bind_ref(c, s, 2, user_id);
+    bind_text(c, s, 3, session_hash);
+    bind_text(c, s, 4, enrollment_id);
+    bind_int(c, s, 5, expires_at);
+    return sq_run(c, s, "challenge_add_renewal", 0);
+}
+
+static int sq_challenge_consume_bound(storage *st, const char *challenge_hash, int64_t now,
+                                      int64_t *user_id, char **session_hash, char **enrollment_id)
+{
+    return sq_challenge_take(st, challenge_hash, now, user_id, session_hash, enrollment_id);
+}
+
+static void read_renewal(sqlite3_stmt *s, st_renewal *r)
+{
+    r->enrollment_id = col_text(s, 0);
+    r->old_fingerprint = col_text(s, 1);
+    r->expires_at = sqlite3_column_int64(s, 2);
+    r->state = col_text(s, 3);
+    r->attempts = sqlite3_column_int(s, 4);
+    r->next_attempt_at = sqlite3_column_int64(s, 5);
+    r->challenge_hash = col_text(s, 6);
+    r->command_uuid = col_text(s, 7);
+    r->new_fingerprint = col_text(s, 8);
+    r->last_error = col_text(s, 9);
+    r->started_at = sqlite3_column_int64(s, 10);
+    r->updated_at = sqlite3_column_int64(s, 11);
+    r->version = sqlite3_column_int64(s, 12);
+}
+
+/* A candidate row of SQ_RENEWAL_CANDIDATES: the identity and the earlier row's version. */
+static void read_renewal_candidate(sqlite3_stmt *s, st_renewal *r)
+{
+    r->enrollment_id = col_text(s, 0);
+    r->old_fingerprint = col_text(s, 1);
+    r->expires_at = sqlite3_column_int64(s, 2);
+    r->version = sqlite3_column_int64(s, 3);
+}
+
+static int sq_renewal_get(storage *st, const char *enrollment_id, st_renewal *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_RENEWAL_GET, &c);
+    bind_text(c, s, 1, enrollment_id);
+    int rc = sq_row(c, s, "renewal_get");
+    if (rc != 1)
+        return rc;
+    read_renewal(s, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_renewal_put(storage *st, st_renewal *r, int64_t expect_version)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_RENEWAL_PUT, &c);
+    bind_text(c, s, 1, r->enrollment_id);
+    bind_text(c, s, 2, r->old_fingerprint);
+    bind_int(c, s, 3, r->expires_at);
+    bind_text(c, s, 4, r->state);
+    bind_int(c, s, 5, r->attempts);
+    bind_int(c, s, 6, r->next_attempt_at);
+    bind_text(c, s, 7, r->challenge_hash);
+    bind_text(c, s, 8, r->command_uuid);
+    bind_text(c, s, 9, r->new_fingerprint);
+    bind_text(c, s, 10, r->last_error);
+    bind_int(c, s, 11, r->started_at);
+    bind_int(c, s, 12, r->updated_at);
+    bind_int(c, s, 13, expect_version);
+    int rc = sq_row(c, s, "renewal_put");
+    if (rc != 1) /* no row back: the stored version was not the expected one */
+        return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+    r->version = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/*
+ * Reads at most `limit` rows of a bound renewal statement, resets it, then calls fn on each (no
+ * statement open while fn runs: it writes).
+ */
+static int sq_renewal_rows(struct sq_conn *c, sqlite3_stmt *s, int limit,
+                           void (*read)(sqlite3_stmt *s, st_renewal *r),
+                           int (*fn)(const st_renewal *r, void *ctx), void *ctx, const char *op)
+{
+    if (s == NULL)
+        return ST_ERROR;
+    st_renewal *rows = xcalloc((size_t)limit, sizeof(*rows));
+    int n = 0, rc = SQLITE_DONE, ret = ST_OK;
+    while (n < limit && (rc = sq_step(c, s)) == SQLITE_ROW)
+        read(s, &rows[n++]);
+    if (n < limit && rc != SQLITE_DONE)
+        ret = sq_error(c, op, rc);
+    sq_reset(c, s);
+    for (int i = 0; i < n; i++) {
+        if (ret == ST_OK)
+            ret = fn(&rows[i], ctx);
+        st_renewal_cleanup(&rows[i]);
+    }
+    free(rows);
+    return ret;
+}
+
+static int sq_renewal_candidates(storage *st, int64_t expires_before, int limit,
+                                 int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_RENEWAL_CANDIDATES, &c);
+    if (s != NULL) {
+        bind_int(c, s, 1, expires_before);
+        bind_int(c, s, 2, limit);
+    }
+    return sq_renewal_rows(c, s, limit, read_renewal_candidate, fn, ctx, "renewal_candidates");
+}
+
+static int sq_renewal_due(storage *st, int64_t now, int64_t errors_since, int limit,
+                          int (*fn)(const st_renewal *r, void *ctx), void *ctx)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_RENEWAL_DUE, &c);
+    if (s != NULL) {
+        bind_int(c, s, 1, now);
+        bind_int(c, s, 2, errors_since);
+        bind_int(c, s, 3, limit);
+    }
+    return sq_renewal_rows(c, s, limit, read_renewal, fn, ctx, "renewal_due");
+}
+
+static int sq_identity_rotate(storage *st, const char *enrollment_id, const char *root_id,
+                              const char *old_fp, const char *new_fp, int64_t now,
+                              int *renewal_done)
+{
+    static const char op[] = "identity_rotate";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_ROTATE_ENROLLMENT);
+    bind_text(c, s, 1, enrollment_id);
+    bind_text(c, s, 2, old_fp);
+    bind_text(c, s, 3, new_fp);
+    rc = sq_run(c, s, op, 1);
+    if (rc == ST_ENOTFOUND)
+        rc = ST_ECONFLICT; /* another request rotated it first, or it is unknown */
+    if (rc != ST_OK)
+        goto out;
+    s = sq_stmt(c, SQ_ROTATE_CERTS);
+    bind_text(c, s, 1, root_id);
+    bind_text(c, s, 2, old_fp);
+    bind_text(c, s, 3, new_fp);
+    bind_int(c, s, 4, now);
+    rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        goto out;
+    s = sq_stmt(c, SQ_ROTATE_RENEWAL);
+    bind_text(c, s, 1, root_id);
+    bind_text(c, s, 2, old_fp);
+    bind_text(c, s, 3, new_fp);
+    bind_int(c, s, 4, now);
+    rc = sq_run(c, s, op, 1);
+    int done = rc == ST_OK;
+    if (rc == ST_ENOTFOUND)
+        rc = ST_OK; /* no renewal of old_fp (a RenewalReq), or already done */
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+    if (rc == ST_OK)
+        *renewal_done = done;
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_identity_count_expiring(storage *st, int64_t after, int64_t before, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_IDENTITY_COUNT_EXPIRING, &c);
+    bind_int(c, s, 1, after);
+    bind_int(c, s, 2, before);
+    int rc = sq_row(c, s, "identity_count_expiring");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
 static const struct storage_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -3755,5 +4056,13 @@ static const struct storage_ops sqlite_ops = {
     .item_state_by_command = sq_item_state_by_command,
     .item_state_clear = sq_item_state_clear,
     .item_state_enrollments = sq_item_state_enrollments,
+    .challenge_add_renewal = sq_challenge_add_renewal,
+    .challenge_consume_bound = sq_challenge_consume_bound,
+    .renewal_get = sq_renewal_get,
+    .renewal_put = sq_renewal_put,
+    .renewal_candidates = sq_renewal_candidates,
+    .renewal_due = sq_renewal_due,
+    .identity_rotate = sq_identity_rotate,
+    .identity_count_expiring = sq_identity_count_expiring,
     .fail_step_after = sq_fail_step_after,
 };

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "storage/conformance.h"
+#include "storage/conformance_renewal.h"
 #include "storage/pgsql/pgsql.h"
 
 static const char *pg_base_dsn;
@@ -620,6 +621,7 @@ int main(int argc, char **argv)
     conformance_init(&be);
     static const struct harness_test tests[] = {
         CONFORMANCE_TESTS,
+        CONFORMANCE_RENEWAL_TESTS,
         TEST_ENTRY(pg_dsn_forms),
         TEST_ENTRY(pg_newer_schema_refused),
         TEST_ENTRY(pg_concurrent_migrations),

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "storage/conformance.h"
+#include "storage/conformance_renewal.h"
 
 static char sq_dir[512];
 static char sq_path[600];
@@ -182,6 +183,7 @@ int main(int argc, char **argv)
     conformance_init(&be);
     static const struct harness_test tests[] = {
         CONFORMANCE_TESTS,
+        CONFORMANCE_RENEWAL_TESTS,
         TEST_ENTRY(sqlite_dsn_forms),
         TEST_ENTRY(sqlite_file_private_and_wal),
         TEST_ENTRY(sqlite_survives_kill),
