@@ -190,7 +190,11 @@ static void handle_authenticate(struct app *app, http_request *req, http_respons
             e.auth_state_since = app_now(app);
         }
     }
+    /* A re-Authenticate with another certificate of the same user replaces the old ones: they
+     * are revoked before the new one is bound, so no two identities serve one enrollment. */
+    int replaces = old.id && strcmp(old.cert_fingerprint ? old.cert_fingerprint : "", m->fp) != 0;
     if (storage_enrollment_authenticate(app->st, &e) != 0 ||
+        (replaces && storage_cert_revoke_enrollment(app->st, m->id, app_now(app)) != 0) ||
         storage_cert_set_enrollment(app->st, m->fp, m->id) != 0 ||
         (m->session_status == SESSION_OK && m->session.enrollment_id == NULL &&
          storage_session_bind(app->st, m->session.token_hash, m->id) != 0)) {

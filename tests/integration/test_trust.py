@@ -192,6 +192,24 @@ def t_takeover():
        "the attempt is audited")
 
 
+@test("a re-Authenticate with another certificate of the same user retires the old one")
+def t_reauthenticate_replaces_identity():
+    s = server()
+    d = device(s).run_enrollment()
+    old_cert, old_key = d.cert_path, d.key_path
+    other = device(s)
+    other.run_enrollment(check_in=False)  # a fresh certificate of Alice's
+    other.enrollment_id = d.enrollment_id
+    eq(other.checkin(other.message("Authenticate", ProductName="iPhone12,1", OSVersion="18.2.1",
+                                   BuildVersion="22C161")).status, 200, "Authenticate with the new certificate")
+    eq(other.checkin(other.message("TokenUpdate", Token=other.push_token, PushMagic=other.push_magic)).status,
+       200, "TokenUpdate with the new certificate")
+    d.use_identity(old_cert, old_key)
+    r = d.connect({"Status": "Idle", "EnrollmentID": d.enrollment_id}, token=other.token)
+    eq(r.status, 403, "the old certificate no longer serves the enrollment", r)
+    eq(other.idle(), None, "the new one does")
+
+
 @test("re-enrollment of the same person goes through sign-in and SCEP, under a new EnrollmentID")
 def t_reenroll():
     s = server()
