@@ -620,6 +620,7 @@ int main(int argc, char **argv)
     conformance_init(&be);
     static const struct harness_test tests[] = {
         CONFORMANCE_TESTS,
+        CONFORMANCE_INVENTORY_TESTS,
         TEST_ENTRY(pg_dsn_forms),
         TEST_ENTRY(pg_newer_schema_refused),
         TEST_ENTRY(pg_concurrent_migrations),
