@@ -14,6 +14,7 @@
 #include "auth/reauth.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "mdm/inventory.h"
 
 struct jobs {
     struct app *app;
@@ -77,6 +78,7 @@ static void prune(jobs *j)
 void jobs_run_once(struct app *app)
 {
     reauth_sweep(app);
+    inventory_sweep(app); /* the inventory rounds that are due (mdm/inventory.h) */
 }
 
 static void *jobs_main(void *arg)
