@@ -506,8 +506,9 @@ static int64_t next_due(struct app *app, int64_t now)
     return every > 0 ? now + every : INV_NEVER;
 }
 
-/* Queues a round for e if its row's round is still `round`; fills out (may be NULL). */
-static int start_round(struct app *app, const st_enrollment *e, int64_t round,
+/* Queues a round for e if its row's round is still `round`, and pushes if asked to; fills out
+ * (may be NULL). */
+static int start_round(struct app *app, const st_enrollment *e, int64_t round, int push,
                        struct inventory_round *out)
 {
     enum ue_os os = mdm_platform_of(e->product_name, e->model);
@@ -534,7 +535,7 @@ static int start_round(struct app *app, const st_enrollment *e, int64_t round,
         log_info("event=inventory_queued enrollment=%s os=%s commands=%zu", e->id, ue_os_name(os),
                  n);
         /* A device without a live token is fine: it fetches the round on its next check-in. */
-        if (n > 0)
+        if (push && n > 0)
             push_enrollment(app, e->id);
     }
     for (size_t i = 0; i < n; i++)
@@ -585,8 +586,10 @@ void inventory_on_enrollment_complete(struct app *app, const char *enrollment_id
     int rc = reset_row(app, &e);
     if (rc == 0)
         rc = storage_inventory_get(app->st, enrollment_id, &row);
+    /* No push of its own: the device is in the middle of enrolling and fetches the round on its
+     * next connection (docs/INVENTORY.md, "No push at enrollment"). */
     if (rc == 0)
-        rc = start_round(app, &e, row.round, NULL);
+        rc = start_round(app, &e, row.round, 0, NULL);
     if (rc != 0) /* the row is due: the scheduler tries again */
         log_error("event=inventory_start_failed enrollment=%s rc=%d", enrollment_id, rc);
 out:
@@ -609,7 +612,7 @@ int inventory_request(struct app *app, const st_enrollment *e, struct inventory_
         if (rc == ST_ENOTFOUND && (rc = reset_row(app, e)) == 0)
             rc = storage_inventory_get(app->st, e->id, &row);
         if (rc == 0)
-            rc = start_round(app, e, row.round, out);
+            rc = start_round(app, e, row.round, 1, out);
         st_inventory_cleanup(&row);
     }
     return rc == ST_ENOTFOUND ? ST_ERROR : rc;
@@ -756,7 +759,7 @@ static int sweep_one(struct app *app, const char *id, int64_t round, int64_t now
     st_enrollment e = {0};
     int rc = storage_enrollment_get(app->st, id, &e);
     if (rc == 0)
-        rc = start_round(app, &e, round, NULL);
+        rc = start_round(app, &e, round, 1, NULL);
     if (rc == ST_EEXISTS)
         rc = storage_inventory_set_due(app->st, id, round, next_due(app, now));
     st_enrollment_cleanup(&e);
