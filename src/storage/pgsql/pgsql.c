@@ -363,8 +363,6 @@ static const char pg_schema_v14[] =
     " updated_at BIGINT NOT NULL DEFAULT 0,"
     " due_at BIGINT NOT NULL DEFAULT 0);"
     "CREATE INDEX inventory_due ON inventory (due_at);"
-    "CREATE INDEX inventory_os_key ON inventory (os_key);"
-    "CREATE INDEX enrollments_last_seen ON enrollments (last_seen_at);"
     "INSERT INTO inventory (enrollment_id, platform, os_version, build_version, product_name, "
     "model, device_name) SELECT id, CASE WHEN coalesce(nullif(product_name, ''), model) LIKE "
     "'Mac%' OR coalesce(nullif(product_name, ''), model) LIKE 'iMac%' OR "

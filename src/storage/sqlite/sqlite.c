@@ -356,8 +356,10 @@ static const char sq_schema_reserved_13[] = "SELECT 1;";
  * (due_at, claimed by a compare-and-set on round). Enrollments complete before this migration
  * get a row that is due at once; their platform is derived from the stored ProductName the way
  * mdm/platform.c does for the common names; every round claimed rewrites it from the
- * enrollment, and the first answer fills os_key, which SQL does not compute. last_seen_at is
- * indexed for last_seen_before.
+ * enrollment, and the first answer fills os_key, which SQL does not compute. The list's filters
+ * need no index of their own: the list walks enrollments by id (keyset pages) and checks each
+ * joined row, and an index on a filtered column could only help a filter that matches almost
+ * nothing, at the price of sorting every page of one that matches much (docs/INVENTORY.md).
  */
 static const char sq_schema_inventory[] =
     "CREATE TABLE inventory ("
@@ -385,8 +387,6 @@ static const char sq_schema_inventory[] =
     " updated_at INTEGER NOT NULL DEFAULT 0,"
     " due_at INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX inventory_due ON inventory (due_at);"
-    "CREATE INDEX inventory_os_key ON inventory (os_key);"
-    "CREATE INDEX enrollments_last_seen ON enrollments (last_seen_at);"
     "INSERT INTO inventory (enrollment_id, platform, os_version, build_version, product_name, "
     "model, device_name) SELECT id, CASE WHEN coalesce(nullif(product_name, ''), model) GLOB "
     "'Mac*' OR coalesce(nullif(product_name, ''), model) GLOB 'iMac*' OR "
