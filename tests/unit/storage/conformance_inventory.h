@@ -207,6 +207,61 @@ TEST(conf_inventory_claim_is_atomic)
     storage_close(st);
 }
 
+/* Several instances (threads with their own connections here) claim the same due round at once:
+ * exactly one queues it. */
+struct conf_inv_racer {
+    storage *st;
+    int64_t round;
+    int index;
+    atomic_int *ok;
+    atomic_int *other;
+};
+
+static void *conf_inv_race_main(void *arg)
+{
+    struct conf_inv_racer *r = arg;
+    char u1[40], u2[40];
+    snprintf(u1, sizeof(u1), ST_INV_UUID_PREFIX "%03d-8000-00000000000a", r->index);
+    snprintf(u2, sizeof(u2), ST_INV_UUID_PREFIX "%03d-8000-00000000000b", r->index);
+    st_command cmds[2] = {conf_inv_command("E1", u1, "DeviceInformation"),
+                          conf_inv_command("E1", u2, "SecurityInfo")};
+    int rc = storage_inventory_claim(r->st, "E1", r->round, 200, 1000, "ios", cmds, 2);
+    if (rc == ST_OK)
+        atomic_fetch_add(r->ok, 1);
+    else if (rc != ST_ECONFLICT && rc != ST_EEXISTS)
+        atomic_fetch_add(r->other, 1);
+    return NULL;
+}
+
+TEST(conf_inventory_claim_race)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    ASSERT_INT_EQ(conf_inv_device(st, "E1", 0, 100), ST_OK);
+    st_inventory x = conf_inv_blank("E1", "ios", 100);
+    ASSERT_INT_EQ(storage_inventory_reset(st, &x), ST_OK);
+    for (int trial = 0; trial < 5; trial++) {
+        st_inventory row;
+        ASSERT_INT_EQ(storage_inventory_get(st, "E1", &row), ST_OK);
+        int64_t round = row.round;
+        st_inventory_cleanup(&row);
+        atomic_int ok = 0, other = 0;
+        struct conf_inv_racer racers[6];
+        pthread_t threads[6];
+        for (int i = 0; i < 6; i++) {
+            racers[i] = (struct conf_inv_racer){st, round, trial * 10 + i, &ok, &other};
+            ASSERT_INT_EQ(pthread_create(&threads[i], NULL, conf_inv_race_main, &racers[i]), 0);
+        }
+        for (int i = 0; i < 6; i++)
+            pthread_join(threads[i], NULL);
+        ASSERT_INT_EQ(atomic_load(&other), 0);
+        ASSERT_INT_EQ(atomic_load(&ok), 1);
+        ASSERT_INT_EQ(conf_count(st, "E1"), 2); /* one round's commands, nobody else's */
+        ASSERT_INT_EQ(storage_queue_clear(st, "E1"), ST_OK);
+    }
+    storage_close(st);
+}
+
 struct conf_inv_seen {
     char ids[8][16];
     int64_t rounds[8];
@@ -514,8 +569,8 @@ TEST(conf_inventory_list_many)
 
 #define CONFORMANCE_INVENTORY_TESTS                                                                \
     TEST_ENTRY(conf_inventory_reset_get), TEST_ENTRY(conf_inventory_claim),                        \
-        TEST_ENTRY(conf_inventory_claim_is_atomic), TEST_ENTRY(conf_inventory_due),                \
-        TEST_ENTRY(conf_inventory_update), TEST_ENTRY(conf_inventory_list_filters),                \
-        TEST_ENTRY(conf_inventory_list_many)
+        TEST_ENTRY(conf_inventory_claim_is_atomic), TEST_ENTRY(conf_inventory_claim_race),         \
+        TEST_ENTRY(conf_inventory_due), TEST_ENTRY(conf_inventory_update),                         \
+        TEST_ENTRY(conf_inventory_list_filters), TEST_ENTRY(conf_inventory_list_many)
 
 #endif
