@@ -700,6 +700,39 @@ static void watch(struct app *app, const char *id, const st_inventory *old, cons
     webhook_emit(app, "enrollment.inventory_changed", kv);
 }
 
+/* The group a command's answer fills; 0 for a request type no round asks. */
+static unsigned group_of(const char *request_type)
+{
+    static const struct {
+        const char *type;
+        unsigned group;
+    } groups[] = {
+        {"DeviceInformation", ST_INV_DEVICE},      {"SecurityInfo", ST_INV_SECURITY},
+        {"ProfileList", ST_INV_PROFILES},          {"CertificateList", ST_INV_CERTS},
+        {"InstalledApplicationList", ST_INV_APPS}, {"ManagedApplicationList", ST_INV_APPS}};
+    for (size_t i = 0; request_type && i < sizeof(groups) / sizeof(groups[0]); i++)
+        if (strcmp(groups[i].type, request_type) == 0)
+            return groups[i].group;
+    return 0;
+}
+
+/*
+ * The group the answer may fill: only an answer to an inventory command Orchard queued for this
+ * enrollment and just recorded as acknowledged counts, and only for what that command asked (a
+ * made-up CommandUUID, or a DeviceInformation answer that also carries an app list, stores
+ * nothing more). 0 if none.
+ */
+static unsigned asked_group(struct app *app, const char *enrollment_id, const char *uuid)
+{
+    st_command c = {0};
+    unsigned g = 0;
+    if (storage_command_get(app->st, uuid, &c) == 0 && c.status == ST_CMD_ACKNOWLEDGED &&
+        strcmp(c.enrollment_id, enrollment_id) == 0)
+        g = group_of(c.request_type);
+    st_command_cleanup(&c);
+    return g;
+}
+
 void inventory_on_report(struct app *app, const char *enrollment_id, const char *uuid, int status,
                          plist_t report)
 {
@@ -713,10 +746,11 @@ void inventory_on_report(struct app *app, const char *enrollment_id, const char 
     }
     st_inventory row = {0}, in = {0}, old = {0};
     enum ue_os os;
-    if (storage_inventory_get(app->st, enrollment_id, &row) != 0 ||
+    unsigned asked = asked_group(app, enrollment_id, uuid);
+    if (asked == 0 || storage_inventory_get(app->st, enrollment_id, &row) != 0 ||
         ue_os_parse(row.platform, &os) != 0)
-        goto out; /* no row: the report of an enrollment that was started over */
-    unsigned groups = inventory_parse(report, os, &in);
+        goto out; /* not ours, or the report of an enrollment that was started over */
+    unsigned groups = inventory_parse(report, os, &in) & asked;
     if (groups == 0) {
         log_info("event=inventory_answer_empty enrollment=%s command=%s", enrollment_id, uuid);
         goto out;

@@ -104,8 +104,9 @@ void inventory_on_enrollment_complete(struct app *app, const char *enrollment_id
 
 /*
  * A report was recorded (mdm/connect.c). Returns at once unless uuid starts with
- * ST_INV_UUID_PREFIX; an acknowledged inventory answer is parsed and stored, and a change of a
- * watched field emits `enrollment.inventory_changed`. Failures are logged, never answered.
+ * ST_INV_UUID_PREFIX; the acknowledged answer to an inventory command queued for this
+ * enrollment is parsed (only the part its command asked) and stored, and a change of a watched
+ * field emits `enrollment.inventory_changed`. Failures are logged, never answered.
  */
 void inventory_on_report(struct app *app, const char *enrollment_id, const char *uuid, int status,
                          plist_t report);

@@ -238,6 +238,37 @@ def no_query_user_enrollment_forbids_is_ever_sent():
 
 
 @test
+def only_answers_to_what_was_asked_are_stored():
+    s = srv()
+    d = enrolled(s, auto_inventory=False)
+    # A report for an inventory-looking CommandUUID Orchard never queued: ignored.
+    forged = sim.INVENTORY_PREFIX + "FFF-8FFF-FFFFFFFFFFFF"
+    cmd = d.report(forged, QueryResponses={"OSVersion": "99.0", "DeviceName": "forged"},
+                   SecurityInfo={"PasscodeCompliant": False})
+    inv = enrollment(s, d)["inventory"]
+    eq(inv["updated_at"], 0, "the forged report stored nothing")
+    eq((inv["os_version"], inv["device_name"], inv["passcode_compliant"]), ("18.2.1", None, None),
+       "values after the forged report")
+    answered = []
+    while cmd is not None:
+        c = cmd["Command"]
+        keys = sim.canned_result(c, d.platform, d)
+        if c["RequestType"] == "DeviceInformation":
+            # More than was asked: a forbidden query's answer and another command's answer.
+            keys["QueryResponses"]["SerialNumber"] = "F2LXK0SERIAL"
+            keys["SecurityInfo"] = {"PasscodeCompliant": False}
+        answered.append(c["RequestType"])
+        cmd = d.report(cmd["CommandUUID"], **keys)
+        if c["RequestType"] == "DeviceInformation":
+            e = enrollment(s, d)
+            eq(e["inventory"]["device_name"], "iPhone", "device name from the real answer")
+            eq(e["inventory"]["passcode_compliant"], None, "DeviceInformation's answer sets no compliance")
+            ok("F2LXK0SERIAL" not in json.dumps(e), "a serial number is never stored")
+    eq(sorted(answered), sorted(ROUND_IOS), "the round, answered by hand")
+    eq(enrollment(s, d)["inventory"]["passcode_compliant"], True, "SecurityInfo's answer sets compliance")
+
+
+@test
 def on_demand_inventory():
     s = srv()
     d = enrolled(s)
