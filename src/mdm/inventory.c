@@ -295,7 +295,7 @@ static void parse_security(plist_t s, enum ue_os os, st_inventory *out)
         out->passcode_compliant = pl_get_bool(s, "PasscodeCompliant");
 }
 
-/* Stores a JSON array as text, capped; *count is the device's count of dictionary items. */
+/* A list as the JSON text stored in the inventory row (takes arr). */
 static char *dump_list(json_t *arr)
 {
     char *s = json_dumps(arr, JSON_COMPACT);
