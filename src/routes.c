@@ -62,6 +62,9 @@ const struct http_route orchard_routes[] = {
         HTTP_BODY_DEFAULT),
     API("POST", "/api/v1/enrollments/{id}/push", api_handle_enrollment_push, "api_push",
         HTTP_BODY_DEFAULT),
+    /* No body is read (docs/INVENTORY.md); the default cap bounds what a client may send. */
+    API("POST", "/api/v1/enrollments/{id}/inventory", api_handle_enrollment_inventory,
+        "api_inventory", HTTP_BODY_DEFAULT),
     API("POST", "/api/v1/push", api_handle_push_bulk, "api_push_bulk", HTTP_BODY_DEFAULT),
     API("GET", "/api/v1/pushcert", api_handle_pushcert, "api_pushcert", HTTP_BODY_NONE),
     API("POST", "/api/v1/users/{id}/reauthenticate", api_handle_user_reauthenticate,

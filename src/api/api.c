@@ -15,13 +15,14 @@
 #include "core/mem.h"
 #include "enroll/enroll.h"
 #include "mdm/command.h"
+#include "mdm/inventory.h"
 #include "mdm/mdm.h"
 #include "mdm/platform.h"
 #include "plist/pl.h"
 #include "push/pusher.h"
 #include "webhook/webhook.h"
 
-#define LIST_LIMIT 500
+#define LIST_LIMIT 500 /* commands and audit events per answer */
 
 void api_send_json(http_response *res, int status, json_t *j)
 {
@@ -129,7 +130,14 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
-static json_t *enrollment_json(struct app *app, const st_enrollment *e)
+/* A value the device reported in its inventory, else the one its Authenticate carried. */
+static const char *current(const st_inventory *inv, const char *reported, const char *at_auth)
+{
+    return inv && inv->updated_at && reported ? reported : at_auth;
+}
+
+json_t *api_enrollment_json(struct app *app, const st_enrollment *e, const st_inventory *inv,
+                            int full)
 {
     st_user u = {0};
     int64_t pending = 0;
@@ -141,48 +149,20 @@ static json_t *enrollment_json(struct app *app, const st_enrollment *e)
         "s:I, s:b, s:I}",
         "id", e->id, "type", type_name(e->type), "user", str_or_null(u.email), "managed_apple_id",
         str_or_null(u.managed_apple_id), "product_name", str_or_null(e->product_name), "model",
-        str_or_null(e->model), "os_version", str_or_null(e->os_version), "build_version",
-        str_or_null(e->build_version), "device_name", str_or_null(e->device_name), "platform",
+        str_or_null(e->model), "os_version",
+        str_or_null(current(inv, inv ? inv->os_version : NULL, e->os_version)), "build_version",
+        str_or_null(current(inv, inv ? inv->build_version : NULL, e->build_version)), "device_name",
+        str_or_null(current(inv, inv ? inv->device_name : NULL, e->device_name)), "platform",
         json_string(ue_os_name(mdm_platform_of(e->product_name, e->model))), "auth_state",
         str_or_null(state), "auth_state_since", (json_int_t)e->auth_state_since, "last_auth_method",
         str_or_null(e->last_auth_method), "parent_id", str_or_null(e->parent_id), "last_auth_at",
         (json_int_t)e->last_auth_at, "enrolled_at", (json_int_t)e->enrolled_at, "last_seen_at",
         (json_int_t)e->last_seen_at, "unenrolled_at", (json_int_t)e->unenrolled_at, "push_token",
         e->push_token != NULL, "pending_commands", (json_int_t)pending);
+    /* What the inventory rounds learned (docs/INVENTORY.md); the lists only for one enrollment. */
+    json_object_set_new(j, "inventory", inventory_json(inv, full));
     st_user_cleanup(&u);
     return j;
-}
-
-struct list_ctx {
-    struct app *app;
-    json_t *arr;
-};
-
-static int add_enrollment(const st_enrollment *e, void *ctx)
-{
-    struct list_ctx *l = ctx;
-    json_array_append_new(l->arr, enrollment_json(l->app, e));
-    return 0;
-}
-
-void api_handle_enrollments(void *ctx, http_request *req, http_response *res)
-{
-    struct app *app = ctx;
-    AUTHORIZE();
-    const char *lim = http_request_query(req, "limit");
-    const char *all = http_request_query(req, "all");
-    st_enrollment_filter f = {.after_id = http_request_query(req, "after"),
-                              .limit = lim ? atoi(lim) : LIST_LIMIT,
-                              .include_unenrolled = all && strcmp(all, "true") == 0};
-    if (f.limit <= 0 || f.limit > LIST_LIMIT)
-        f.limit = LIST_LIMIT;
-    struct list_ctx l = {app, json_array()};
-    if (storage_enrollment_list(app->st, &f, add_enrollment, &l) != 0) {
-        json_decref(l.arr);
-        http_response_error(res, 503, "storage unavailable");
-        return;
-    }
-    api_send_json(res, 200, json_pack("{s:o}", "enrollments", l.arr));
 }
 
 /* Loads the enrollment named by the first path parameter; answers 404 if unknown. */
@@ -229,11 +209,23 @@ void api_handle_enrollment(void *ctx, http_request *req, http_response *res)
     struct app *app = ctx;
     AUTHORIZE();
     st_enrollment e = {0};
-    if (load_enrollment(app, req, res, &e) == 0) {
-        json_t *j = enrollment_json(app, &e);
-        json_object_set_new(j, "identity", identity_json(app, &e));
-        api_send_json(res, 200, j);
+    st_inventory inv = {0};
+    int64_t asked = 0;
+    if (load_enrollment(app, req, res, &e) != 0)
+        goto out;
+    int rc = storage_inventory_get(app->st, e.id, &inv);
+    if ((rc != 0 && rc != ST_ENOTFOUND) || storage_inventory_pending(app->st, e.id, &asked) != 0) {
+        http_response_error(res, 503, "storage unavailable");
+        goto out;
     }
+    json_t *j = api_enrollment_json(app, &e, rc == 0 ? &inv : NULL, 1);
+    json_object_set_new(j, "identity", identity_json(app, &e));
+    json_t *o = json_object_get(j, "inventory");
+    if (json_is_object(o)) /* commands of the last round still waiting for the device */
+        json_object_set_new(o, "pending_commands", json_integer((json_int_t)asked));
+    api_send_json(res, 200, j);
+out:
+    st_inventory_cleanup(&inv);
     st_enrollment_cleanup(&e);
 }
 

@@ -8,13 +8,17 @@
 #include <jansson.h>
 
 #include "http/http.h"
+#include "storage/storage.h"
 
 void api_handle_healthz(void *ctx, http_request *req, http_response *res);
 /* /api/v1/domains and /api/v1/domains/{name} (GET, PUT): api/domains.c */
 void api_handle_domains(void *ctx, http_request *req, http_response *res);
 void api_handle_domain(void *ctx, http_request *req, http_response *res);
 void api_handle_metrics(void *ctx, http_request *req, http_response *res);
+/* GET /api/v1/enrollments (filters, cursor pages, ?format=csv) and POST
+ * /api/v1/enrollments/{id}/inventory: api/inventory.c, docs/INVENTORY.md. */
 void api_handle_enrollments(void *ctx, http_request *req, http_response *res);
+void api_handle_enrollment_inventory(void *ctx, http_request *req, http_response *res);
 void api_handle_enrollment(void *ctx, http_request *req, http_response *res);
 void api_handle_enrollment_commands(void *ctx, http_request *req, http_response *res);
 void api_handle_command(void *ctx, http_request *req, http_response *res);
@@ -54,6 +58,10 @@ void api_send_json(http_response *res, int status, json_t *j);
 int api_prebody_authorize(void *ctx, http_request *req, http_response *res);
 int api_authorize(struct app *app, http_request *req, http_response *res, char *actor,
                   size_t actor_len);
+/* An enrollment as the API shows it, with its inventory row (NULL: none yet); full adds the
+ * inventory's lists (apps, profiles, certificates). Caller owns the result. */
+json_t *api_enrollment_json(struct app *app, const st_enrollment *e, const st_inventory *inv,
+                            int full);
 /* The push certificate expiry gauge and the push worker's counters, for /metrics. */
 void api_push_metrics(struct app *app, buf *out);
 

@@ -114,6 +114,9 @@ const struct config_key config_keys[] = {
       "webhook_url)."),
     D("webhook_ca_file", CONFIG_STRING, "", 0, 0, NULL,
       "CA file to verify the webhook receiver with; empty = system trust store."),
+    D("inventory_interval", CONFIG_DURATION, "1d", 0, 365 * DAY, NULL,
+      "How often each device is asked for its inventory (OS version, passcode, storage, apps, "
+      "profiles, certificates; docs/INVENTORY.md); 0 = only at enrollment and on demand."),
     D("repush_interval", CONFIG_DURATION, "24h", 60, 365 * DAY, NULL,
       "Push again devices with pending commands silent for this long."),
     D("required_app_id", CONFIG_INT, "0", 0, 99999999999LL, NULL,

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/mem.h"
 #include "mdm/renewal.h"
+#include "mdm/inventory.h"
 
 struct jobs {
     struct app *app;
@@ -79,7 +80,8 @@ static void prune(jobs *j)
 void jobs_run_once(struct app *app)
 {
     reauth_sweep(app);
-    renewal_sweep(app); /* identity renewal (mdm/renewal.h) */
+    renewal_sweep(app);   /* identity renewal (mdm/renewal.h) */
+    inventory_sweep(app); /* the inventory rounds that are due (mdm/inventory.h) */
 }
 
 static void *jobs_main(void *arg)

@@ -11,6 +11,7 @@
 #include "auth/session.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "mdm/inventory.h"
 #include "mdm/library.h"
 #include "mdm/mdm.h"
 #include "mdm/platform.h"
@@ -286,7 +287,8 @@ static void handle_token_update(struct app *app, http_request *req, http_respons
     }
     if (e.token_updated_at == 0) {
         audit_record(app, "device", "enrollment.complete", m->id, e.product_name);
-        lib_on_enrollment_complete(app, m->id); /* assigned profiles and apps */
+        lib_on_enrollment_complete(app, m->id);       /* assigned profiles and apps */
+        inventory_on_enrollment_complete(app, m->id); /* the first inventory round */
     }
     res->status = 200;
 out:

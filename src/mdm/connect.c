@@ -10,6 +10,7 @@
 
 #include "auth/session.h"
 #include "core/log.h"
+#include "mdm/inventory.h"
 #include "mdm/library.h"
 #include "mdm/mdm.h"
 #include "webhook/webhook.h"
@@ -101,6 +102,8 @@ void mdm_handle_connect(void *ctx, http_request *req, http_response *res)
         /* Library bookkeeping; a no-op unless the report concerns a library command or
          * carries a ProfileList / ManagedApplicationList (the Idle path never gets here). */
         lib_on_report(app, m.id, pl_get_string(m.msg, "CommandUUID"), code, m.msg);
+        /* Inventory answers; one prefix compare for any other command. */
+        inventory_on_report(app, m.id, pl_get_string(m.msg, "CommandUUID"), code, m.msg);
     }
     if (app_now(app) - e.last_seen_at >= 60) /* a write per minute, not per request */
         storage_enrollment_touch(app->st, m.id, app_now(app));

@@ -4052,4 +4052,32 @@ const char *const *const ue_devinfo_forbidden_queries[UE_OS_COUNT] = {
     forbidden_queries_tvos,
     forbidden_queries_watchos,
 };
+
+static const char *const securityinfo_keys_ios[] = {
+    "HardwareEncryptionCaps", "ManagementStatus", "PasscodeCompliant", NULL
+};
+static const char *const securityinfo_keys_macos[] = {
+    "AuthenticatedRootVolumeEnabled", "FDE_Enabled", "FirewallSettings", "FirmwarePasswordStatus",
+    "ManagementStatus", "SecureBoot", "SystemIntegrityProtectionEnabled", NULL
+};
+static const char *const securityinfo_keys_visionos[] = {
+    "HardwareEncryptionCaps", "ManagementStatus", "PasscodeCompliant", NULL
+};
+static const char *const securityinfo_keys_tvos[] = {
+    "HardwareEncryptionCaps", "ManagementStatus", "PasscodeCompliant",
+    "PasscodeCompliantWithProfiles", "PasscodeLockGracePeriod", "PasscodeLockGracePeriodEnforced",
+    "PasscodePresent", NULL
+};
+static const char *const securityinfo_keys_watchos[] = {
+    "HardwareEncryptionCaps", "ManagementStatus", "PasscodeCompliant",
+    "PasscodeCompliantWithProfiles", "PasscodeLockGracePeriod", "PasscodeLockGracePeriodEnforced",
+    "PasscodePresent", NULL
+};
+const char *const *const ue_securityinfo_keys[UE_OS_COUNT] = {
+    securityinfo_keys_ios,
+    securityinfo_keys_macos,
+    securityinfo_keys_visionos,
+    securityinfo_keys_tvos,
+    securityinfo_keys_watchos,
+};
 // clang-format on

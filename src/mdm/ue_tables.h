@@ -121,5 +121,9 @@ extern const struct ue_entry ue_payload_common;
 /* DeviceInformation Queries items that are forbidden (or supervised-only) in User
  * Enrollment, per OS, sorted, NULL-terminated. Derived from the same key tree as ue_keys. */
 extern const char *const *const ue_devinfo_forbidden_queries[UE_OS_COUNT];
+/* SecurityInfo response keys a user-enrolled device reports, per OS (on the OS and neither
+ * forbidden nor supervised-only in User Enrollment), sorted, NULL-terminated. From the
+ * command's responsekeys, which ue_keys does not hold. */
+extern const char *const *const ue_securityinfo_keys[UE_OS_COUNT];
 
 #endif

@@ -1046,3 +1046,87 @@ int storage_identity_count_expiring(storage *st, int64_t after, int64_t before, 
     *count = 0;
     STORAGE_CALL(st, identity_count_expiring, after, before, count);
 }
+
+/* ---- device inventory ---- */
+
+void st_inventory_cleanup(st_inventory *inv)
+{
+    if (inv == NULL)
+        return;
+    free(inv->enrollment_id);
+    free(inv->platform);
+    free(inv->os_version);
+    free(inv->build_version);
+    free(inv->product_name);
+    free(inv->model);
+    free(inv->model_name);
+    free(inv->device_name);
+    free(inv->apps);
+    free(inv->profiles);
+    free(inv->certs);
+    free(inv->user_email);
+    memset(inv, 0, sizeof(*inv));
+}
+
+int storage_inventory_reset(storage *st, const st_inventory *inv)
+{
+    assert(st != NULL && inv != NULL && inv->enrollment_id != NULL);
+    STORAGE_CALL(st, inventory_reset, inv);
+}
+
+int storage_inventory_get(storage *st, const char *enrollment_id, st_inventory *out)
+{
+    assert(st != NULL && enrollment_id != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, inventory_get, enrollment_id, out);
+}
+
+int storage_inventory_claim(storage *st, const char *enrollment_id, int64_t round, int64_t now,
+                            int64_t due_at, const char *platform, const st_command *cmds, size_t n)
+{
+    assert(st != NULL && enrollment_id != NULL && (cmds != NULL || n == 0));
+    for (size_t i = 0; i < n; i++) {
+        assert(cmds[i].uuid != NULL && cmds[i].request_type != NULL && cmds[i].body != NULL);
+        assert(strncmp(cmds[i].uuid, ST_INV_UUID_PREFIX, ST_INV_UUID_PREFIX_LEN) == 0);
+        assert(strcmp(cmds[i].enrollment_id, enrollment_id) == 0);
+    }
+    STORAGE_CALL(st, inventory_claim, enrollment_id, round, now, due_at, platform, cmds, n);
+}
+
+int storage_inventory_set_due(storage *st, const char *enrollment_id, int64_t round, int64_t due_at)
+{
+    assert(st != NULL && enrollment_id != NULL);
+    STORAGE_CALL(st, inventory_set_due, enrollment_id, round, due_at);
+}
+
+int storage_inventory_due(storage *st, int64_t now, int64_t defer_to, int limit,
+                          int (*fn)(const char *enrollment_id, int64_t round, void *ctx), void *ctx)
+{
+    assert(st != NULL && fn != NULL && limit > 0);
+    STORAGE_CALL(st, inventory_due, now, defer_to, limit, fn, ctx);
+}
+
+int storage_inventory_update(storage *st, const char *enrollment_id, const st_inventory *in,
+                             unsigned groups, int64_t now, st_inventory *old)
+{
+    assert(st != NULL && enrollment_id != NULL && in != NULL);
+    if (old != NULL)
+        memset(old, 0, sizeof(*old));
+    STORAGE_CALL(st, inventory_update, enrollment_id, in, groups, now, old);
+}
+
+int storage_inventory_pending(storage *st, const char *enrollment_id, int64_t *count)
+{
+    assert(st != NULL && enrollment_id != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, inventory_pending, enrollment_id, count);
+}
+
+int storage_inventory_list(storage *st, const st_inventory_filter *f,
+                           int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
+                           void *ctx)
+{
+    static const st_inventory_filter all = {0};
+    assert(st != NULL && fn != NULL);
+    STORAGE_CALL(st, inventory_list, f != NULL ? f : &all, fn, ctx);
+}

@@ -699,6 +699,116 @@ int storage_identity_rotate(storage *st, const char *enrollment_id, const char *
  */
 int storage_identity_count_expiring(storage *st, int64_t after, int64_t before, int64_t *count);
 
+/* ---- device inventory (docs/INVENTORY.md, mdm/inventory.h) ---- */
+
+/*
+ * What Orchard learned from a device's answers to the inventory commands, one row per device
+ * channel, and when to ask again. The commands of an inventory round are ordinary queued
+ * commands whose CommandUUID starts with ST_INV_UUID_PREFIX (an RFC 9562 version-8 UUID whose
+ * custom bits start with zeros): a round is pending while one of them is still in the queue.
+ */
+#define ST_INV_UUID_PREFIX "00000000-0000-8"
+#define ST_INV_UUID_PREFIX_LEN 15
+
+/* The column groups one command's answer fills (storage_inventory_update). */
+enum st_inv_group {
+    ST_INV_DEVICE = 1,   /* DeviceInformation: versions, model, name, storage */
+    ST_INV_SECURITY = 2, /* SecurityInfo: passcode */
+    ST_INV_APPS = 4,     /* InstalledApplicationList / ManagedApplicationList */
+    ST_INV_PROFILES = 8, /* ProfileList */
+    ST_INV_CERTS = 16    /* CertificateList */
+};
+
+typedef struct st_inventory {
+    char *enrollment_id;
+    char *platform; /* "ios", "macos", "visionos": from the enrollment Orchard stored */
+    char *os_version, *build_version, *product_name, *model, *model_name, *device_name;
+    int64_t os_key;         /* os_version as a comparable integer (inventory_version_key); 0 =
+                             * unknown (stored as NULL, so no os_version filter matches it) */
+    int64_t capacity_mb;    /* DeviceCapacity; -1 = unknown */
+    int64_t available_mb;   /* AvailableDeviceCapacity; -1 = unknown */
+    int passcode_present;   /* 1, 0, or -1 = unknown (not reported) */
+    int passcode_compliant; /* 1, 0, or -1 = unknown */
+    int app_count;          /* -1 = never listed */
+    char *apps;             /* JSON array; NULL in storage_inventory_list results */
+    int profile_count;      /* -1 = never listed */
+    char *profiles;         /* JSON array; NULL in list results */
+    int cert_count;         /* -1 = never listed */
+    char *certs;            /* JSON array; NULL in list results */
+    int64_t round;          /* claim counter: one more at every round claimed and every reset */
+    int64_t requested_at;   /* last round queued; 0 = never */
+    int64_t updated_at;     /* last answer stored; 0 = never */
+    int64_t due_at;         /* the next scheduled round */
+    char *user_email;       /* storage_inventory_list only: the enrollment's user, or NULL */
+} st_inventory;
+
+void st_inventory_cleanup(st_inventory *inv);
+/*
+ * Inserts or replaces the row of inv->enrollment_id with every field of inv (a new enrollment
+ * starts over: values seeded from its Authenticate, nothing listed yet, due at inv->due_at).
+ * The stored round is one more than before, so a claim made on the old row fails.
+ * ST_ENOTFOUND for an unknown enrollment.
+ */
+int storage_inventory_reset(storage *st, const st_inventory *inv);
+int storage_inventory_get(storage *st, const char *enrollment_id, st_inventory *out);
+/*
+ * Claims an inventory round and queues its commands, in one transaction: a compare-and-set on
+ * `round`, so of several instances (or the scheduler and an admin request) exactly one queues
+ * a round, and only if no command of an earlier round is still queued. On success the row has
+ * round + 1, requested_at = now, due_at = due_at, platform (unless NULL: the enrollment's, which
+ * the commands were built for), and the n commands cmds (uuids starting with ST_INV_UUID_PREFIX,
+ * as storage_queue_enqueue takes them) are queued; otherwise nothing changed.
+ * ST_EEXISTS: a round is pending; ST_ECONFLICT: the row's round is no longer `round` (someone
+ * else claimed or reset it); ST_ENOTFOUND: no row.
+ */
+int storage_inventory_claim(storage *st, const char *enrollment_id, int64_t round, int64_t now,
+                            int64_t due_at, const char *platform, const st_command *cmds, size_t n);
+/* Moves the next scheduled round to due_at if the row's round is still `round` (ST_ECONFLICT
+ * otherwise): a due device whose last round is still pending is asked again later. */
+int storage_inventory_set_due(storage *st, const char *enrollment_id, int64_t round,
+                              int64_t due_at);
+/*
+ * The scheduler's walk. First moves the rows due at now (due_at <= now) whose enrollment cannot
+ * be asked to defer_to, so that unenrolled or inactive enrollments are not met again at every
+ * tick; then calls fn, oldest due first, for at most `limit` due rows whose enrollment can be
+ * asked: a device channel of a user enrollment, enrolled, complete (its first TokenUpdate
+ * arrived) and active. fn gets the row's round for storage_inventory_claim; no statement is
+ * open while it runs; early stop as storage_user_list.
+ */
+int storage_inventory_due(storage *st, int64_t now, int64_t defer_to, int limit,
+                          int (*fn)(const char *enrollment_id, int64_t round, void *ctx),
+                          void *ctx);
+/*
+ * Stores one answer: in one transaction reads the row into *old (if old is not NULL), then sets
+ * the columns of the ST_INV_* `groups` from in (strings, numbers and lists as in st_inventory;
+ * round, schedule and platform are not touched) and updated_at = now. ST_ENOTFOUND: no row.
+ */
+int storage_inventory_update(storage *st, const char *enrollment_id, const st_inventory *in,
+                             unsigned groups, int64_t now, st_inventory *old);
+/* Number of commands of inventory rounds still queued for the enrollment. */
+int storage_inventory_pending(storage *st, const char *enrollment_id, int64_t *count);
+
+enum { ST_INV_ANY = 0, ST_INV_NO = 1, ST_INV_YES = 2 };
+
+/* GET /api/v1/enrollments filters; every condition is applied in SQL, all must hold. */
+typedef struct st_inventory_filter {
+    const char *after_id;     /* keyset pagination: ids > after_id; NULL = from start */
+    int limit;                /* 0 = no limit */
+    int include_unenrolled;   /* 0 = only enrolled */
+    int64_t os_key_lt;        /* 0 = any; else a known os_key below it */
+    const char *platform;     /* NULL = any; else the inventory's platform */
+    int passcode_present;     /* ST_INV_ANY, ST_INV_NO (reported false), ST_INV_YES */
+    int64_t last_seen_before; /* 0 = any; else last_seen_at < it */
+} st_inventory_filter;
+
+/*
+ * Calls fn for each matching enrollment ordered by id with its inventory row (inv NULL when it
+ * has none; its list columns are NULL, its user_email set); early stop as storage_user_list.
+ */
+int storage_inventory_list(storage *st, const st_inventory_filter *f,
+                           int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
+                           void *ctx);
+
 /* ---- test fault injection (config debug_faults; see storage_impl.h) ---- */
 
 /*

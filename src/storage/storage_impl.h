@@ -165,6 +165,20 @@ struct storage_ops {
                            const char *old_fp, const char *new_fp, int64_t now, int *renewal_done);
     int (*identity_count_expiring)(storage *st, int64_t after, int64_t before, int64_t *count);
 
+    int (*inventory_reset)(storage *st, const st_inventory *inv);
+    int (*inventory_get)(storage *st, const char *enrollment_id, st_inventory *out);
+    int (*inventory_claim)(storage *st, const char *enrollment_id, int64_t round, int64_t now,
+                           int64_t due_at, const char *platform, const st_command *cmds, size_t n);
+    int (*inventory_set_due)(storage *st, const char *enrollment_id, int64_t round, int64_t due_at);
+    int (*inventory_due)(storage *st, int64_t now, int64_t defer_to, int limit,
+                         int (*fn)(const char *enrollment_id, int64_t round, void *ctx), void *ctx);
+    int (*inventory_update)(storage *st, const char *enrollment_id, const st_inventory *in,
+                            unsigned groups, int64_t now, st_inventory *old);
+    int (*inventory_pending)(storage *st, const char *enrollment_id, int64_t *count);
+    int (*inventory_list)(storage *st, const st_inventory_filter *f,
+                          int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
+                          void *ctx);
+
     /*
      * Optional test hook (may be NULL): make the backend's Nth subsequent database round trip
      * (statement step, BEGIN, COMMIT; never ROLLBACK) fail as an I/O error would; 0 disarms.

@@ -105,6 +105,38 @@ FILES = {
                   userenrollment:
                     mode: forbidden
     """,
+    "mdm/commands/information.security.yaml": """
+        title: SecurityInfo
+        payload:
+          requesttype: SecurityInfo
+          supportedOS:
+            iOS:
+              introduced: '4.0'
+            macOS:
+              introduced: '10.7'
+        responsekeys:
+        - key: SecurityInfo
+          type: <dictionary>
+          subkeys:
+          - key: PasscodePresent
+            type: <boolean>
+            supportedOS:
+              iOS:
+                userenrollment:
+                  mode: forbidden
+              macOS:
+                introduced: n/a
+          - key: PasscodeCompliant
+            type: <boolean>
+            supportedOS:
+              macOS:
+                introduced: n/a
+          - key: FDE_Enabled
+            type: <boolean>
+            supportedOS:
+              iOS:
+                introduced: n/a
+    """,
     "mdm/checkin/auth.yaml": """
         title: Authenticate
         payload:
@@ -293,6 +325,15 @@ class SyntheticSchema(unittest.TestCase):
             self.assertEqual(g.render(self.dir), g.render(self.dir))
         finally:
             shutil.rmtree(out)
+
+    def test_securityinfo_keys_follow_the_response_schema(self):
+        text = "\n".join(g.securityinfo_keys(self.dir))
+        # iOS: PasscodePresent is forbidden in User Enrollment, FDE_Enabled is not on iOS.
+        self.assertIn('securityinfo_keys_ios[] = {\n    "PasscodeCompliant", NULL', text)
+        # macOS: the passcode keys are n/a; FDE_Enabled inherits the command's record.
+        self.assertIn('securityinfo_keys_macos[] = {\n    "FDE_Enabled", NULL', text)
+        # visionOS: the command is not there, so none of its keys are.
+        self.assertIn('securityinfo_keys_visionos[] = {\n    NULL', text)
 
     def test_bad_version_is_an_error(self):
         path = os.path.join(self.dir, "mdm/checkin/bad.yaml")

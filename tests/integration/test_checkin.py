@@ -372,6 +372,7 @@ def fixture_command_results_are_stored_as_json():
     fixtures = [("zentral", f, c, k) for f, c, k in ZENTRAL_RESULTS]
     fixtures.append(("nanomdm", "DeviceInformation.1.plist", {"request_type": "DeviceInformation",
                                                                "Queries": ["OSVersion"]}, "QueryResponses"))
+    eq(d.idle(), None, "the enrollment's inventory round answered, nothing else queued")
     for folder, name, body, key in fixtures:
         raw = read_fixture(folder, name)
         # As captured (UDID-keyed, someone else's CommandUUID): refused or ignored, never 5xx.

@@ -152,28 +152,102 @@ class CookieJar:
         return "; ".join("%s=%s" % kv for kv in self.cookies.items())
 
 
-def canned_result(command):
-    """What a user-enrolled iPhone would report for a command (keys per Apple's schema)."""
+# CommandUUIDs of Orchard's inventory rounds start so (src/storage/storage.h ST_INV_UUID_PREFIX).
+INVENTORY_PREFIX = "00000000-0000-8"
+
+# What a user-enrolled device of each platform answers to DeviceInformation: only queries that
+# Apple's schema lets a user enrollment ask there get an answer (a real device leaves out the
+# others), and the values look like the platform's own.
+DEVICE_VALUES = {
+    "ios": {"OSVersion": "18.2.1", "BuildVersion": "22C161", "ProductName": "iPhone12,1",
+            "ModelName": "iPhone", "Model": "MWLT2", "DeviceName": "iPhone", "IsSupervised": False,
+            "IsMultiUser": False, "BatteryLevel": 0.5, "TimeZone": "Europe/Berlin",
+            "DeviceCapacity": 128.0, "AvailableDeviceCapacity": 41.52},
+    "macos": {"OSVersion": "15.2", "BuildVersion": "24C101", "ProductName": "Mac14,2", "Model": "Mac14,2",
+              "ModelName": "MacBook Air", "DeviceName": "Ann's MacBook Air", "IsSupervised": False,
+              "DeviceCapacity": 494.38, "AvailableDeviceCapacity": 201.2},
+    "visionos": {"OSVersion": "2.2", "BuildVersion": "22N842", "ProductName": "RealityDevice14,1",
+                 "ModelName": "Apple Vision Pro", "DeviceName": "Apple Vision Pro", "IsSupervised": False,
+                 "DeviceCapacity": 256.0, "AvailableDeviceCapacity": 99.0},
+}
+# Queries a user enrollment may not ask (the schema's forbidden lists; the device answers none).
+FORBIDDEN_QUERIES = {"UDID", "SerialNumber", "IMEI", "MEID", "ICCID", "WiFiMAC", "BluetoothMAC", "EthernetMAC",
+                     "PhoneNumber", "PushToken", "SoftwareUpdateDeviceID", "IsActivationLockEnabled"}
+
+
+def platform_of(product):
+    """The platform of a ProductName, as src/mdm/platform.c reads it (anything else is iOS)."""
+    if re.match(r"^(Mac|MacBook|MacBookAir|MacBookPro|Macmini|MacPro|iMac|iMacPro|VirtualMac)(\d|$)", product or ""):
+        return "macos"
+    if re.match(r"^RealityDevice(\d|$)", product or ""):
+        return "visionos"
+    return "ios"
+
+
+def canned_result(command, platform="ios", device=None):
+    """What a user-enrolled device of the platform would report for a command (keys per Apple's
+    schema: a user-enrolled iPhone reports PasscodeCompliant but never PasscodePresent). With a
+    device, its own values (OS version, installed profiles and apps) are reported."""
     rt = command.get("RequestType")
+    dev = device
     if rt == "ProfileList":
-        return {"ProfileList": []}
+        return {"ProfileList": dev.profile_list() if dev else []}
     if rt == "DeviceInformation":
-        values = {"OSVersion": "18.2.1", "BuildVersion": "22C161", "ProductName": "iPhone12,1",
-                  "ModelName": "iPhone", "Model": "MWLT2", "DeviceName": "iPhone", "IsSupervised": False,
-                  "IsMultiUser": False, "BatteryLevel": 0.5, "TimeZone": "Europe/Berlin"}
-        return {"QueryResponses": {q: values.get(q, "x") for q in command.get("Queries", ["OSVersion"])}}
+        values = dict(DEVICE_VALUES.get(platform, DEVICE_VALUES["ios"]))
+        if dev:
+            values.update(OSVersion=dev.os_version, BuildVersion=dev.build_version, ProductName=dev.product)
+            values.update(dev.device_info)
+        queries = command.get("Queries", ["OSVersion"])
+        return {"QueryResponses": {q: values[q] for q in queries if q in values and q not in FORBIDDEN_QUERIES}}
     if rt == "SecurityInfo":
-        return {"SecurityInfo": {"PasscodePresent": True, "PasscodeCompliant": True,
-                                 "PasscodeCompliantWithProfiles": True}}
+        if platform == "macos":
+            info = {"FDE_Enabled": True, "SystemIntegrityProtectionEnabled": True,
+                    "AuthenticatedRootVolumeEnabled": True,
+                    "ManagementStatus": {"IsUserEnrollment": True, "UserApprovedEnrollment": True}}
+        else:
+            info = {"HardwareEncryptionCaps": 3, "PasscodeCompliant": True,
+                    "ManagementStatus": {"IsUserEnrollment": True}}
+        if dev:
+            info.update(dev.security_info)
+        return {"SecurityInfo": info}
     if rt == "CertificateList":
-        return {"CertificateList": []}
+        # User enrollment: only the certificates the MDM installed, here the device identity.
+        certs = []
+        if dev and dev.cert_path:
+            with open(dev.cert_path, "rb") as f:
+                pem = f.read().decode()
+            der = base64.b64decode("".join(l for l in pem.splitlines() if l and not l.startswith("-----")))
+            certs.append({"CommonName": dev.enrollment_id, "Data": der, "IsIdentity": True})
+        return {"CertificateList": certs}
     if rt == "InstalledApplicationList":
-        return {"InstalledApplicationList": []}
+        apps = dev.apps if dev else {}
+        return {"InstalledApplicationList": [
+            {"Identifier": k, "Name": v.get("Name", k), "ShortVersion": v.get("ShortVersion", "1.0"),
+             "Version": v.get("Version", "1"), "Installing": False} for k, v in sorted(apps.items())]}
     if rt == "ManagedApplicationList":
-        return {"ManagedApplicationList": {}}
+        apps = dev.apps if dev else {}
+        return {"ManagedApplicationList": {k: {"Status": "Managed", "ManagementFlags": 0, "HasConfiguration": False,
+                                               "HasFeedback": False, "IsValidated": True,
+                                               "ExternalVersionIdentifier": 0} for k in apps}}
     if rt == "ProvisioningProfileList":
         return {"ProvisioningProfileList": []}
     return {}
+
+
+def installed_profile_identifier(payload):
+    """The PayloadIdentifier of an InstallProfile Payload (a plist, bare or inside CMS)."""
+    data = bytes(payload or b"")
+    start, end = data.find(b"<?xml"), data.rfind(b"</plist>")
+    if start < 0 or end < 0:
+        start, end = data.find(b"bplist00"), len(data)
+        if start < 0:
+            return None
+    else:
+        end += len(b"</plist>")
+    try:
+        return plistlib.loads(data[start:end]).get("PayloadIdentifier")
+    except Exception:
+        return None
 
 
 def default_machine_info():
@@ -199,7 +273,7 @@ class Device:
     def __init__(self, url, user, password=None, ca_file=None, workdir=None, model_family="iPhone",
                  machine_info=None, enroll_content_type="application/pkcs7-signature", signing_ca=None,
                  enrollment_id=None, sig_hash="sha256", auto_reauth=True, product="iPhone12,1",
-                 os_version="18.2.1", build_version="22C161", timeout=30):
+                 os_version="18.2.1", build_version="22C161", timeout=30, auto_inventory=True):
         self.url = url.rstrip("/")
         self.user = user
         self.domain = user.rsplit("@", 1)[1]
@@ -221,6 +295,17 @@ class Device:
         self.sig_hash = sig_hash
         self.auto_reauth = auto_reauth
         self.product, self.os_version, self.build_version = product, os_version, build_version
+        self.platform = platform_of(product)
+        # The device's own state, reported by ProfileList, the app lists and SecurityInfo.
+        self.profiles = {}  # PayloadIdentifier -> ProfileList item, from acknowledged InstallProfile
+        self.apps = {}  # bundle id -> app list fields, from acknowledged InstallApplication
+        self.device_info = {}  # DeviceInformation values that override the platform's
+        self.security_info = {}  # SecurityInfo keys that override the platform's
+        # Orchard's inventory rounds are answered like a real device would, out of the tests'
+        # way (idle/report never return them) unless auto_inventory is False.
+        self.auto_inventory = auto_inventory
+        self.inventory_answered = []  # the inventory commands answered so, in order
+        self._received = {}  # CommandUUID -> command, to apply what an acknowledgement does
         self.timeout = timeout
         self.push_token = os.urandom(32)
         self.push_magic = str(uuid.uuid4()).upper()
@@ -664,13 +749,56 @@ class Device:
 
     def idle(self, **kw):
         """{Status: Idle}; returns the next command dict or None."""
-        return self.parse_command(self.connect({"Status": "Idle", "EnrollmentID": self.enrollment_id}, **kw))
+        r = self.connect({"Status": "Idle", "EnrollmentID": self.enrollment_id}, **kw)
+        return self._past_inventory(self.parse_command(r))
 
     def report(self, command_uuid, status="Acknowledged", **keys):
         """A command result; returns the next command dict or None."""
+        if status == "Acknowledged":
+            self._acknowledged(self._received.pop(command_uuid, None))
         body = {"Status": status, "CommandUUID": command_uuid, "EnrollmentID": self.enrollment_id}
         body.update(keys)
-        return self.parse_command(self.connect(body))
+        return self._past_inventory(self.parse_command(self.connect(body)))
+
+    def _past_inventory(self, cmd):
+        """Answers inventory commands the way the device would and returns the next other one."""
+        while cmd is not None:
+            self._received[cmd["CommandUUID"]] = cmd
+            if not (self.auto_inventory and cmd["CommandUUID"].startswith(INVENTORY_PREFIX)):
+                return cmd
+            self.inventory_answered.append(cmd)
+            keys = canned_result(cmd["Command"], self.platform, self)
+            body = {"Status": "Acknowledged", "CommandUUID": cmd["CommandUUID"], "EnrollmentID": self.enrollment_id}
+            body.update(keys)
+            cmd = self.parse_command(self.connect(body))
+        return None
+
+    def _acknowledged(self, cmd):
+        """What acknowledging a command changes on the device (what its lists report later)."""
+        c = (cmd or {}).get("Command") or {}
+        rt = c.get("RequestType")
+        if rt == "InstallProfile":
+            ident = installed_profile_identifier(c.get("Payload"))
+            if ident:
+                self.profiles[ident] = {"PayloadIdentifier": ident, "PayloadUUID": str(uuid.uuid4()).upper(),
+                                        "PayloadVersion": 1, "IsEncrypted": False, "HasRemovalPasscode": False}
+        elif rt == "RemoveProfile":
+            self.profiles.pop(c.get("Identifier"), None)
+        elif rt == "InstallApplication" and c.get("Identifier"):
+            self.apps[c["Identifier"]] = {"Name": c["Identifier"].rsplit(".", 1)[-1]}
+        elif rt == "RemoveApplication":
+            self.apps.pop(c.get("Identifier"), None)
+
+    def profile_list(self):
+        """ProfileList: the enrollment profile and the profiles the MDM installed."""
+        items = []
+        if self.profile:
+            items.append({"PayloadIdentifier": self.profile.get("PayloadIdentifier"),
+                          "PayloadDisplayName": self.profile.get("PayloadDisplayName", "MDM"),
+                          "PayloadUUID": self.profile.get("PayloadUUID"), "PayloadVersion": 1,
+                          "IsEncrypted": False, "HasRemovalPasscode": False})
+        items.extend(self.profiles[k] for k in sorted(self.profiles))
+        return [{k: v for k, v in i.items() if v is not None} for i in items]
 
     def run_commands(self, limit=100, responder=None):
         """Idle, then answer every command until the server sends the empty 200. responder(cmd)
@@ -681,7 +809,8 @@ class Device:
             if len(done) >= limit:
                 raise DeviceError("more than %d commands in one session" % limit)
             done.append(cmd)
-            st, keys = responder(cmd) if responder else ("Acknowledged", canned_result(cmd["Command"]))
+            st, keys = responder(cmd) if responder else ("Acknowledged",
+                                                         canned_result(cmd["Command"], self.platform, self))
             cmd = self.report(cmd["CommandUUID"], st, **keys)
         return done
 

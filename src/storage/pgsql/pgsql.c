@@ -72,7 +72,7 @@
 #define PG_MIGRATION_LOCK "5715704854699197440"
 /* Lists are read this many rows at a time (keyset pagination), as in sqlite.c. */
 #define PG_LIST_CHUNK 256
-#define PG_MAX_PARAMS 20
+#define PG_MAX_PARAMS 24
 
 /* ---- schema ---- */
 
@@ -355,14 +355,49 @@ static const char pg_schema_v13[] =
     " WHERE command_uuid IS NOT NULL;"
     "CREATE INDEX certs_live_expiry ON certs (not_after) WHERE revoked_at = 0;";
 
+/* Migration 14 (as sqlite.c's sq_schema_inventory): the device inventory. */
+static const char pg_schema_v14[] =
+    "CREATE TABLE inventory ("
+    " enrollment_id TEXT COLLATE \"C\" PRIMARY KEY REFERENCES enrollments (id),"
+    " platform TEXT,"
+    " os_version TEXT,"
+    " build_version TEXT,"
+    " os_key BIGINT,"
+    " product_name TEXT,"
+    " model TEXT,"
+    " model_name TEXT,"
+    " device_name TEXT,"
+    " capacity_mb BIGINT,"
+    " available_mb BIGINT,"
+    " passcode_present INTEGER,"
+    " passcode_compliant INTEGER,"
+    " app_count INTEGER,"
+    " apps TEXT,"
+    " profile_count INTEGER,"
+    " profiles TEXT,"
+    " cert_count INTEGER,"
+    " certs TEXT,"
+    " round BIGINT NOT NULL DEFAULT 0,"
+    " requested_at BIGINT NOT NULL DEFAULT 0,"
+    " updated_at BIGINT NOT NULL DEFAULT 0,"
+    " due_at BIGINT NOT NULL DEFAULT 0);"
+    "CREATE INDEX inventory_due ON inventory (due_at);"
+    "INSERT INTO inventory (enrollment_id, platform, os_version, build_version, product_name, "
+    "model, device_name) SELECT id, CASE WHEN coalesce(nullif(product_name, ''), model) LIKE "
+    "'Mac%' OR coalesce(nullif(product_name, ''), model) LIKE 'iMac%' OR "
+    "coalesce(nullif(product_name, ''), model) LIKE 'VirtualMac%' THEN 'macos' WHEN "
+    "coalesce(nullif(product_name, ''), model) LIKE 'RealityDevice%' THEN 'visionos' ELSE 'ios' "
+    "END, os_version, build_version, product_name, model, device_name FROM enrollments "
+    "WHERE type = 1 AND unenrolled_at = 0 AND token_updated_at > 0;";
+
 /*
  * Append-only: migration N is pg_migrations[N - 1], and it creates what sqlite.c's migration N
  * creates. Never edit one that has shipped.
  */
 static const char *const pg_migrations[] = {
-    pg_schema_v1,  pg_schema_v2,  pg_schema_v3,  pg_schema_v4, pg_schema_v5,
-    pg_schema_v6,  pg_schema_v7,  pg_schema_v8,  pg_schema_v9, pg_schema_v10,
-    pg_schema_v11, pg_schema_v12, pg_schema_v13,
+    pg_schema_v1,  pg_schema_v2,  pg_schema_v3,  pg_schema_v4,  pg_schema_v5,
+    pg_schema_v6,  pg_schema_v7,  pg_schema_v8,  pg_schema_v9,  pg_schema_v10,
+    pg_schema_v11, pg_schema_v12, pg_schema_v13, pg_schema_v14,
 };
 #define PG_NMIGRATIONS ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -498,6 +533,17 @@ enum pg_stmt_id {
     PG_ROTATE_CERTS,
     PG_ROTATE_RENEWAL,
     PG_IDENTITY_COUNT_EXPIRING,
+    PG_INV_RESET,
+    PG_INV_GET,
+    PG_INV_GET_FOR_UPDATE,
+    PG_INV_CLAIM,
+    PG_INV_CLAIM_WHY,
+    PG_INV_SET_DUE,
+    PG_INV_DEFER,
+    PG_INV_DUE,
+    PG_INV_UPDATE,
+    PG_INV_PENDING,
+    PG_INV_LIST,
     PG_NSTMT
 };
 
@@ -508,6 +554,30 @@ enum pg_stmt_id {
 #define PG_BOUND_FROM                                                                              \
     "certs c JOIN enrollments e ON e.id = c.enrollment_id AND e.cert_fingerprint = c.fingerprint"
 #define PG_BOUND_WHERE "c.revoked_at = 0 AND e.type = 1 AND e.unenrolled_at = 0"
+/* The device inventory (migration 14); as sqlite.c's. */
+#define INV_COLS                                                                                   \
+    "enrollment_id, platform, os_version, build_version, os_key, product_name, model, "            \
+    "model_name, device_name, capacity_mb, available_mb, passcode_present, passcode_compliant, "   \
+    "app_count, apps, profile_count, profiles, cert_count, certs, round, requested_at, "           \
+    "updated_at, due_at"
+#define INV_COLS_LIST                                                                              \
+    "i.enrollment_id, i.platform, i.os_version, i.build_version, i.os_key, i.product_name, "       \
+    "i.model, i.model_name, i.device_name, i.capacity_mb, i.available_mb, i.passcode_present, "    \
+    "i.passcode_compliant, i.app_count, NULL::text, i.profile_count, NULL::text, i.cert_count, "   \
+    "NULL::text, i.round, i.requested_at, i.updated_at, i.due_at"
+#define ENR_COLS_E                                                                                 \
+    "e.id, e.type, e.parent_id, e.user_id, e.topic, e.cert_fingerprint, e.push_token, "            \
+    "e.push_magic, e.push_token_dead, e.os_version, e.build_version, e.product_name, "             \
+    "e.device_name, e.model, e.auth_state, e.auth_state_since, e.last_auth_at, "                   \
+    "e.last_auth_method, e.enrolled_at, e.token_updated_at, e.last_seen_at, e.unenrolled_at"
+#define PG_INV_PENDING_OF(E)                                                                       \
+    "EXISTS (SELECT 1 FROM commands AS c WHERE c.enrollment_id = " E " AND "                       \
+    "substr(c.uuid, 1, length('" ST_INV_UUID_PREFIX "')) = '" ST_INV_UUID_PREFIX "')"
+#define PG_INV_ASKABLE                                                                             \
+    "e.type = 1 AND e.unenrolled_at = 0 AND e.token_updated_at > 0 AND e.auth_state = 'active'"
+#define PG_INV_SET(col, bit, param)                                                                \
+    col " = CASE WHEN ($2::int & " #bit ") <> 0 THEN " param " ELSE " col " END"
+
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
     "token_hash, user_id, method, issued_at, expires_at, enrollment_id, revoked_at, machine_info"
@@ -575,6 +645,71 @@ struct pg_stmt {
     const char *sql;
     int retry; /* RETRY or ONCE */
 };
+
+/* The device inventory (migration 14); sqlite.c has the same statements. */
+// clang-format off
+#define PG_SQL_INVENTORY                                                                           \
+    [PG_INV_RESET] = {"INSERT INTO inventory (" INV_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, "  \
+        "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1, $20, $21, $22) "             \
+        "ON CONFLICT (enrollment_id) DO UPDATE SET platform = excluded.platform, "                 \
+        "os_version = excluded.os_version, build_version = excluded.build_version, "               \
+        "os_key = excluded.os_key, product_name = excluded.product_name, model = excluded.model, " \
+        "model_name = excluded.model_name, device_name = excluded.device_name, "                   \
+        "capacity_mb = excluded.capacity_mb, available_mb = excluded.available_mb, "               \
+        "passcode_present = excluded.passcode_present, "                                           \
+        "passcode_compliant = excluded.passcode_compliant, app_count = excluded.app_count, "       \
+        "apps = excluded.apps, profile_count = excluded.profile_count, "                           \
+        "profiles = excluded.profiles, cert_count = excluded.cert_count, certs = excluded.certs, " \
+        "round = inventory.round + 1, requested_at = excluded.requested_at, "                      \
+        "updated_at = excluded.updated_at, due_at = excluded.due_at", ONCE},                       \
+    [PG_INV_GET] = {"SELECT " INV_COLS " FROM inventory WHERE enrollment_id = $1", RETRY},         \
+    [PG_INV_GET_FOR_UPDATE] = {"SELECT " INV_COLS " FROM inventory WHERE enrollment_id = $1 "      \
+        "FOR UPDATE", ONCE},                                                                       \
+    /* The row lock of the UPDATE is held until the round's commands are queued and committed: */  \
+    /* a concurrent claim waits, then finds another round (or the commands pending). */            \
+    [PG_INV_CLAIM] = {"UPDATE inventory SET round = round + 1, requested_at = $3, due_at = $4, "   \
+        "platform = coalesce($5, platform) WHERE enrollment_id = $1 AND round = $2 AND NOT "       \
+        PG_INV_PENDING_OF("$1::text"), ONCE},                                                      \
+    [PG_INV_CLAIM_WHY] = {"SELECT round, " PG_INV_PENDING_OF("$1::text")                           \
+        " FROM inventory WHERE enrollment_id = $1", RETRY},                                        \
+    [PG_INV_SET_DUE] = {"UPDATE inventory SET due_at = $3 "                                        \
+        "WHERE enrollment_id = $1 AND round = $2", RETRY},                                         \
+    [PG_INV_DEFER] = {"UPDATE inventory SET due_at = $2 WHERE due_at <= $1 AND NOT EXISTS "        \
+        "(SELECT 1 FROM enrollments AS e WHERE e.id = inventory.enrollment_id AND "                \
+        PG_INV_ASKABLE ")", RETRY},                                                                \
+    [PG_INV_DUE] = {"SELECT i.enrollment_id, i.round FROM inventory AS i JOIN enrollments AS e "   \
+        "ON e.id = i.enrollment_id WHERE i.due_at <= $1 AND " PG_INV_ASKABLE                       \
+        " ORDER BY i.due_at, i.enrollment_id LIMIT $2", RETRY},                                    \
+    [PG_INV_UPDATE] = {"UPDATE inventory SET "                                                     \
+        PG_INV_SET("os_version", 1, "$3::text") ", "                                               \
+        PG_INV_SET("build_version", 1, "$4::text") ", "                                            \
+        PG_INV_SET("os_key", 1, "$5::bigint") ", "                                                 \
+        PG_INV_SET("product_name", 1, "$6::text") ", "                                             \
+        PG_INV_SET("model", 1, "$7::text") ", "                                                    \
+        PG_INV_SET("model_name", 1, "$8::text") ", "                                               \
+        PG_INV_SET("device_name", 1, "$9::text") ", "                                              \
+        PG_INV_SET("capacity_mb", 1, "$10::bigint") ", "                                           \
+        PG_INV_SET("available_mb", 1, "$11::bigint") ", "                                          \
+        PG_INV_SET("passcode_present", 2, "$12::int") ", "                                         \
+        PG_INV_SET("passcode_compliant", 2, "$13::int") ", "                                       \
+        PG_INV_SET("app_count", 4, "$14::int") ", "                                                \
+        PG_INV_SET("apps", 4, "$15::text") ", "                                                    \
+        PG_INV_SET("profile_count", 8, "$16::int") ", "                                            \
+        PG_INV_SET("profiles", 8, "$17::text") ", "                                                \
+        PG_INV_SET("cert_count", 16, "$18::int") ", "                                              \
+        PG_INV_SET("certs", 16, "$19::text")                                                       \
+        ", updated_at = $20 WHERE enrollment_id = $1", RETRY},                                     \
+    [PG_INV_PENDING] = {"SELECT count(*) FROM commands AS c WHERE c.enrollment_id = $1 AND "       \
+        "substr(c.uuid, 1, length('" ST_INV_UUID_PREFIX "')) = '" ST_INV_UUID_PREFIX "'", RETRY},  \
+    /* As sqlite.c's SQ_INV_LIST: conditions on the joined row, walked by id. */                   \
+    [PG_INV_LIST] = {"SELECT " ENR_COLS_E ", u.email, " INV_COLS_LIST " FROM enrollments AS e "    \
+        "LEFT JOIN inventory AS i ON i.enrollment_id = e.id "                                      \
+        "LEFT JOIN users AS u ON u.id = e.user_id WHERE e.id > $1 "                                \
+        "AND ($2::int = 1 OR e.unenrolled_at = 0) AND ($3::bigint = 0 OR i.os_key < $3) "          \
+        "AND ($4::text IS NULL OR i.platform = $4) "                                               \
+        "AND ($5::int = 0 OR i.passcode_present = $5 - 1) "                                        \
+        "AND ($6::bigint = 0 OR e.last_seen_at < $6) ORDER BY e.id LIMIT $7", RETRY},
+// clang-format on
 
 static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     [PG_BEGIN] = {"BEGIN", RETRY},
@@ -1029,7 +1164,7 @@ static const struct pg_stmt pg_stmts[PG_NSTMT] = {
     [PG_IDENTITY_COUNT_EXPIRING] = {"SELECT count(*) FROM " PG_BOUND_FROM " WHERE " PG_BOUND_WHERE
                                     " AND c.not_after > $1 AND c.not_after <= $2",
                                     RETRY},
-};
+    PG_SQL_INVENTORY};
 
 /* ---- connections ---- */
 
@@ -3714,6 +3849,280 @@ static int pg_identity_count_expiring(storage *st, int64_t after, int64_t before
     return rc == ST_ENOTFOUND ? ST_ERROR : rc;
 }
 
+/* ---- device inventory ---- */
+
+/* A nullable integer column: NULL reads as `none`. */
+static int64_t col_int_or(const PGresult *r, int row, int col, int64_t none)
+{
+    return PQgetisnull(r, row, col) ? none : col_int(r, row, col);
+}
+
+/* v, or SQL NULL when v is the "unknown" value `none`. */
+static void p_int_or_null(struct pg_params *p, int64_t v, int64_t none)
+{
+    if (v == none)
+        p_text(p, NULL);
+    else
+        p_int(p, v);
+}
+
+/* Reads INV_COLS (or INV_COLS_LIST) starting at column `at`. */
+static void read_inventory(const PGresult *r, int i, int at, st_inventory *x)
+{
+    x->enrollment_id = col_text(r, i, at + 0);
+    x->platform = col_text(r, i, at + 1);
+    x->os_version = col_text(r, i, at + 2);
+    x->build_version = col_text(r, i, at + 3);
+    x->os_key = col_int_or(r, i, at + 4, 0);
+    x->product_name = col_text(r, i, at + 5);
+    x->model = col_text(r, i, at + 6);
+    x->model_name = col_text(r, i, at + 7);
+    x->device_name = col_text(r, i, at + 8);
+    x->capacity_mb = col_int_or(r, i, at + 9, -1);
+    x->available_mb = col_int_or(r, i, at + 10, -1);
+    x->passcode_present = (int)col_int_or(r, i, at + 11, -1);
+    x->passcode_compliant = (int)col_int_or(r, i, at + 12, -1);
+    x->app_count = (int)col_int_or(r, i, at + 13, -1);
+    x->apps = col_text(r, i, at + 14);
+    x->profile_count = (int)col_int_or(r, i, at + 15, -1);
+    x->profiles = col_text(r, i, at + 16);
+    x->cert_count = (int)col_int_or(r, i, at + 17, -1);
+    x->certs = col_text(r, i, at + 18);
+    x->round = col_int(r, i, at + 19);
+    x->requested_at = col_int(r, i, at + 20);
+    x->updated_at = col_int(r, i, at + 21);
+    x->due_at = col_int(r, i, at + 22);
+}
+
+/* The data columns of x (os_version .. certs), 17 parameters. */
+static void p_inventory_data(struct pg_params *p, const st_inventory *x)
+{
+    p_text(p, x->os_version);
+    p_text(p, x->build_version);
+    p_int_or_null(p, x->os_key, 0);
+    p_text(p, x->product_name);
+    p_text(p, x->model);
+    p_text(p, x->model_name);
+    p_text(p, x->device_name);
+    p_int_or_null(p, x->capacity_mb, -1);
+    p_int_or_null(p, x->available_mb, -1);
+    p_int_or_null(p, x->passcode_present, -1);
+    p_int_or_null(p, x->passcode_compliant, -1);
+    p_int_or_null(p, x->app_count, -1);
+    p_text(p, x->apps);
+    p_int_or_null(p, x->profile_count, -1);
+    p_text(p, x->profiles);
+    p_int_or_null(p, x->cert_count, -1);
+    p_text(p, x->certs);
+}
+
+static int pg_inventory_reset(storage *st, const st_inventory *x)
+{
+    struct pg_params p = {0};
+    p_text(&p, x->enrollment_id);
+    p_text(&p, x->platform);
+    p_inventory_data(&p, x);
+    p_int(&p, x->requested_at);
+    p_int(&p, x->updated_at);
+    p_int(&p, x->due_at);
+    return pg_run(conn_get(st), PG_INV_RESET, &p, "inventory_reset", 0, NULL);
+}
+
+/* Reads the row of id on c into out (if not NULL), inside or outside a transaction. */
+static int pg_inventory_read(struct pg_conn *c, enum pg_stmt_id id_stmt, const char *id,
+                             st_inventory *out, const char *op)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    PGresult *r;
+    int rc = pg_row(c, id_stmt, &p, op, &r);
+    if (rc != ST_OK)
+        return rc;
+    if (out != NULL)
+        read_inventory(r, 0, 0, out);
+    PQclear(r);
+    return ST_OK;
+}
+
+static int pg_inventory_get(storage *st, const char *id, st_inventory *out)
+{
+    return pg_inventory_read(conn_get(st), PG_INV_GET, id, out, "inventory_get");
+}
+
+static int pg_inventory_claim(storage *st, const char *id, int64_t round, int64_t now,
+                              int64_t due_at, const char *platform, const st_command *cmds,
+                              size_t n)
+{
+    static const char op[] = "inventory_claim";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, round);
+    p_int(&p, now);
+    p_int(&p, due_at);
+    p_text(&p, platform);
+    rc = pg_run(c, PG_INV_CLAIM, &p, op, 1, NULL);
+    if (rc == ST_ENOTFOUND) {
+        /* Nothing changed: say why. */
+        struct pg_params q = {0};
+        p_text(&q, id);
+        PGresult *r;
+        rc = pg_row(c, PG_INV_CLAIM_WHY, &q, op, &r);
+        if (rc == ST_OK) {
+            rc = col_int(r, 0, 0) != round ? ST_ECONFLICT
+                 : col_int(r, 0, 1)        ? ST_EEXISTS
+                                           : ST_ECONFLICT;
+            PQclear(r);
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < n && rc == ST_OK; i++) {
+        struct pg_params q = {0};
+        p_text(&q, cmds[i].uuid);
+        p_text(&q, cmds[i].enrollment_id);
+        p_text(&q, cmds[i].request_type);
+        p_blob(&q, cmds[i].body, cmds[i].body_len);
+        p_int(&q, cmds[i].priority);
+        p_int(&q, cmds[i].sensitive ? 1 : 0);
+        p_int(&q, cmds[i].created_at);
+        int64_t added = 0;
+        rc = pg_run(c, PG_CMD_ENQUEUE, &q, op, 0, &added);
+        if (rc == ST_OK && added == 0)
+            rc = ST_EEXISTS; /* a fresh random uuid already in history: give up this round */
+    }
+    if (rc == ST_OK)
+        rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK)
+        pg_rollback(c);
+    return rc;
+}
+
+static int pg_inventory_set_due(storage *st, const char *id, int64_t round, int64_t due_at)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, round);
+    p_int(&p, due_at);
+    int rc = pg_run(conn_get(st), PG_INV_SET_DUE, &p, "inventory_set_due", 1, NULL);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int pg_inventory_due(storage *st, int64_t now, int64_t defer_to, int limit,
+                            int (*fn)(const char *enrollment_id, int64_t round, void *ctx),
+                            void *ctx)
+{
+    static const char op[] = "inventory_due";
+    struct pg_conn *c = conn_get(st);
+    struct pg_params p = {0};
+    p_int(&p, now);
+    p_int(&p, defer_to);
+    int rc = pg_run(c, PG_INV_DEFER, &p, op, 0, NULL);
+    if (rc != ST_OK)
+        return rc;
+    struct pg_params q = {0};
+    p_int(&q, now);
+    p_int(&q, limit);
+    PGresult *r;
+    rc = pg_exec(c, PG_INV_DUE, &q, op, &r);
+    if (rc != ST_OK)
+        return rc;
+    /* The rows are in memory: no statement is open on the server while fn runs. */
+    for (int i = 0; i < PQntuples(r) && rc == ST_OK; i++)
+        rc = fn(PQgetvalue(r, i, 0), col_int(r, i, 1), ctx);
+    PQclear(r);
+    return rc;
+}
+
+static int pg_inventory_update(storage *st, const char *id, const st_inventory *x, unsigned groups,
+                               int64_t now, st_inventory *old)
+{
+    static const char op[] = "inventory_update";
+    struct pg_conn *c = conn_get(st);
+    int rc = pg_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    /* FOR UPDATE: the old values read are the ones this update replaces. */
+    rc = pg_inventory_read(c, PG_INV_GET_FOR_UPDATE, id, old, op);
+    if (rc != ST_OK)
+        goto out;
+    struct pg_params p = {0};
+    p_text(&p, id);
+    p_int(&p, groups);
+    p_inventory_data(&p, x);
+    p_int(&p, now);
+    rc = pg_run(c, PG_INV_UPDATE, &p, op, 1, NULL);
+    if (rc == ST_OK)
+        rc = pg_commit(c, op);
+out:
+    if (rc != ST_OK) {
+        pg_rollback(c);
+        st_inventory_cleanup(old);
+    }
+    return rc;
+}
+
+static int pg_inventory_pending(storage *st, const char *id, int64_t *count)
+{
+    struct pg_params p = {0};
+    p_text(&p, id);
+    PGresult *r;
+    int rc = pg_row(conn_get(st), PG_INV_PENDING, &p, "inventory_pending", &r);
+    if (rc != ST_OK)
+        return rc;
+    *count = col_int(r, 0, 0);
+    PQclear(r);
+    return ST_OK;
+}
+
+static int pg_inventory_list(storage *st, const st_inventory_filter *f,
+                             int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
+                             void *ctx)
+{
+    char *cursor = xstrdup(f->after_id != NULL ? f->after_id : "");
+    int64_t left = f->limit > 0 ? f->limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        int want = left < PG_LIST_CHUNK ? (int)left : PG_LIST_CHUNK;
+        struct pg_params p = {0};
+        p_text(&p, cursor);
+        p_int(&p, f->include_unenrolled ? 1 : 0);
+        p_int(&p, f->os_key_lt);
+        p_text(&p, f->platform);
+        p_int(&p, f->passcode_present);
+        p_int(&p, f->last_seen_before);
+        p_int(&p, want);
+        PGresult *r;
+        ret = pg_exec(conn_get(st), PG_INV_LIST, &p, "inventory_list", &r);
+        if (ret != ST_OK)
+            break;
+        int n = PQntuples(r);
+        for (int i = 0; i < n && ret == ST_OK; i++) {
+            st_enrollment e = {0};
+            st_inventory inv = {0};
+            read_enrollment(r, i, &e);
+            int has_inv = !PQgetisnull(r, i, 23);
+            if (has_inv)
+                read_inventory(r, i, 23, &inv);
+            inv.user_email = col_text(r, i, 22);
+            free(cursor);
+            cursor = xstrdup(e.id);
+            ret = fn(&e, has_inv ? &inv : NULL, ctx);
+            st_enrollment_cleanup(&e);
+            st_inventory_cleanup(&inv);
+        }
+        PQclear(r);
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(cursor);
+    return ret;
+}
+
 static const struct storage_ops pgsql_ops = {
     .name = "pgsql",
     .close = pg_close,
@@ -3812,5 +4221,13 @@ static const struct storage_ops pgsql_ops = {
     .renewal_due = pg_renewal_due,
     .identity_rotate = pg_identity_rotate,
     .identity_count_expiring = pg_identity_count_expiring,
+    .inventory_reset = pg_inventory_reset,
+    .inventory_get = pg_inventory_get,
+    .inventory_claim = pg_inventory_claim,
+    .inventory_set_due = pg_inventory_set_due,
+    .inventory_due = pg_inventory_due,
+    .inventory_update = pg_inventory_update,
+    .inventory_pending = pg_inventory_pending,
+    .inventory_list = pg_inventory_list,
     .fail_step_after = pg_fail_step_after,
 };

@@ -374,12 +374,57 @@ static const char sq_schema_renewal[] =
     " WHERE command_uuid IS NOT NULL;"
     "CREATE INDEX certs_live_expiry ON certs (not_after) WHERE revoked_at = 0;";
 
+/*
+ * Migration 14, the device inventory (issue 15, docs/INVENTORY.md): one row per device channel
+ * with the typed fields the enrollment list filters on, the lists as JSON, and the schedule
+ * (due_at, claimed by a compare-and-set on round). Enrollments complete before this migration
+ * get a row that is due at once; their platform is derived from the stored ProductName the way
+ * mdm/platform.c does for the common names; every round claimed rewrites it from the
+ * enrollment, and the first answer fills os_key, which SQL does not compute. The list's filters
+ * need no index of their own: the list walks enrollments by id (keyset pages) and checks each
+ * joined row, and an index on a filtered column could only help a filter that matches almost
+ * nothing, at the price of sorting every page of one that matches much (docs/INVENTORY.md).
+ */
+static const char sq_schema_inventory[] =
+    "CREATE TABLE inventory ("
+    " enrollment_id TEXT PRIMARY KEY REFERENCES enrollments (id),"
+    " platform TEXT,"
+    " os_version TEXT,"
+    " build_version TEXT,"
+    " os_key INTEGER,"
+    " product_name TEXT,"
+    " model TEXT,"
+    " model_name TEXT,"
+    " device_name TEXT,"
+    " capacity_mb INTEGER,"
+    " available_mb INTEGER,"
+    " passcode_present INTEGER,"
+    " passcode_compliant INTEGER,"
+    " app_count INTEGER,"
+    " apps TEXT,"
+    " profile_count INTEGER,"
+    " profiles TEXT,"
+    " cert_count INTEGER,"
+    " certs TEXT,"
+    " round INTEGER NOT NULL DEFAULT 0,"
+    " requested_at INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0,"
+    " due_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX inventory_due ON inventory (due_at);"
+    "INSERT INTO inventory (enrollment_id, platform, os_version, build_version, product_name, "
+    "model, device_name) SELECT id, CASE WHEN coalesce(nullif(product_name, ''), model) GLOB "
+    "'Mac*' OR coalesce(nullif(product_name, ''), model) GLOB 'iMac*' OR "
+    "coalesce(nullif(product_name, ''), model) GLOB 'VirtualMac*' THEN 'macos' WHEN "
+    "coalesce(nullif(product_name, ''), model) GLOB 'RealityDevice*' THEN 'visionos' ELSE 'ios' "
+    "END, os_version, build_version, product_name, model, device_name FROM enrollments "
+    "WHERE type = 1 AND unenrolled_at = 0 AND token_updated_at > 0;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,       sq_schema_push,
-    sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk,    sq_schema_webhooks,
-    sq_schema_versions, sq_schema_failures, sq_schema_app_versions, sq_schema_retention,
-    sq_schema_renewal,
+    sq_schema_v1,       sq_schema_v2,        sq_schema_reauth,       sq_schema_push,
+    sq_schema_oidc,     sq_schema_library,   sq_schema_push_bulk,    sq_schema_webhooks,
+    sq_schema_versions, sq_schema_failures,  sq_schema_app_versions, sq_schema_retention,
+    sq_schema_renewal,  sq_schema_inventory,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -521,6 +566,16 @@ enum sq_stmt_id {
     SQ_ROTATE_CERTS,
     SQ_ROTATE_RENEWAL,
     SQ_IDENTITY_COUNT_EXPIRING,
+    SQ_INV_RESET,
+    SQ_INV_GET,
+    SQ_INV_CLAIM,
+    SQ_INV_CLAIM_WHY,
+    SQ_INV_SET_DUE,
+    SQ_INV_DEFER,
+    SQ_INV_DUE,
+    SQ_INV_UPDATE,
+    SQ_INV_PENDING,
+    SQ_INV_LIST,
     SQ_NSTMT
 };
 
@@ -604,6 +659,93 @@ enum sq_stmt_id {
                           "WHERE enrollment_id = ?1 AND old_fingerprint = ?2 AND state <> 'done'", \
     [SQ_IDENTITY_COUNT_EXPIRING] = "SELECT count(*) FROM " SQ_BOUND_FROM " WHERE " SQ_BOUND_WHERE  \
                                    " AND c.not_after > ?1 AND c.not_after <= ?2",
+
+/* The device inventory (migration 14). */
+#define INV_COLS                                                                                   \
+    "enrollment_id, platform, os_version, build_version, os_key, product_name, model, "            \
+    "model_name, device_name, capacity_mb, available_mb, passcode_present, passcode_compliant, "   \
+    "app_count, apps, profile_count, profiles, cert_count, certs, round, requested_at, "           \
+    "updated_at, due_at"
+/* INV_COLS of `i` for lists: the JSON lists stay in the database. */
+#define INV_COLS_LIST                                                                              \
+    "i.enrollment_id, i.platform, i.os_version, i.build_version, i.os_key, i.product_name, "       \
+    "i.model, i.model_name, i.device_name, i.capacity_mb, i.available_mb, i.passcode_present, "    \
+    "i.passcode_compliant, i.app_count, NULL, i.profile_count, NULL, i.cert_count, NULL, "         \
+    "i.round, i.requested_at, i.updated_at, i.due_at"
+#define ENR_COLS_E                                                                                 \
+    "e.id, e.type, e.parent_id, e.user_id, e.topic, e.cert_fingerprint, e.push_token, "            \
+    "e.push_magic, e.push_token_dead, e.os_version, e.build_version, e.product_name, "             \
+    "e.device_name, e.model, e.auth_state, e.auth_state_since, e.last_auth_at, "                   \
+    "e.last_auth_method, e.enrolled_at, e.token_updated_at, e.last_seen_at, e.unenrolled_at"
+/* A queued command of an inventory round of enrollment E (storage.h ST_INV_UUID_PREFIX). */
+#define SQ_INV_PENDING_OF(E)                                                                       \
+    "EXISTS (SELECT 1 FROM commands AS c WHERE c.enrollment_id = " E " AND "                       \
+    "substr(c.uuid, 1, length('" ST_INV_UUID_PREFIX "')) = '" ST_INV_UUID_PREFIX "')"
+/* Enrollment `e` can be asked: a complete, active device channel of a user enrollment. */
+#define SQ_INV_ASKABLE                                                                             \
+    "e.type = 1 AND e.unenrolled_at = 0 AND e.token_updated_at > 0 AND e.auth_state = 'active'"
+/* ?G & bit: the group is being written (storage_inventory_update). */
+#define SQ_INV_SET(col, bit, param) col " = CASE WHEN ?2 & " #bit " THEN " param " ELSE " col " END"
+// clang-format off
+#define SQ_SQL_INVENTORY                                                                           \
+    [SQ_INV_RESET] = "INSERT INTO inventory (" INV_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "   \
+        "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 1, ?20, ?21, ?22) "             \
+        "ON CONFLICT (enrollment_id) DO UPDATE SET platform = excluded.platform, "                 \
+        "os_version = excluded.os_version, build_version = excluded.build_version, "               \
+        "os_key = excluded.os_key, product_name = excluded.product_name, model = excluded.model, " \
+        "model_name = excluded.model_name, device_name = excluded.device_name, "                   \
+        "capacity_mb = excluded.capacity_mb, available_mb = excluded.available_mb, "               \
+        "passcode_present = excluded.passcode_present, "                                           \
+        "passcode_compliant = excluded.passcode_compliant, app_count = excluded.app_count, "       \
+        "apps = excluded.apps, profile_count = excluded.profile_count, "                           \
+        "profiles = excluded.profiles, cert_count = excluded.cert_count, certs = excluded.certs, " \
+        "round = inventory.round + 1, requested_at = excluded.requested_at, "                      \
+        "updated_at = excluded.updated_at, due_at = excluded.due_at",                              \
+    [SQ_INV_GET] = "SELECT " INV_COLS " FROM inventory WHERE enrollment_id = ?1",                  \
+    [SQ_INV_CLAIM] = "UPDATE inventory SET round = round + 1, requested_at = ?3, due_at = ?4, "    \
+        "platform = coalesce(?5, platform) WHERE enrollment_id = ?1 AND round = ?2 AND NOT "       \
+        SQ_INV_PENDING_OF("?1"),                                                                   \
+    [SQ_INV_CLAIM_WHY] = "SELECT round, " SQ_INV_PENDING_OF("?1")                                  \
+        " FROM inventory WHERE enrollment_id = ?1",                                                \
+    [SQ_INV_SET_DUE] = "UPDATE inventory SET due_at = ?3 "                                         \
+        "WHERE enrollment_id = ?1 AND round = ?2",                                                 \
+    [SQ_INV_DEFER] = "UPDATE inventory SET due_at = ?2 WHERE due_at <= ?1 AND NOT EXISTS "         \
+        "(SELECT 1 FROM enrollments AS e WHERE e.id = inventory.enrollment_id AND "                \
+        SQ_INV_ASKABLE ")",                                                                        \
+    [SQ_INV_DUE] = "SELECT i.enrollment_id, i.round FROM inventory AS i JOIN enrollments AS e "    \
+        "ON e.id = i.enrollment_id WHERE i.due_at <= ?1 AND " SQ_INV_ASKABLE                       \
+        " ORDER BY i.due_at, i.enrollment_id LIMIT ?2",                                            \
+    [SQ_INV_UPDATE] = "UPDATE inventory SET "                                                      \
+        SQ_INV_SET("os_version", 1, "?3") ", "                                                     \
+        SQ_INV_SET("build_version", 1, "?4") ", "                                                  \
+        SQ_INV_SET("os_key", 1, "?5") ", "                                                         \
+        SQ_INV_SET("product_name", 1, "?6") ", "                                                   \
+        SQ_INV_SET("model", 1, "?7") ", "                                                          \
+        SQ_INV_SET("model_name", 1, "?8") ", "                                                     \
+        SQ_INV_SET("device_name", 1, "?9") ", "                                                    \
+        SQ_INV_SET("capacity_mb", 1, "?10") ", "                                                   \
+        SQ_INV_SET("available_mb", 1, "?11") ", "                                                  \
+        SQ_INV_SET("passcode_present", 2, "?12") ", "                                              \
+        SQ_INV_SET("passcode_compliant", 2, "?13") ", "                                            \
+        SQ_INV_SET("app_count", 4, "?14") ", "                                                     \
+        SQ_INV_SET("apps", 4, "?15") ", "                                                          \
+        SQ_INV_SET("profile_count", 8, "?16") ", "                                                 \
+        SQ_INV_SET("profiles", 8, "?17") ", "                                                      \
+        SQ_INV_SET("cert_count", 16, "?18") ", "                                                   \
+        SQ_INV_SET("certs", 16, "?19")                                                             \
+        ", updated_at = ?20 WHERE enrollment_id = ?1",                                             \
+    [SQ_INV_PENDING] = "SELECT count(*) FROM commands AS c WHERE c.enrollment_id = ?1 AND "        \
+        "substr(c.uuid, 1, length('" ST_INV_UUID_PREFIX "')) = '" ST_INV_UUID_PREFIX "'",          \
+    /* Every filter is a condition on the joined row; the walk is by id (keyset pagination), */    \
+    /* so a page costs the rows it passes over, never the whole table. */                          \
+    [SQ_INV_LIST] = "SELECT " ENR_COLS_E ", u.email, " INV_COLS_LIST " FROM enrollments AS e "     \
+        "LEFT JOIN inventory AS i ON i.enrollment_id = e.id "                                      \
+        "LEFT JOIN users AS u ON u.id = e.user_id "                                                \
+        "WHERE e.id > ?1 AND (?2 OR e.unenrolled_at = 0) "                                         \
+        "AND (?3 = 0 OR i.os_key < ?3) AND (?4 IS NULL OR i.platform = ?4) "                       \
+        "AND (?5 = 0 OR i.passcode_present = ?5 - 1) "                                             \
+        "AND (?6 = 0 OR e.last_seen_at < ?6) ORDER BY e.id LIMIT ?7",
+// clang-format on
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -931,7 +1073,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_RENEWAL};
+    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_RENEWAL SQ_SQL_INVENTORY};
 
 /* ---- connections ---- */
 
@@ -3965,6 +4107,326 @@ static int sq_identity_count_expiring(storage *st, int64_t after, int64_t before
     return ST_OK;
 }
 
+/* ---- device inventory ---- */
+
+/* A nullable integer column: NULL reads as `none`. */
+static int64_t col_int_or(sqlite3_stmt *s, int i, int64_t none)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? none : sqlite3_column_int64(s, i);
+}
+
+/* Binds v, or NULL when v is the "unknown" value `none`. */
+static void bind_int_or_null(struct sq_conn *c, sqlite3_stmt *s, int i, int64_t v, int64_t none)
+{
+    if (s != NULL)
+        sq_bind_rc(c, v == none ? sqlite3_bind_null(s, i) : sqlite3_bind_int64(s, i, v));
+}
+
+/* Reads INV_COLS (or INV_COLS_LIST) starting at column `at`. */
+static void read_inventory(sqlite3_stmt *s, int at, st_inventory *x)
+{
+    x->enrollment_id = col_text(s, at + 0);
+    x->platform = col_text(s, at + 1);
+    x->os_version = col_text(s, at + 2);
+    x->build_version = col_text(s, at + 3);
+    x->os_key = col_int_or(s, at + 4, 0);
+    x->product_name = col_text(s, at + 5);
+    x->model = col_text(s, at + 6);
+    x->model_name = col_text(s, at + 7);
+    x->device_name = col_text(s, at + 8);
+    x->capacity_mb = col_int_or(s, at + 9, -1);
+    x->available_mb = col_int_or(s, at + 10, -1);
+    x->passcode_present = (int)col_int_or(s, at + 11, -1);
+    x->passcode_compliant = (int)col_int_or(s, at + 12, -1);
+    x->app_count = (int)col_int_or(s, at + 13, -1);
+    x->apps = col_text(s, at + 14);
+    x->profile_count = (int)col_int_or(s, at + 15, -1);
+    x->profiles = col_text(s, at + 16);
+    x->cert_count = (int)col_int_or(s, at + 17, -1);
+    x->certs = col_text(s, at + 18);
+    x->round = sqlite3_column_int64(s, at + 19);
+    x->requested_at = sqlite3_column_int64(s, at + 20);
+    x->updated_at = sqlite3_column_int64(s, at + 21);
+    x->due_at = sqlite3_column_int64(s, at + 22);
+}
+
+/* Binds the data columns of x as parameters first .. first + 16 (os_version .. certs). */
+static void bind_inventory_data(struct sq_conn *c, sqlite3_stmt *s, int first,
+                                const st_inventory *x)
+{
+    bind_text(c, s, first + 0, x->os_version);
+    bind_text(c, s, first + 1, x->build_version);
+    bind_int_or_null(c, s, first + 2, x->os_key, 0);
+    bind_text(c, s, first + 3, x->product_name);
+    bind_text(c, s, first + 4, x->model);
+    bind_text(c, s, first + 5, x->model_name);
+    bind_text(c, s, first + 6, x->device_name);
+    bind_int_or_null(c, s, first + 7, x->capacity_mb, -1);
+    bind_int_or_null(c, s, first + 8, x->available_mb, -1);
+    bind_int_or_null(c, s, first + 9, x->passcode_present, -1);
+    bind_int_or_null(c, s, first + 10, x->passcode_compliant, -1);
+    bind_int_or_null(c, s, first + 11, x->app_count, -1);
+    bind_text(c, s, first + 12, x->apps);
+    bind_int_or_null(c, s, first + 13, x->profile_count, -1);
+    bind_text(c, s, first + 14, x->profiles);
+    bind_int_or_null(c, s, first + 15, x->cert_count, -1);
+    bind_text(c, s, first + 16, x->certs);
+}
+
+static int sq_inventory_reset(storage *st, const st_inventory *x)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_INV_RESET, &c);
+    bind_text(c, s, 1, x->enrollment_id);
+    bind_text(c, s, 2, x->platform);
+    bind_inventory_data(c, s, 3, x);
+    bind_int(c, s, 20, x->requested_at);
+    bind_int(c, s, 21, x->updated_at);
+    bind_int(c, s, 22, x->due_at);
+    return sq_run(c, s, "inventory_reset", 0);
+}
+
+/* Reads the row of id into out (if not NULL) on c, inside or outside a transaction. */
+static int sq_inventory_read(struct sq_conn *c, const char *id, st_inventory *out, const char *op)
+{
+    sqlite3_stmt *s = sq_stmt(c, SQ_INV_GET);
+    bind_text(c, s, 1, id);
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    if (out != NULL)
+        read_inventory(s, 0, out);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+static int sq_inventory_get(storage *st, const char *id, st_inventory *out)
+{
+    return sq_inventory_read(conn_get(st), id, out, "inventory_get");
+}
+
+/* Queues one command on c inside the caller's transaction (as sq_queue_enqueue). */
+static int sq_enqueue_on(struct sq_conn *c, const st_command *x, const char *op)
+{
+    sqlite3_stmt *s = sq_stmt(c, SQ_CMD_ENQUEUE);
+    bind_text(c, s, 1, x->uuid);
+    bind_text(c, s, 2, x->enrollment_id);
+    bind_text(c, s, 3, x->request_type);
+    bind_blob(c, s, 4, x->body, x->body_len);
+    bind_int(c, s, 5, x->priority);
+    bind_int(c, s, 6, x->sensitive ? 1 : 0);
+    bind_int(c, s, 7, x->created_at);
+    int rc = sq_run(c, s, op, 0);
+    if (rc == ST_OK && sqlite3_changes(c->db) == 0)
+        rc = ST_EEXISTS;
+    return rc;
+}
+
+/* Why a claim changed nothing (read in the claim's transaction). */
+static int sq_inventory_claim_why(struct sq_conn *c, const char *id, int64_t round, const char *op)
+{
+    sqlite3_stmt *s = sq_stmt(c, SQ_INV_CLAIM_WHY);
+    bind_text(c, s, 1, id);
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    rc = sqlite3_column_int64(s, 0) != round ? ST_ECONFLICT
+         : sqlite3_column_int(s, 1)          ? ST_EEXISTS
+                                             : ST_ECONFLICT;
+    sq_reset(c, s);
+    return rc;
+}
+
+static int sq_inventory_claim(storage *st, const char *id, int64_t round, int64_t now,
+                              int64_t due_at, const char *platform, const st_command *cmds,
+                              size_t n)
+{
+    static const char op[] = "inventory_claim";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_INV_CLAIM);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, round);
+    bind_int(c, s, 3, now);
+    bind_int(c, s, 4, due_at);
+    bind_text(c, s, 5, platform);
+    rc = sq_run(c, s, op, 1);
+    if (rc == ST_ENOTFOUND) {
+        rc = sq_inventory_claim_why(c, id, round, op);
+        if (rc == ST_OK) /* cannot happen under BEGIN IMMEDIATE; never claim twice anyway */
+            rc = ST_ECONFLICT;
+        goto out;
+    }
+    for (size_t i = 0; i < n && rc == ST_OK; i++)
+        rc = sq_enqueue_on(c, &cmds[i], op);
+    if (rc == ST_OK)
+        rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK)
+        sq_rollback(c);
+    return rc;
+}
+
+static int sq_inventory_set_due(storage *st, const char *id, int64_t round, int64_t due_at)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_INV_SET_DUE, &c);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, round);
+    bind_int(c, s, 3, due_at);
+    int rc = sq_run(c, s, "inventory_set_due", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_inventory_due(storage *st, int64_t now, int64_t defer_to, int limit,
+                            int (*fn)(const char *enrollment_id, int64_t round, void *ctx),
+                            void *ctx)
+{
+    static const char op[] = "inventory_due";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_INV_DEFER, &c);
+    bind_int(c, s, 1, now);
+    bind_int(c, s, 2, defer_to);
+    int rc = sq_run(c, s, op, 0);
+    if (rc != ST_OK)
+        return rc;
+    /* Read the page first: no statement stays open while fn claims and enqueues. */
+    char **ids = xcalloc((size_t)limit, sizeof(*ids));
+    int64_t *rounds = xcalloc((size_t)limit, sizeof(*rounds));
+    int n = 0, step = SQLITE_DONE;
+    s = sq_stmt(c, SQ_INV_DUE);
+    if (s == NULL) {
+        rc = ST_ERROR;
+        goto out;
+    }
+    bind_int(c, s, 1, now);
+    bind_int(c, s, 2, limit);
+    while (n < limit && (step = sq_step(c, s)) == SQLITE_ROW) {
+        ids[n] = col_text(s, 0);
+        rounds[n++] = sqlite3_column_int64(s, 1);
+    }
+    if (n < limit && step != SQLITE_DONE)
+        rc = sq_error(c, op, step);
+    sq_reset(c, s);
+    for (int i = 0; i < n && rc == ST_OK; i++)
+        rc = fn(ids[i], rounds[i], ctx);
+out:
+    for (int i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+    free(rounds);
+    return rc;
+}
+
+static int sq_inventory_update(storage *st, const char *id, const st_inventory *x, unsigned groups,
+                               int64_t now, st_inventory *old)
+{
+    static const char op[] = "inventory_update";
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    /* BEGIN IMMEDIATE: the old values read are the ones this update replaces. */
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    rc = sq_inventory_read(c, id, old, op);
+    if (rc != ST_OK)
+        goto out;
+    sqlite3_stmt *s = sq_stmt(c, SQ_INV_UPDATE);
+    bind_text(c, s, 1, id);
+    bind_int(c, s, 2, groups);
+    bind_inventory_data(c, s, 3, x);
+    bind_int(c, s, 20, now);
+    rc = sq_run(c, s, op, 1);
+    if (rc != ST_OK)
+        goto out;
+    rc = sq_commit(c, op);
+out:
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        st_inventory_cleanup(old);
+    }
+    return rc;
+}
+
+static int sq_inventory_pending(storage *st, const char *id, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_INV_PENDING, &c);
+    bind_text(c, s, 1, id);
+    int rc = sq_row(c, s, "inventory_pending");
+    if (rc != 1)
+        return rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* One row of SQ_INV_LIST: the enrollment, its user's email and its inventory (if any). */
+struct sq_inv_row {
+    st_enrollment e;
+    st_inventory inv;
+    int has_inv;
+};
+
+static int sq_inventory_list(storage *st, const st_inventory_filter *f,
+                             int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
+                             void *ctx)
+{
+    struct sq_inv_row *rows = xcalloc(SQ_LIST_CHUNK, sizeof(*rows));
+    char *cursor = xstrdup(f->after_id != NULL ? f->after_id : "");
+    int64_t left = f->limit > 0 ? f->limit : INT64_MAX;
+    int ret = ST_OK;
+    while (left > 0) {
+        struct sq_conn *c;
+        sqlite3_stmt *s = sq_prepare(st, SQ_INV_LIST, &c);
+        if (s == NULL) {
+            ret = ST_ERROR;
+            break;
+        }
+        int want = left < SQ_LIST_CHUNK ? (int)left : SQ_LIST_CHUNK;
+        bind_text(c, s, 1, cursor);
+        bind_int(c, s, 2, f->include_unenrolled ? 1 : 0);
+        bind_int(c, s, 3, f->os_key_lt);
+        bind_text(c, s, 4, f->platform);
+        bind_int(c, s, 5, f->passcode_present);
+        bind_int(c, s, 6, f->last_seen_before);
+        bind_int(c, s, 7, want);
+        int n = 0, rc = SQLITE_DONE;
+        while (n < want && (rc = sq_step(c, s)) == SQLITE_ROW) {
+            struct sq_inv_row *r = &rows[n++];
+            read_enrollment(s, &r->e);
+            r->has_inv = sqlite3_column_type(s, 23) != SQLITE_NULL;
+            if (r->has_inv)
+                read_inventory(s, 23, &r->inv);
+            r->inv.user_email = col_text(s, 22);
+        }
+        if (n < want && rc != SQLITE_DONE)
+            ret = sq_error(c, "inventory_list", rc);
+        sq_reset(c, s);
+        if (n > 0) {
+            free(cursor);
+            cursor = xstrdup(rows[n - 1].e.id);
+        }
+        for (int i = 0; i < n; i++) {
+            if (ret == ST_OK)
+                ret = fn(&rows[i].e, rows[i].has_inv ? &rows[i].inv : NULL, ctx);
+            st_enrollment_cleanup(&rows[i].e);
+            st_inventory_cleanup(&rows[i].inv);
+        }
+        left -= n;
+        if (ret != ST_OK || n < want)
+            break;
+    }
+    free(cursor);
+    free(rows);
+    return ret;
+}
+
 static const struct storage_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -4064,5 +4526,13 @@ static const struct storage_ops sqlite_ops = {
     .renewal_due = sq_renewal_due,
     .identity_rotate = sq_identity_rotate,
     .identity_count_expiring = sq_identity_count_expiring,
+    .inventory_reset = sq_inventory_reset,
+    .inventory_get = sq_inventory_get,
+    .inventory_claim = sq_inventory_claim,
+    .inventory_set_due = sq_inventory_set_due,
+    .inventory_due = sq_inventory_due,
+    .inventory_update = sq_inventory_update,
+    .inventory_pending = sq_inventory_pending,
+    .inventory_list = sq_inventory_list,
     .fail_step_after = sq_fail_step_after,
 };

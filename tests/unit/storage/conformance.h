@@ -2753,4 +2753,6 @@ TEST(conf_server_secrets)
         TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending), TEST_ENTRY(conf_audit_prune),     \
         TEST_ENTRY(conf_challenge_and_session_prune), TEST_ENTRY(conf_server_secrets)
 
+#include "storage/conformance_inventory.h"
+
 #endif

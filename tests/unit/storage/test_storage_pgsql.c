@@ -622,6 +622,7 @@ int main(int argc, char **argv)
     static const struct harness_test tests[] = {
         CONFORMANCE_TESTS,
         CONFORMANCE_RENEWAL_TESTS,
+        CONFORMANCE_INVENTORY_TESTS,
         TEST_ENTRY(pg_dsn_forms),
         TEST_ENTRY(pg_newer_schema_refused),
         TEST_ENTRY(pg_concurrent_migrations),

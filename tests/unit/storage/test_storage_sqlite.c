@@ -184,6 +184,7 @@ int main(int argc, char **argv)
     static const struct harness_test tests[] = {
         CONFORMANCE_TESTS,
         CONFORMANCE_RENEWAL_TESTS,
+        CONFORMANCE_INVENTORY_TESTS,
         TEST_ENTRY(sqlite_dsn_forms),
         TEST_ENTRY(sqlite_file_private_and_wal),
         TEST_ENTRY(sqlite_survives_kill),
