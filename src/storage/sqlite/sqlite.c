@@ -346,11 +346,64 @@ static const char sq_schema_retention[] =
     " created_at INTEGER NOT NULL);"
     "ALTER TABLE oidc_pending ADD COLUMN reauth_ticket TEXT;";
 
+/*
+ * Migrations 13 and 14 belong to work merged separately (identity renewal, inventory); these
+ * placeholders only keep the numbering here, and the merge replaces them with the real ones.
+ */
+static const char sq_schema_13_placeholder[] = "SELECT 1;";
+static const char sq_schema_14_placeholder[] = "SELECT 1;";
+
+/*
+ * Migration 15, durable jobs (storage.h "durable jobs"): the filter, the progress (done_to: every
+ * matching enrollment id up to it is done; counters) and the lease. AUTOINCREMENT: a job id is
+ * never reused, so an admin polling an old id never sees another job. item_state gets an index
+ * in enrollment order per item (a job over an item's enrollments pages through it); it covers
+ * what item_state_item did, which goes.
+ */
+static const char sq_schema_jobs[] =
+    "CREATE TABLE jobs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kind TEXT NOT NULL,"
+    " scope INTEGER NOT NULL,"
+    " value TEXT NOT NULL DEFAULT '',"
+    " item_kind INTEGER NOT NULL DEFAULT 0,"
+    " item_id INTEGER NOT NULL DEFAULT 0,"
+    " origin TEXT NOT NULL DEFAULT '',"
+    " state INTEGER NOT NULL DEFAULT 0,"
+    " total INTEGER NOT NULL DEFAULT -1,"
+    " done INTEGER NOT NULL DEFAULT 0,"
+    " errors INTEGER NOT NULL DEFAULT 0,"
+    " installs INTEGER NOT NULL DEFAULT 0,"
+    " removals INTEGER NOT NULL DEFAULT 0,"
+    " done_to TEXT NOT NULL DEFAULT '',"
+    " claimed_by TEXT,"
+    " claimed_until INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " started_at INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0,"
+    " finished_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_open ON jobs (id) WHERE state < 2;"
+    "CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state >= 2;"
+    "CREATE INDEX item_state_item_enrollment ON item_state (item_kind, item_id, enrollment_id);"
+    "DROP INDEX item_state_item;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
-    sq_schema_v1,       sq_schema_v2,       sq_schema_reauth,       sq_schema_push,
-    sq_schema_oidc,     sq_schema_library,  sq_schema_push_bulk,    sq_schema_webhooks,
-    sq_schema_versions, sq_schema_failures, sq_schema_app_versions, sq_schema_retention,
+    sq_schema_v1,
+    sq_schema_v2,
+    sq_schema_reauth,
+    sq_schema_push,
+    sq_schema_oidc,
+    sq_schema_library,
+    sq_schema_push_bulk,
+    sq_schema_webhooks,
+    sq_schema_versions,
+    sq_schema_failures,
+    sq_schema_app_versions,
+    sq_schema_retention,
+    sq_schema_13_placeholder,
+    sq_schema_14_placeholder,
+    sq_schema_jobs,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -483,6 +536,22 @@ enum sq_stmt_id {
     SQ_SESSION_PRUNE_UNBOUND,
     SQ_SECRET_ADD,
     SQ_SECRET_GET,
+    SQ_JOB_SAME,
+    SQ_JOB_ADD,
+    SQ_JOB_GET,
+    SQ_JOB_CLAIM,
+    SQ_JOB_PROGRESS,
+    SQ_JOB_FINISH,
+    SQ_JOB_RELEASE,
+    SQ_JOB_PRUNE,
+    SQ_JOB_PAGE_USER,
+    SQ_JOB_PAGE_DOMAIN,
+    SQ_JOB_PAGE_ENROLLMENT,
+    SQ_JOB_PAGE_ITEM,
+    SQ_JOB_COUNT_USER,
+    SQ_JOB_COUNT_DOMAIN,
+    SQ_JOB_COUNT_ENROLLMENT,
+    SQ_JOB_COUNT_ITEM,
     SQ_NSTMT
 };
 
@@ -515,6 +584,62 @@ enum sq_stmt_id {
     [SQ_SECRET_ADD] = "INSERT INTO server_secrets (name, value, created_at) VALUES (?1, ?2, ?3) "  \
                       "ON CONFLICT (name) DO NOTHING",                                             \
     [SQ_SECRET_GET] = "SELECT value FROM server_secrets WHERE name = ?1",
+
+/*
+ * Durable jobs (migration 15). A job's enrollments are complete and not unenrolled
+ * (SQ_JOB_LIVE); pages and counts have one statement per scope: ?1 the id to start after, ?2
+ * and ?3 the filter (scope and value, or item kind and id), ?4 the page size. The user scope
+ * walks the (user_id, id) index; the domain scope the id index, checking each enrollment's user
+ * (as a bulk push does); the item scope the (item_kind, item_id, enrollment_id) index.
+ */
+#define JOB_COLS                                                                                   \
+    "id, kind, scope, value, item_kind, item_id, origin, state, total, done, errors, installs, "   \
+    "removals, done_to, claimed_by, claimed_until, created_at, started_at, updated_at, "           \
+    "finished_at"
+#define SQ_JOB_LIVE "e.unenrolled_at = 0 AND e.token_updated_at > 0"
+#define SQ_SQL_JOBS                                                                                \
+    [SQ_JOB_SAME] = "SELECT id FROM jobs WHERE kind = ?1 AND scope = ?2 AND value = ?3 AND "       \
+                    "item_kind = ?4 AND item_id = ?5 AND state = 0 AND started_at = 0 "            \
+                    "ORDER BY id LIMIT 1",                                                         \
+    [SQ_JOB_ADD] =                                                                                 \
+        "INSERT INTO jobs (kind, scope, value, item_kind, item_id, origin, created_at, "           \
+        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",                                     \
+    [SQ_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",                                  \
+    [SQ_JOB_CLAIM] =                                                                               \
+        "UPDATE jobs SET state = 1, claimed_by = ?2, claimed_until = ?3, started_at = "            \
+        "CASE WHEN started_at = 0 THEN ?1 ELSE started_at END, updated_at = ?1 "                   \
+        "WHERE id = (SELECT id FROM jobs WHERE state < 2 AND (claimed_until <= ?1 "                \
+        "OR claimed_by = ?2) ORDER BY id LIMIT 1) RETURNING " JOB_COLS,                            \
+    [SQ_JOB_PROGRESS] = "UPDATE jobs SET done_to = ?3, total = CASE WHEN ?4 >= 0 THEN ?4 ELSE "    \
+                        "total END, done = done + ?5, errors = errors + ?6, installs = installs "  \
+                        "+ ?7, removals = removals + ?8, updated_at = ?9, claimed_until = ?10 "    \
+                        "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                         \
+    [SQ_JOB_FINISH] = "UPDATE jobs SET state = ?3, finished_at = ?4, updated_at = ?4, total = "    \
+                      "max(total, done), claimed_by = NULL, claimed_until = 0 "                    \
+                      "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                           \
+    [SQ_JOB_RELEASE] = "UPDATE jobs SET claimed_by = NULL, claimed_until = 0 "                     \
+                       "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                          \
+    [SQ_JOB_PRUNE] = "DELETE FROM jobs WHERE state >= 2 AND finished_at < ?1",                     \
+    [SQ_JOB_PAGE_USER] = "SELECT e.id FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE      \
+                         " AND ?2 = 1 AND " SQ_BULK_USER " ORDER BY e.id LIMIT ?4",                \
+    [SQ_JOB_PAGE_DOMAIN] = "SELECT e.id FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE    \
+                           " AND " SQ_BULK_SCOPE("?2", "?3") " ORDER BY e.id LIMIT ?4",            \
+    [SQ_JOB_PAGE_ENROLLMENT] = "SELECT e.id FROM enrollments AS e WHERE e.id = ?3 AND e.id > ?1 "  \
+                               "AND ?2 = 3 AND " SQ_JOB_LIVE " LIMIT ?4",                          \
+    [SQ_JOB_PAGE_ITEM] =                                                                           \
+        "SELECT s.enrollment_id FROM item_state AS s JOIN enrollments AS e ON "                    \
+        "e.id = s.enrollment_id WHERE s.item_kind = ?2 AND s.item_id = ?3 AND "                    \
+        "s.enrollment_id > ?1 AND " SQ_JOB_LIVE " ORDER BY s.enrollment_id LIMIT ?4",              \
+    [SQ_JOB_COUNT_USER] = "SELECT count(*) FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE \
+                          " AND ?2 = 1 AND " SQ_BULK_USER,                                         \
+    [SQ_JOB_COUNT_DOMAIN] =                                                                        \
+        "SELECT count(*) FROM enrollments AS e WHERE +e.id > ?1 AND " SQ_JOB_LIVE                  \
+        " AND " SQ_BULK_SCOPE("?2", "?3"),                                                         \
+    [SQ_JOB_COUNT_ENROLLMENT] = "SELECT count(*) FROM enrollments AS e WHERE e.id = ?3 AND "       \
+                                "e.id > ?1 AND ?2 = 3 AND " SQ_JOB_LIVE,                           \
+    [SQ_JOB_COUNT_ITEM] = "SELECT count(*) FROM item_state AS s JOIN enrollments AS e ON "         \
+                          "e.id = s.enrollment_id WHERE s.item_kind = ?2 AND s.item_id = ?3 AND "  \
+                          "s.enrollment_id > ?1 AND " SQ_JOB_LIVE,
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -842,7 +967,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-    SQ_SQL_OIDC SQ_SQL_RETENTION};
+    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_JOBS};
 
 /* ---- connections ---- */
 
@@ -854,6 +979,11 @@ struct sq_conn {
     struct sqlite_storage *owner;
     struct sq_conn *prev, *next; /* owner->conns, under owner->lock */
     int bind_rc;                 /* first failed bind since the last reset, reported by step */
+    /* Transactions (see "Nesting" above sq_begin): levels open (the outermost a BEGIN, inner
+     * ones savepoints); base = 1 while storage_tx_begin's transaction is open, whose level an
+     * operation's rollback must not end; broken = that transaction failed: every statement
+     * fails until storage_tx_rollback. */
+    int depth, base, broken;
     sqlite3_stmt *stmt[SQ_NSTMT];
 };
 
@@ -953,9 +1083,17 @@ static struct sq_conn *conn_get(storage *st)
 
 /* ---- statement helpers ---- */
 
+static void sq_tx_lost(struct sq_conn *c);
+
 /* Logs a failure and maps it to an ST_E* code; constraint violations are not logged. */
 static int sq_error(struct sq_conn *c, const char *op, int rc)
 {
+    sq_tx_lost(c);
+    /* A statement that fails outside an operation's savepoint breaks storage_tx_begin's
+     * transaction, constraint violations included: PostgreSQL aborts the transaction then, and
+     * both backends keep one contract (storage.h). */
+    if (c != NULL && c->base && c->depth <= c->base)
+        c->broken = 1;
     switch (rc) {
     case SQLITE_CONSTRAINT_UNIQUE:
     case SQLITE_CONSTRAINT_PRIMARYKEY:
@@ -1052,6 +1190,8 @@ static int sq_fault(struct sqlite_storage *ss)
 
 static int sq_step(struct sq_conn *c, sqlite3_stmt *s)
 {
+    if (c->broken)
+        return SQLITE_ABORT; /* the caller's transaction is gone: nothing runs outside it */
     if (c->bind_rc != SQLITE_OK)
         return c->bind_rc;
     if (sq_fault(c->owner))
@@ -1092,28 +1232,108 @@ static int sq_row(struct sq_conn *c, sqlite3_stmt *s, const char *op)
     return rc;
 }
 
+/*
+ * Nesting. An operation that writes several statements brackets them with sq_begin and
+ * sq_commit (sq_rollback on failure). Outside storage_tx_begin that is a transaction of its
+ * own; inside it (c->base), the operation's level is a savepoint of the caller's transaction,
+ * so its failure undoes only its own writes and the caller's batch goes on. SQLite may roll a
+ * whole transaction back by itself after some errors (SQLITE_FULL, IOERR, NOMEM, an interrupt):
+ * sq_tx_lost notices (autocommit is back on) and marks the caller's transaction broken, so no
+ * later statement of the batch runs outside it.
+ */
+static void sq_tx_lost(struct sq_conn *c)
+{
+    if (c != NULL && c->depth > 0 && sqlite3_get_autocommit(c->db)) {
+        c->depth = 0;
+        if (c->base)
+            c->broken = 1;
+    }
+}
+
+/* Runs one transaction-control statement (never a cached one: savepoints are rare). */
+static int sq_exec_tx(struct sq_conn *c, const char *sql, const char *op)
+{
+    if (c->broken)
+        return ST_ERROR;
+    if (sq_fault(c->owner))
+        return sq_error(c, op, SQLITE_IOERR);
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? ST_OK : sq_error(c, op, rc);
+}
+
+/* Opens a level: BEGIN (IMMEDIATE for writes, deferred for a read snapshot) or a savepoint. */
+static int sq_begin_level(struct sq_conn *c, enum sq_stmt_id begin, const char *op)
+{
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = c->depth == 0 ? sq_run(c, sq_stmt(c, begin), op, 0)
+                           : sq_exec_tx(c, "SAVEPOINT orchard_op", op);
+    if (rc == ST_OK)
+        c->depth++;
+    else if (c->base)
+        c->broken = 1; /* the batch cannot go on without this operation's level */
+    return rc;
+}
+
 static int sq_begin(struct sq_conn *c, const char *op)
 {
-    return sq_run(c, sq_stmt(c, SQ_BEGIN), op, 0);
+    return sq_begin_level(c, SQ_BEGIN, op);
 }
 
+static int sq_begin_read(struct sq_conn *c, const char *op)
+{
+    return sq_begin_level(c, SQ_BEGIN_READ, op);
+}
+
+/* Ends the operation's level: COMMIT, or RELEASE of its savepoint. */
 static int sq_commit(struct sq_conn *c, const char *op)
 {
-    return sq_run(c, sq_stmt(c, SQ_COMMIT), op, 0);
+    if (c->depth <= c->base) {
+        log_error("event=storage_error backend=sqlite op=%s err=\"commit without begin\"", op);
+        return ST_ERROR;
+    }
+    int rc = c->depth == 1 ? sq_run(c, sq_stmt(c, SQ_COMMIT), op, 0)
+                           : sq_exec_tx(c, "RELEASE orchard_op", op);
+    if (rc == ST_OK)
+        c->depth--;
+    return rc;
 }
 
-/* Rolls back the open transaction, if any. Never fault-injected: it is the recovery path. */
-static void sq_rollback(struct sq_conn *c)
+/* Runs a rollback statement; never fault-injected: it is the recovery path. */
+static void sq_rollback_exec(struct sq_conn *c, const char *sql)
 {
-    if (sqlite3_get_autocommit(c->db))
-        return;
-    sqlite3_stmt *s = sq_stmt(c, SQ_ROLLBACK);
-    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_stmt *s = strcmp(sql, "ROLLBACK") == 0 ? sq_stmt(c, SQ_ROLLBACK) : NULL;
+    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(c->db, sql, NULL, NULL, NULL);
     if (s != NULL)
         sqlite3_reset(s);
     if (rc != SQLITE_DONE && rc != SQLITE_OK)
         log_error("event=storage_error backend=sqlite op=rollback code=%d err=\"%s\"", rc,
                   sqlite3_errmsg(c->db));
+}
+
+/*
+ * Undoes the operation's level: ROLLBACK, or back to its savepoint. An operation whose begin
+ * failed has no level of its own: inside storage_tx_begin's transaction that leaves the
+ * caller's level alone (the transaction is already marked broken); outside, any transaction
+ * left open is rolled back, as before nesting existed.
+ */
+static void sq_rollback(struct sq_conn *c)
+{
+    sq_tx_lost(c);
+    if (c->depth <= c->base) {
+        if (c->base == 0 && !sqlite3_get_autocommit(c->db)) {
+            sq_rollback_exec(c, "ROLLBACK");
+            c->depth = 0;
+        }
+        return;
+    }
+    if (c->depth == 1) {
+        sq_rollback_exec(c, "ROLLBACK");
+        c->depth = 0;
+        return;
+    }
+    sq_rollback_exec(c, "ROLLBACK TO orchard_op; RELEASE orchard_op");
+    c->depth--;
 }
 
 /* ---- row readers ---- */
@@ -1816,7 +2036,7 @@ static int sq_device_lookup(storage *st, const char *token_hash, const char *enr
 {
     static const char op[] = "device_lookup";
     struct sq_conn *c = conn_get(st);
-    if (c == NULL || sq_run(c, sq_stmt(c, SQ_BEGIN_READ), op, 0) != ST_OK)
+    if (c == NULL || sq_begin_read(c, op) != ST_OK)
         return ST_ERROR;
     int rc = sq_session_get(st, token_hash, s);
     if (rc == ST_OK || rc == ST_ENOTFOUND)
@@ -2754,7 +2974,7 @@ static int sq_push_pending(storage *st, int64_t *count)
     struct sq_conn *c = conn_get(st);
     if (c == NULL)
         return ST_ERROR;
-    int rc = sq_run(c, sq_stmt(c, SQ_BEGIN_READ), op, 0);
+    int rc = sq_begin_read(c, op);
     if (rc != ST_OK)
         return rc;
     sqlite3_stmt *s = sq_stmt(c, SQ_PUSH_PENDING);
@@ -3664,6 +3884,275 @@ static int sq_item_state_enrollments(storage *st, int item_kind, int64_t item_id
     return lib_list_all(c, s, &r, "item_state_enrollments");
 }
 
+/* ---- transactions spanning calls (storage_tx_*) ---- */
+
+static int sq_tx_begin(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    if (c->base || c->depth > 0) {
+        log_error("event=storage_error backend=sqlite op=tx_begin err=\"already in a "
+                  "transaction\"");
+        return ST_ECONFLICT;
+    }
+    int rc = sq_begin(c, "tx_begin");
+    if (rc == ST_OK)
+        c->base = 1;
+    return rc;
+}
+
+/* Ends storage_tx_begin's transaction whatever happened inside it. */
+static void sq_tx_end(struct sq_conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db))
+        sq_rollback_exec(c, "ROLLBACK");
+    c->depth = c->base = c->broken = 0;
+}
+
+static int sq_tx_commit(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    if (!c->base) {
+        log_error("event=storage_error backend=sqlite op=tx_commit err=\"no transaction\"");
+        return ST_ERROR;
+    }
+    int rc = ST_ERROR;
+    if (c->broken || c->depth != 1) /* an operation left a level open: a bug, never commit it */
+        log_error("event=storage_error backend=sqlite op=tx_commit err=\"transaction broken\"");
+    else
+        rc = sq_run(c, sq_stmt(c, SQ_COMMIT), "tx_commit", 0);
+    sq_tx_end(c);
+    return rc;
+}
+
+static void sq_tx_rollback(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c != NULL && (c->base || c->depth > 0))
+        sq_tx_end(c);
+}
+
+/* ---- durable jobs ---- */
+
+static void read_job(sqlite3_stmt *s, st_job *j)
+{
+    j->id = sqlite3_column_int64(s, 0);
+    j->kind = col_text(s, 1);
+    j->scope = sqlite3_column_int(s, 2);
+    j->value = col_text(s, 3);
+    j->item_kind = sqlite3_column_int(s, 4);
+    j->item_id = sqlite3_column_int64(s, 5);
+    j->origin = col_text(s, 6);
+    j->state = sqlite3_column_int(s, 7);
+    j->total = sqlite3_column_int64(s, 8);
+    j->done = sqlite3_column_int64(s, 9);
+    j->errors = sqlite3_column_int64(s, 10);
+    j->installs = sqlite3_column_int64(s, 11);
+    j->removals = sqlite3_column_int64(s, 12);
+    j->cursor = col_text(s, 13);
+    j->claimed_by = col_text(s, 14);
+    j->claimed_until = sqlite3_column_int64(s, 15);
+    j->created_at = sqlite3_column_int64(s, 16);
+    j->started_at = sqlite3_column_int64(s, 17);
+    j->updated_at = sqlite3_column_int64(s, 18);
+    j->finished_at = sqlite3_column_int64(s, 19);
+}
+
+/* Binds kind, scope, value, item_kind, item_id at 1..5 (the filter SQ_JOB_SAME compares). */
+static void bind_job_filter(struct sq_conn *c, sqlite3_stmt *s, const st_job *j)
+{
+    bind_text(c, s, 1, j->kind);
+    bind_int(c, s, 2, j->scope);
+    bind_text(c, s, 3, j->value ? j->value : "");
+    bind_int(c, s, 4, j->scope == ST_JOB_ITEM ? j->item_kind : 0);
+    bind_int(c, s, 5, j->scope == ST_JOB_ITEM ? j->item_id : 0);
+}
+
+/* One transaction: the same queued job if there is one, else a new row. */
+static int sq_job_add(storage *st, st_job *j)
+{
+    static const char op[] = "job_add";
+    struct sq_conn *c = conn_get(st);
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_JOB_SAME);
+    bind_job_filter(c, s, j);
+    rc = sq_row(c, s, op);
+    if (rc == 1) {
+        j->id = sqlite3_column_int64(s, 0);
+        sq_reset(c, s);
+        rc = ST_OK;
+    } else if (rc == ST_ENOTFOUND) {
+        s = sq_stmt(c, SQ_JOB_ADD);
+        bind_job_filter(c, s, j);
+        bind_text(c, s, 6, j->origin ? j->origin : "");
+        bind_int(c, s, 7, j->created_at);
+        rc = sq_run(c, s, op, 0);
+        if (rc == ST_OK)
+            j->id = sqlite3_last_insert_rowid(c->db);
+    }
+    if (rc == ST_OK)
+        rc = sq_commit(c, op);
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        j->id = 0;
+    }
+    return rc;
+}
+
+/* A statement that returns one job row (get, claim); ST_ENOTFOUND for none. */
+static int sq_job_row(struct sq_conn *c, sqlite3_stmt *s, st_job *out, const char *op)
+{
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    read_job(s, out);
+    /* A RETURNING statement finishes its write when stepped to the end. */
+    int src = sq_step(c, s);
+    sq_reset(c, s);
+    if (src != SQLITE_DONE && src != SQLITE_ROW) {
+        st_job_cleanup(out);
+        return sq_error(c, op, src);
+    }
+    return ST_OK;
+}
+
+static int sq_job_get(storage *st, int64_t id, st_job *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_GET, &c);
+    bind_int(c, s, 1, id);
+    return sq_job_row(c, s, out, "job_get");
+}
+
+/* One statement: the sub-select and the update see the same database (one writer). */
+static int sq_job_claim(storage *st, const char *owner, int64_t now, int lease, st_job *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_CLAIM, &c);
+    bind_int(c, s, 1, now);
+    bind_text(c, s, 2, owner);
+    bind_int(c, s, 3, now + lease);
+    return sq_job_row(c, s, out, "job_claim");
+}
+
+/* The page or count statement of a job's scope, with ?1..?3 bound. */
+static sqlite3_stmt *sq_job_stmt(storage *st, const st_job *j, const char *after, int count,
+                                 struct sq_conn **cp)
+{
+    static const enum sq_stmt_id pages[] = {SQ_JOB_PAGE_USER, SQ_JOB_PAGE_DOMAIN,
+                                            SQ_JOB_PAGE_ENROLLMENT, SQ_JOB_PAGE_ITEM};
+    static const enum sq_stmt_id counts[] = {SQ_JOB_COUNT_USER, SQ_JOB_COUNT_DOMAIN,
+                                             SQ_JOB_COUNT_ENROLLMENT, SQ_JOB_COUNT_ITEM};
+    int i = j->scope - ST_JOB_USER;
+    sqlite3_stmt *s = sq_prepare(st, count ? counts[i] : pages[i], cp);
+    bind_text(*cp, s, 1, after);
+    if (j->scope == ST_JOB_ITEM) {
+        bind_int(*cp, s, 2, j->item_kind);
+        bind_int(*cp, s, 3, j->item_id);
+    } else {
+        bind_int(*cp, s, 2, j->scope);
+        bind_text(*cp, s, 3, j->value ? j->value : "");
+    }
+    return s;
+}
+
+static int sq_job_count(storage *st, const st_job *j, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_job_stmt(st, j, "", 1, &c);
+    int rc = sq_row(c, s, "job_count");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* Reads the page into memory first: fn may call storage (no statement is open meanwhile). */
+static int sq_job_page(storage *st, const st_job *j, const char *after, int limit,
+                       int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n)
+{
+    static const char op[] = "job_page";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_job_stmt(st, j, after, 0, &c);
+    if (s == NULL)
+        return ST_ERROR;
+    bind_int(c, s, 4, limit);
+    char **ids = xcalloc((size_t)limit, sizeof(*ids));
+    int got = 0, src = SQLITE_DONE;
+    while (got < limit && (src = sq_step(c, s)) == SQLITE_ROW)
+        ids[got++] = col_text(s, 0);
+    int rc = got == limit || src == SQLITE_DONE ? ST_OK : sq_error(c, op, src);
+    sq_reset(c, s);
+    for (int i = 0; i < got; i++) {
+        if (rc == ST_OK && ids[i] != NULL) {
+            (*n)++;
+            if (fn(ids[i], ctx) != 0)
+                rc = 1; /* stop: not an error */
+        }
+        free(ids[i]);
+    }
+    free(ids);
+    return rc == 1 ? ST_OK : rc;
+}
+
+static int sq_job_progress(storage *st, const char *owner, int64_t now, int lease,
+                           const st_job_progress *p)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_PROGRESS, &c);
+    bind_int(c, s, 1, p->id);
+    bind_text(c, s, 2, owner);
+    bind_text(c, s, 3, p->cursor);
+    bind_int(c, s, 4, p->total);
+    bind_int(c, s, 5, p->done);
+    bind_int(c, s, 6, p->errors);
+    bind_int(c, s, 7, p->installs);
+    bind_int(c, s, 8, p->removals);
+    bind_int(c, s, 9, now);
+    bind_int(c, s, 10, now + lease);
+    int rc = sq_run(c, s, "job_progress", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_finish(storage *st, const char *owner, int64_t id, int state, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_FINISH, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, owner);
+    bind_int(c, s, 3, state);
+    bind_int(c, s, 4, now);
+    int rc = sq_run(c, s, "job_finish", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_release(storage *st, const char *owner, int64_t id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_RELEASE, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, owner);
+    int rc = sq_run(c, s, "job_release", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_PRUNE, &c);
+    bind_int(c, s, 1, before);
+    int rc = sq_run(c, s, "job_prune", 0);
+    if (rc == ST_OK)
+        *deleted = sqlite3_changes(c->db);
+    return rc;
+}
+
 static const struct storage_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -3755,5 +4244,17 @@ static const struct storage_ops sqlite_ops = {
     .item_state_by_command = sq_item_state_by_command,
     .item_state_clear = sq_item_state_clear,
     .item_state_enrollments = sq_item_state_enrollments,
+    .tx_begin = sq_tx_begin,
+    .tx_commit = sq_tx_commit,
+    .tx_rollback = sq_tx_rollback,
+    .job_add = sq_job_add,
+    .job_get = sq_job_get,
+    .job_claim = sq_job_claim,
+    .job_count = sq_job_count,
+    .job_page = sq_job_page,
+    .job_progress = sq_job_progress,
+    .job_finish = sq_job_finish,
+    .job_release = sq_job_release,
+    .job_prune = sq_job_prune,
     .fail_step_after = sq_fail_step_after,
 };
