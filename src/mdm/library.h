@@ -124,15 +124,15 @@ struct lib_reconcile_stats {
 int lib_reconcile(struct app *app, const char *enrollment_id, struct lib_reconcile_stats *stats);
 
 /*
- * Reconciles every enrollment an assignment target reaches: a user (email), a domain, or one
- * enrollment id (enum st_target_type), streaming through the store.
+ * Reconciles a batch of enrollments (a page of a reconciliation job, jobs/worker.h) as
+ * lib_reconcile does each, sharing what they have in common: each library item is read once,
+ * its install command is built (validated, signed) once per platform and copied with a fresh
+ * CommandUUID, each user is read once; one log line per command at debug level only. Meant to
+ * run inside a storage_tx, whose commit is what counts: a storage failure inside breaks it.
+ * Returns 0, or -1 when an enrollment could not be read (storage).
  */
-int lib_reconcile_target(struct app *app, int target_type, const char *target,
-                         struct lib_reconcile_stats *stats);
-
-/* Reconciles every enrollment that has installed state for an item (after it was deleted). */
-int lib_reconcile_item(struct app *app, int item_kind, int64_t item_id,
-                       struct lib_reconcile_stats *stats);
+int lib_reconcile_batch(struct app *app, char *const *ids, size_t n,
+                        struct lib_reconcile_stats *stats);
 
 /*
  * The enrollment completed (first TokenUpdate after an Authenticate): forget installed state
