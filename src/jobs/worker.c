@@ -1,7 +1,7 @@
 /*
  * The durable-job worker (jobs/worker.h): claim a job, work it batch by batch, each batch in one
  * transaction with its progress, give it back when stopping. The reconciliation itself is
- * mdm/reconcile.c's (lib_reconcile_batch); this file only decides what runs when.
+ * mdm/reconcile.c's (lib_reconcile_enrollment); this file only decides what runs when.
  */
 #include "jobs/worker.h"
 
@@ -68,60 +68,71 @@ int job_submit_reconcile(struct app *app, int scope, const char *value, int item
 
 /* ---- one job ---- */
 
-struct page {
-    char **ids;
-    size_t n, cap;
+/* A user's or a domain's job ends with one bulk push (push/pusher.h) instead of an outbox row
+ * per enrollment: the devices of the filter are read a page at a time when the push is sent,
+ * about 1 µs of storage each instead of a row written, claimed and deleted. It may wake a device
+ * of the filter that got nothing (already installed); a wake with an empty queue is harmless.
+ * Other jobs push each enrollment that got a command. */
+static int bulk_push_scope(const st_job *j)
+{
+    return j->scope == ST_JOB_USER || j->scope == ST_JOB_DOMAIN;
+}
+
+struct batch {
+    struct app *app;
+    lib_batch *lib;
+    struct lib_reconcile_stats stats;
+    int failed;
+    char *last; /* the id of the last enrollment worked */
 };
 
-static int page_add(const char *enrollment_id, void *ctx)
+static int batch_one(const st_enrollment *e, void *ctx)
 {
-    struct page *p = ctx;
-    if (p->n == p->cap) {
-        p->cap = p->cap ? p->cap * 2 : 64;
-        p->ids = xrealloc(p->ids, p->cap * sizeof(*p->ids));
-    }
-    p->ids[p->n++] = xstrdup(enrollment_id);
-    return 0;
+    struct batch *b = ctx;
+    if (lib_reconcile_enrollment(b->app, b->lib, e, &b->stats) != 0)
+        b->failed = 1;
+    free(b->last);
+    b->last = xstrdup(e->id);
+    return b->failed; /* stop: the transaction is lost anyway */
 }
 
-static void page_clear(struct page *p)
-{
-    for (size_t i = 0; i < p->n; i++)
-        free(p->ids[i]);
-    p->n = 0;
-}
-
-enum batch_result { BATCH_DONE, BATCH_FAILED, BATCH_LOST };
+enum batch_result { BATCH_DONE, BATCH_EMPTY, BATCH_FAILED, BATCH_LOST };
 
 /*
- * One batch in one transaction: reconcile every enrollment of the page, then record the
- * progress (which also proves the lease is still ours). Nothing of it stays unless all of it
- * commits.
+ * One batch in one transaction: read the next page of the job's enrollments, reconcile each,
+ * record the progress (which also proves the lease is still ours), commit. Nothing of it stays
+ * unless all of it commits. On BATCH_DONE, b->last is the new cursor.
  */
 static enum batch_result run_batch(struct app *app, const char *owner, const st_job *j,
-                                   const struct page *p, int64_t total,
-                                   struct lib_reconcile_stats *s)
+                                   const char *cursor, int limit, int64_t total, struct batch *b)
 {
-    memset(s, 0, sizeof(*s));
+    memset(&b->stats, 0, sizeof(b->stats));
+    b->failed = 0;
     if (storage_tx_begin(app->st) != ST_OK)
         return BATCH_FAILED;
-    int rc = lib_reconcile_batch(app, p->ids, p->n, s);
-    st_job_progress pr = {.id = j->id,
-                          .cursor = p->ids[p->n - 1],
-                          .total = total,
-                          .done = (int64_t)p->n,
-                          .errors = s->errors,
-                          .installs = s->installs,
-                          .removals = s->removals};
-    if (rc == 0)
-        rc = storage_job_progress(app->st, owner, app_now(app), JOB_LEASE, &pr);
-    if (rc == ST_ECONFLICT) {
+    b->lib = lib_batch_new(!bulk_push_scope(j));
+    int n = 0;
+    int rc = storage_job_page(app->st, j, cursor, limit, batch_one, b, &n);
+    lib_batch_free(b->lib);
+    b->lib = NULL;
+    if (rc == ST_OK && b->failed)
+        rc = ST_ERROR;
+    if (rc == ST_OK && n == 0) {
         storage_tx_rollback(app->st);
-        return BATCH_LOST;
+        return BATCH_EMPTY;
     }
-    if (rc != 0) {
+    st_job_progress pr = {.id = j->id,
+                          .cursor = b->last,
+                          .total = total,
+                          .done = n,
+                          .errors = b->stats.errors,
+                          .installs = b->stats.installs,
+                          .removals = b->stats.removals};
+    if (rc == ST_OK)
+        rc = storage_job_progress(app->st, owner, app_now(app), JOB_LEASE, &pr);
+    if (rc != ST_OK) {
         storage_tx_rollback(app->st);
-        return BATCH_FAILED;
+        return rc == ST_ECONFLICT ? BATCH_LOST : BATCH_FAILED;
     }
     return storage_tx_commit(app->st) == ST_OK ? BATCH_DONE : BATCH_FAILED;
 }
@@ -137,12 +148,39 @@ static int stopping(job_worker *w)
 }
 
 /*
+ * The end of a job: its bulk push if it has one and enqueued anything (counted over every run of
+ * the job, so a job finished after a crash still pushes), then DONE. 1 finished, 0 lost, -1
+ * storage (the job is given back and finished by a later run).
+ */
+static int finish_job(struct app *app, const char *owner, const st_job *j)
+{
+    st_job now = {0};
+    int rc = storage_job_get(app->st, j->id, &now);
+    if (rc == ST_OK && bulk_push_scope(j) && now.installs + now.removals > 0) {
+        int64_t queued = 0;
+        rc = push_filter(app, j->scope, j->value, &queued);
+        if (rc == ST_OK)
+            log_info("event=job_push job=%lld devices=%lld", (long long)j->id, (long long)queued);
+    }
+    if (rc == ST_OK)
+        rc = storage_job_finish(app->st, owner, j->id, ST_JOB_DONE, app_now(app));
+    if (rc == ST_OK)
+        log_info("event=job_finished job=%lld done=%lld installs=%lld removals=%lld errors=%lld",
+                 (long long)j->id, (long long)now.done, (long long)now.installs,
+                 (long long)now.removals, (long long)now.errors);
+    else if (rc != ST_ECONFLICT)
+        storage_job_release(app->st, owner, j->id);
+    st_job_cleanup(&now);
+    return rc == ST_OK ? 1 : rc == ST_ECONFLICT ? 0 : -1;
+}
+
+/*
  * Works a claimed job until it is finished, lost, failing or the worker stops. Returns 1 when
  * the job finished, 0 when it was left (given back or lost), -1 on storage failure.
  */
 static int run_job(struct app *app, job_worker *w, const char *owner, st_job *j)
 {
-    int batch = (int)config_get_int(app->cfg, "job_batch");
+    int limit = (int)config_get_int(app->cfg, "job_batch");
     int64_t total = j->total;
     if (total < 0 && storage_job_count(app->st, j, &total) != ST_OK)
         total = -1; /* recorded with the first batch; unknown is fine meanwhile */
@@ -150,7 +188,7 @@ static int run_job(struct app *app, job_worker *w, const char *owner, st_job *j)
              (long long)j->id, j->kind, owner, j->origin ? j->origin : "", (long long)total,
              j->cursor ? j->cursor : "");
     char *cursor = xstrdup(j->cursor ? j->cursor : "");
-    struct page p = {0};
+    struct batch b = {.app = app};
     int result = -1;
     for (;;) {
         if (stopping(w)) {
@@ -159,30 +197,15 @@ static int run_job(struct app *app, job_worker *w, const char *owner, st_job *j)
             result = 0;
             break;
         }
-        int n = 0;
-        page_clear(&p);
-        if (storage_job_page(app->st, j, cursor, batch, page_add, &p, &n) != ST_OK) {
-            storage_job_release(app->st, owner, j->id);
-            break;
-        }
-        if (p.n == 0) {
-            int rc = storage_job_finish(app->st, owner, j->id, ST_JOB_DONE, app_now(app));
-            st_job done = {0};
-            storage_job_get(app->st, j->id, &done);
-            log_info("event=job_finished job=%lld done=%lld installs=%lld removals=%lld "
-                     "errors=%lld rc=%d",
-                     (long long)j->id, (long long)done.done, (long long)done.installs,
-                     (long long)done.removals, (long long)done.errors, rc);
-            st_job_cleanup(&done);
-            result = rc == ST_OK ? 1 : rc == ST_ECONFLICT ? 0 : -1;
-            break;
-        }
-        struct lib_reconcile_stats s;
         enum batch_result br = BATCH_FAILED;
         for (int attempt = 0; attempt < JOB_BATCH_ATTEMPTS && br == BATCH_FAILED; attempt++) {
             if (attempt > 0)
                 usleep(100000u << (2 * attempt)); /* 0.4 s, 1.6 s */
-            br = run_batch(app, owner, j, &p, total, &s);
+            br = run_batch(app, owner, j, cursor, limit, total, &b);
+        }
+        if (br == BATCH_EMPTY) {
+            result = finish_job(app, owner, j);
+            break;
         }
         if (br == BATCH_LOST) {
             log_warn("event=job_lease_lost job=%lld owner=%s after=\"%s\"", (long long)j->id, owner,
@@ -198,14 +221,14 @@ static int run_job(struct app *app, job_worker *w, const char *owner, st_job *j)
         }
         total = -1; /* recorded */
         free(cursor);
-        cursor = xstrdup(p.ids[p.n - 1]);
-        log_debug("event=job_batch job=%lld enrollments=%zu installs=%d removals=%d errors=%d",
-                  (long long)j->id, p.n, s.installs, s.removals, s.errors);
-        if (s.installs || s.removals)
+        cursor = b.last;
+        b.last = NULL;
+        log_debug("event=job_batch job=%lld installs=%d removals=%d errors=%d after=\"%s\"",
+                  (long long)j->id, b.stats.installs, b.stats.removals, b.stats.errors, cursor);
+        if ((b.stats.installs || b.stats.removals) && !bulk_push_scope(j))
             pusher_kick(app->pusher);
     }
-    page_clear(&p);
-    free(p.ids);
+    free(b.last);
     free(cursor);
     return result;
 }

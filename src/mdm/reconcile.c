@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "core/mem.h"
@@ -33,6 +34,52 @@
 
 /* ---- commands ---- */
 
+/*
+ * The CommandUUID of a library command: RFC 9562 version 8 ("custom"), which the report hook
+ * recognises without a lookup (lib_command_uuid_is_ours), laid out like a version 7: the first
+ * 48 bits are the Unix time in milliseconds, the rest random. Time-ordered ids land at the end
+ * of the uuid indexes (commands, item_state), so a reconciliation job's batch of thousands of
+ * commands writes a few index pages instead of one random page per command.
+ *
+ * base: 16 random bytes; counter: added to the last 8 of them, so the ids one batch makes from
+ * one base differ (a batch draws its base once: OpenSSL's generator costs more per call than
+ * the rest of an id).
+ */
+static void library_uuid_from(const uint8_t base[16], uint64_t counter, char out[37])
+{
+    static const char hex[] = "0123456789ABCDEF";
+    uint8_t b[16];
+    memcpy(b, base, sizeof(b));
+    uint64_t low = 0;
+    for (int i = 8; i < 16; i++)
+        low = low << 8 | b[i];
+    low += counter;
+    for (int i = 15; i >= 8; i--, low >>= 8)
+        b[i] = (uint8_t)low;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 5; i >= 0; i--, ms >>= 8)
+        b[i] = (uint8_t)ms;
+    b[6] = (uint8_t)(0x80 | (b[6] & 0x0f)); /* version 8 */
+    b[8] = (uint8_t)(0x80 | (b[8] & 0x3f)); /* RFC 9562 variant */
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
+static void library_uuid(char out[37])
+{
+    uint8_t base[16];
+    crypto_random(base, sizeof(base));
+    library_uuid_from(base, 0, out);
+}
+
 int lib_command_wrap(plist_t command, enum ue_os os, int user_enrollment, int sensitive,
                      struct mdm_command *out, char *err, size_t err_len)
 {
@@ -44,8 +91,7 @@ int lib_command_wrap(plist_t command, enum ue_os os, int user_enrollment, int se
     }
     if (user_enrollment && ue_command_validate(command, os, NULL, NULL, err, err_len) != 0)
         return -1;
-    crypto_uuid(out->uuid);
-    out->uuid[14] = '8'; /* RFC 9562 version 8: marks a library command (lib_on_report) */
+    library_uuid(out->uuid); /* version 8: marks a library command (lib_on_report) */
     plist_t full = plist_new_dict();
     pl_set_string(full, "CommandUUID", out->uuid);
     plist_dict_set_item(full, "Command", plist_copy(command));
@@ -133,7 +179,11 @@ struct lib_batch {
     size_t nitems, capitems;
     struct lib_user *users;
     size_t nusers, capusers;
-    int quiet; /* one log line per batch instead of one per command */
+    int quiet;  /* one log line per batch instead of one per command */
+    int push;   /* push each enrollment that got a command (else the caller pushes) */
+    int seeded; /* uuid_base drawn */
+    uint8_t uuid_base[16];
+    uint64_t uuids; /* ids made from uuid_base */
 };
 
 static void lib_batch_cleanup(struct lib_batch *b)
@@ -453,8 +503,12 @@ static int install_command(struct rc_run *r, struct lib_item *it, struct mdm_com
     if (t->built != 1)
         return -1;
     memset(mc, 0, sizeof(*mc));
-    crypto_uuid(mc->uuid);
-    mc->uuid[14] = '8'; /* RFC 9562 version 8: a library command (lib_command_wrap) */
+    struct lib_batch *b = r->batch;
+    if (!b->seeded) {
+        crypto_random(b->uuid_base, sizeof(b->uuid_base));
+        b->seeded = 1;
+    }
+    library_uuid_from(b->uuid_base, b->uuids++, mc->uuid);
     mc->xml = xmalloc(t->len + 1);
     memcpy(mc->xml, t->xml, t->len + 1);
     memcpy(mc->xml + t->uuid_at, mc->uuid, 36);
@@ -587,15 +641,26 @@ static void run_cleanup(struct rc_run *r)
     st_enrollment_cleanup(&r->e);
 }
 
-static int reconcile(struct app *app, const char *enrollment_id, const struct observed *obs,
-                     struct lib_batch *batch, struct lib_reconcile_stats *stats)
+/*
+ * Reconciles the enrollment `given` (borrowed: a record the caller read) or, without it, the
+ * one stored under enrollment_id. batch: lookups shared with other enrollments (NULL: its own).
+ */
+static int reconcile(struct app *app, const char *enrollment_id, const st_enrollment *given,
+                     const struct observed *obs, struct lib_batch *batch,
+                     struct lib_reconcile_stats *stats)
 {
     struct lib_reconcile_stats dummy = {0};
-    struct lib_batch own = {0};
+    struct lib_batch own = {.push = 1};
     struct rc_run r = {
         .app = app, .obs = obs, .stats = stats ? stats : &dummy, .batch = batch ? batch : &own};
-    int rc = storage_enrollment_get(app->st, enrollment_id, &r.e);
+    int rc = 0;
+    if (given != NULL)
+        r.e = *given; /* shallow: run_cleanup must not free it */
+    else
+        rc = storage_enrollment_get(app->st, enrollment_id, &r.e);
     if (rc != 0 || r.e.unenrolled_at || r.e.token_updated_at == 0) {
+        if (given != NULL)
+            memset(&r.e, 0, sizeof(r.e));
         run_cleanup(&r);
         lib_batch_cleanup(&own);
         return rc == ST_ENOTFOUND ? 0 : (rc ? -1 : 0);
@@ -625,7 +690,7 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
         want_item(&r, r.want[i].kind, r.want[i].id);
     for (size_t i = 0; i < r.nrows; i++)
         unwant_row(&r, &r.rows[i]);
-    if (r.enqueued) {
+    if (r.enqueued && r.batch->push) {
         int prc = storage_push_enqueue(app->st, r.e.id, app_now(app));
         if (prc != 0 && prc != ST_ECONFLICT)
             log_warn("event=library_push_failed enrollment=%s rc=%d", r.e.id, prc);
@@ -634,6 +699,8 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
               r.nwant, r.nrows, r.enqueued);
     rc = 0;
 out:
+    if (given != NULL)
+        memset(&r.e, 0, sizeof(r.e));
     run_cleanup(&r);
     lib_batch_cleanup(&own);
     return rc;
@@ -641,18 +708,29 @@ out:
 
 int lib_reconcile(struct app *app, const char *enrollment_id, struct lib_reconcile_stats *stats)
 {
-    return reconcile(app, enrollment_id, NULL, NULL, stats);
+    return reconcile(app, enrollment_id, NULL, NULL, NULL, stats);
 }
 
-int lib_reconcile_batch(struct app *app, char *const *ids, size_t n,
-                        struct lib_reconcile_stats *stats)
+lib_batch *lib_batch_new(int push)
 {
-    struct lib_batch b = {.quiet = 1};
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = reconcile(app, ids[i], NULL, &b, stats);
-    lib_batch_cleanup(&b);
-    return rc;
+    lib_batch *b = xcalloc(1, sizeof(*b));
+    b->quiet = 1;
+    b->push = push;
+    return b;
+}
+
+void lib_batch_free(lib_batch *b)
+{
+    if (b == NULL)
+        return;
+    lib_batch_cleanup(b);
+    free(b);
+}
+
+int lib_reconcile_enrollment(struct app *app, lib_batch *b, const st_enrollment *e,
+                             struct lib_reconcile_stats *stats)
+{
+    return reconcile(app, e->id, e, NULL, b, stats);
 }
 
 void lib_on_enrollment_complete(struct app *app, const char *enrollment_id)
@@ -695,6 +773,6 @@ void lib_on_report(struct app *app, const char *enrollment_id, const char *uuid,
         o.kind = ST_ITEM_APP;
     else
         return;
-    if (reconcile(app, enrollment_id, &o, NULL, NULL) != 0)
+    if (reconcile(app, enrollment_id, NULL, &o, NULL, NULL) != 0)
         log_error("event=library_reconcile_failed enrollment=%s when=list", enrollment_id);
 }

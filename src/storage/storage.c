@@ -1048,7 +1048,7 @@ int storage_job_count(storage *st, const st_job *j, int64_t *count)
 }
 
 int storage_job_page(storage *st, const st_job *j, const char *after, int limit,
-                     int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n)
+                     int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n)
 {
     assert(st != NULL && j != NULL && after != NULL && fn != NULL && n != NULL && limit > 0);
     *n = 0;

@@ -705,12 +705,13 @@ int storage_job_claim(storage *st, const char *owner, int64_t now, int lease, st
 /* Counts the job's enrollments (the whole filter, from the start). */
 int storage_job_count(storage *st, const st_job *j, int64_t *count);
 /*
- * Calls fn with the ids of the job's next `limit` enrollments after `after` ("" = from the
- * start), in id order (borrowed strings; no statement is open while fn runs; fn returning != 0
- * stops). Fills *n with the number passed.
+ * Calls fn with the job's next `limit` enrollments after `after` ("" = from the start), whole
+ * records in id order (borrowed; no statement is open while fn runs, so fn may call storage; fn
+ * returning != 0 stops). Fills *n with the number passed. Inside a storage_tx the page is read
+ * in the batch's transaction, so the records are the ones the batch's writes are based on.
  */
 int storage_job_page(storage *st, const st_job *j, const char *after, int limit,
-                     int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n);
+                     int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n);
 
 typedef struct st_job_progress {
     int64_t id;

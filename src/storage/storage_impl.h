@@ -160,7 +160,7 @@ struct storage_ops {
     int (*job_claim)(storage *st, const char *owner, int64_t now, int lease, st_job *out);
     int (*job_count)(storage *st, const st_job *j, int64_t *count);
     int (*job_page)(storage *st, const st_job *j, const char *after, int limit,
-                    int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n);
+                    int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n);
     int (*job_progress)(storage *st, const char *owner, int64_t now, int lease,
                         const st_job_progress *p);
     int (*job_finish)(storage *st, const char *owner, int64_t id, int state, int64_t now);

@@ -624,18 +624,23 @@ enum pg_stmt_id {
                         "WHERE id = $1 AND claimed_by = $2 AND state = 1",                         \
                         RETRY},                                                                    \
     [PG_JOB_PRUNE] = {"DELETE FROM jobs WHERE state >= 2 AND finished_at < $1", RETRY},            \
-    [PG_JOB_PAGE_USER] = {"SELECT e.id FROM enrollments e WHERE e.id > $1::text AND " PG_JOB_LIVE  \
+    [PG_JOB_PAGE_USER] = {"SELECT " ENR_COLS                                                       \
+                          " FROM enrollments e WHERE e.id > $1::text AND " PG_JOB_LIVE             \
                           " AND " PG_BULK_USER " ORDER BY e.id LIMIT $4",                          \
                           RETRY},                                                                  \
-    [PG_JOB_PAGE_DOMAIN] =                                                                         \
-        {"SELECT e.id FROM enrollments e WHERE e.id > $1::text AND " PG_JOB_LIVE                   \
-         " AND " PG_BULK_SCOPE("$2::integer", "$3::text") " ORDER BY e.id LIMIT $4",               \
-         RETRY},                                                                                   \
-    [PG_JOB_PAGE_ENROLLMENT] = {"SELECT e.id FROM enrollments e WHERE $2::integer = 3 AND e.id = " \
-                                "$3::text AND e.id > $1::text AND " PG_JOB_LIVE " LIMIT $4",       \
+    [PG_JOB_PAGE_DOMAIN] = {"SELECT " ENR_COLS                                                     \
+                            " FROM enrollments e WHERE e.id > $1::text AND " PG_JOB_LIVE           \
+                            " AND " PG_BULK_SCOPE("$2::integer",                                   \
+                                                  "$3::text") " ORDER BY e.id LIMIT $4",           \
+                            RETRY},                                                                \
+    [PG_JOB_PAGE_ENROLLMENT] = {"SELECT " ENR_COLS " FROM enrollments e WHERE $2::integer = 3 "    \
+                                "AND e.id = $3::text AND e.id > $1::text AND " PG_JOB_LIVE         \
+                                " LIMIT $4",                                                       \
                                 RETRY},                                                            \
-    [PG_JOB_PAGE_ITEM] = {"SELECT s.enrollment_id" PG_JOB_ITEM_FROM                                \
-                          " ORDER BY s.enrollment_id LIMIT $4",                                    \
+    [PG_JOB_PAGE_ITEM] = {"SELECT " ENR_COLS " FROM (SELECT enrollment_id AS job_eid FROM "        \
+                          "item_state WHERE item_kind = $2::integer AND item_id = $3::bigint AND " \
+                          "enrollment_id > $1::text) s JOIN enrollments ON id = job_eid WHERE "    \
+                          "unenrolled_at = 0 AND token_updated_at > 0 ORDER BY id LIMIT $4",       \
                           RETRY},                                                                  \
     [PG_JOB_COUNT_USER] =                                                                          \
         {"SELECT count(*) FROM enrollments e WHERE e.id > $1::text AND " PG_JOB_LIVE               \
@@ -3820,7 +3825,7 @@ static int pg_job_count(storage *st, const st_job *j, int64_t *count)
 }
 
 static int pg_job_page(storage *st, const st_job *j, const char *after, int limit,
-                       int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n)
+                       int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n)
 {
     static const enum pg_stmt_id ids[] = {PG_JOB_PAGE_USER, PG_JOB_PAGE_DOMAIN,
                                           PG_JOB_PAGE_ENROLLMENT, PG_JOB_PAGE_ITEM};
@@ -3833,8 +3838,12 @@ static int pg_job_page(storage *st, const st_job *j, const char *after, int limi
         return rc;
     /* The result is a copy in memory: fn may call storage. */
     for (int i = 0; i < PQntuples(r); i++) {
+        st_enrollment e = {0};
+        read_enrollment(r, i, &e);
         (*n)++;
-        if (fn(PQgetvalue(r, i, 0), ctx) != 0)
+        int stop = fn(&e, ctx);
+        st_enrollment_cleanup(&e);
+        if (stop != 0)
             break;
     }
     PQclear(r);

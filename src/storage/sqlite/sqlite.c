@@ -620,16 +620,21 @@ enum sq_stmt_id {
     [SQ_JOB_RELEASE] = "UPDATE jobs SET claimed_by = NULL, claimed_until = 0 "                     \
                        "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                          \
     [SQ_JOB_PRUNE] = "DELETE FROM jobs WHERE state >= 2 AND finished_at < ?1",                     \
-    [SQ_JOB_PAGE_USER] = "SELECT e.id FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE      \
-                         " AND ?2 = 1 AND " SQ_BULK_USER " ORDER BY e.id LIMIT ?4",                \
-    [SQ_JOB_PAGE_DOMAIN] = "SELECT e.id FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE    \
-                           " AND " SQ_BULK_SCOPE("?2", "?3") " ORDER BY e.id LIMIT ?4",            \
-    [SQ_JOB_PAGE_ENROLLMENT] = "SELECT e.id FROM enrollments AS e WHERE e.id = ?3 AND e.id > ?1 "  \
-                               "AND ?2 = 3 AND " SQ_JOB_LIVE " LIMIT ?4",                          \
-    [SQ_JOB_PAGE_ITEM] =                                                                           \
-        "SELECT s.enrollment_id FROM item_state AS s JOIN enrollments AS e ON "                    \
-        "e.id = s.enrollment_id WHERE s.item_kind = ?2 AND s.item_id = ?3 AND "                    \
-        "s.enrollment_id > ?1 AND " SQ_JOB_LIVE " ORDER BY s.enrollment_id LIMIT ?4",              \
+    [SQ_JOB_PAGE_USER] =                                                                           \
+        "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE               \
+        " AND ?2 = 1 AND " SQ_BULK_USER " ORDER BY e.id LIMIT ?4",                                 \
+    [SQ_JOB_PAGE_DOMAIN] =                                                                         \
+        "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE               \
+        " AND " SQ_BULK_SCOPE("?2", "?3") " ORDER BY e.id LIMIT ?4",                               \
+    [SQ_JOB_PAGE_ENROLLMENT] = "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id = ?3 AND "    \
+                               "e.id > ?1 AND ?2 = 3 AND " SQ_JOB_LIVE                             \
+                               " LIMIT ?4", /* The sub-select exposes only job_eid, so ENR_COLS    \
+                                               name the enrollment's columns. */                   \
+        [SQ_JOB_PAGE_ITEM] =                                                                       \
+            "SELECT " ENR_COLS " FROM (SELECT enrollment_id AS job_eid FROM "                      \
+            "item_state WHERE item_kind = ?2 AND item_id = ?3 AND enrollment_id > "                \
+            "?1) JOIN enrollments ON id = job_eid WHERE unenrolled_at = 0 AND "                    \
+            "token_updated_at > 0 ORDER BY id LIMIT ?4",                                           \
     [SQ_JOB_COUNT_USER] = "SELECT count(*) FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE \
                           " AND ?2 = 1 AND " SQ_BULK_USER,                                         \
     [SQ_JOB_COUNT_DOMAIN] =                                                                        \
@@ -4075,7 +4080,7 @@ static int sq_job_count(storage *st, const st_job *j, int64_t *count)
 
 /* Reads the page into memory first: fn may call storage (no statement is open meanwhile). */
 static int sq_job_page(storage *st, const st_job *j, const char *after, int limit,
-                       int (*fn)(const char *enrollment_id, void *ctx), void *ctx, int *n)
+                       int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n)
 {
     static const char op[] = "job_page";
     struct sq_conn *c;
@@ -4083,21 +4088,21 @@ static int sq_job_page(storage *st, const st_job *j, const char *after, int limi
     if (s == NULL)
         return ST_ERROR;
     bind_int(c, s, 4, limit);
-    char **ids = xcalloc((size_t)limit, sizeof(*ids));
+    st_enrollment *rows = xcalloc((size_t)limit, sizeof(*rows));
     int got = 0, src = SQLITE_DONE;
     while (got < limit && (src = sq_step(c, s)) == SQLITE_ROW)
-        ids[got++] = col_text(s, 0);
+        read_enrollment(s, &rows[got++]);
     int rc = got == limit || src == SQLITE_DONE ? ST_OK : sq_error(c, op, src);
     sq_reset(c, s);
     for (int i = 0; i < got; i++) {
-        if (rc == ST_OK && ids[i] != NULL) {
+        if (rc == ST_OK) {
             (*n)++;
-            if (fn(ids[i], ctx) != 0)
+            if (fn(&rows[i], ctx) != 0)
                 rc = 1; /* stop: not an error */
         }
-        free(ids[i]);
+        st_enrollment_cleanup(&rows[i]);
     }
-    free(ids);
+    free(rows);
     return rc == 1 ? ST_OK : rc;
 }
 

@@ -508,6 +508,29 @@ static char *without_uuid(const struct one_cmd *o)
  * enrollment a copy with its own CommandUUID (a library one), identical otherwise; it still
  * validates per platform (the Mac's is its own).
  */
+/* Reconciles stored enrollments with one shared batch (as a job's page does). */
+static int reconcile_batch(char *const *ids, size_t n, int push, struct lib_reconcile_stats *s)
+{
+    lib_batch *b = lib_batch_new(push);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        st_enrollment e = {0};
+        rc = storage_enrollment_get(app.st, ids[i], &e);
+        if (rc == 0)
+            rc = lib_reconcile_enrollment(&app, b, &e, s);
+        st_enrollment_cleanup(&e);
+    }
+    lib_batch_free(b);
+    return rc;
+}
+
+static int64_t outbox_rows(void)
+{
+    int64_t n = -1;
+    storage_push_pending(app.st, &n);
+    return n;
+}
+
 TEST(batch_copies_one_command_per_platform)
 {
     ASSERT_INT_EQ(setup(), 0);
@@ -523,9 +546,11 @@ TEST(batch_copies_one_command_per_platform)
                        .created_at = 1};
     ASSERT_INT_EQ(storage_assignment_add(app.st, &a), 0);
     struct lib_reconcile_stats s = {0};
+    int64_t pushes = outbox_rows();
     ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
-    ASSERT_INT_EQ(lib_reconcile_batch(&app, ids, 3, &s), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids, 3, 0, &s), 0);
     ASSERT_INT_EQ(storage_tx_commit(app.st), 0);
+    ASSERT_INT_EQ(outbox_rows(), pushes); /* push = 0: the caller pushes */
     ASSERT_INT_EQ(s.enrollments, 3);
     ASSERT_INT_EQ(s.installs, 3);
     struct one_cmd c[3] = {{0}};
@@ -547,7 +572,7 @@ TEST(batch_copies_one_command_per_platform)
         free(c[i].body);
     /* Nothing more on a second batch. */
     memset(&s, 0, sizeof(s));
-    ASSERT_INT_EQ(lib_reconcile_batch(&app, ids, 3, &s), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids, 3, 1, &s), 0);
     ASSERT_INT_EQ(s.installs, 0);
 }
 
@@ -579,12 +604,12 @@ TEST(job_resumes_after_crash_without_duplicates)
     ASSERT_INT_EQ(j.id, job);
     struct lib_reconcile_stats s = {0};
     ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
-    ASSERT_INT_EQ(lib_reconcile_batch(&app, ids, 2, &s), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids, 2, 0, &s), 0);
     st_job_progress pr = {job, "C2", 5, 2, 0, s.installs, 0};
     ASSERT_INT_EQ(storage_job_progress(app.st, "A", app_now(&app), JOB_LEASE, &pr), 0);
     ASSERT_INT_EQ(storage_tx_commit(app.st), 0);
     ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
-    ASSERT_INT_EQ(lib_reconcile_batch(&app, ids + 2, 2, &s), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids + 2, 2, 0, &s), 0);
     storage_tx_rollback(app.st); /* kill -9: never committed */
     st_job_cleanup(&j);
     /* B sees nothing to take while A's lease runs, then takes over where A was. */

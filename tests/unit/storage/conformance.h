@@ -2815,11 +2815,14 @@ struct conf_page {
     char ids[8][32];
 };
 
-static inline int conf_page_cb(const char *id, void *ctx)
+static inline int conf_page_cb(const st_enrollment *e, void *ctx)
 {
     struct conf_page *p = ctx;
+    /* Whole records: the page hands the reconciler what it would otherwise look up. */
+    if (e->topic == NULL || e->token_updated_at == 0)
+        return 0;
     if (p->n < 8)
-        snprintf(p->ids[p->n], sizeof(p->ids[0]), "%s", id);
+        snprintf(p->ids[p->n], sizeof(p->ids[0]), "%s", e->id);
     p->n++;
     return 0;
 }

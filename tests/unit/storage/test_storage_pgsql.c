@@ -494,12 +494,12 @@ struct pg_job_worker {
 
 /* One unit of a job's work on one enrollment: a command whose uuid names the job and the
  * enrollment, so doing it twice would be a duplicate uuid (ST_EEXISTS). */
-static int pg_job_unit(const char *enrollment_id, void *ctx)
+static int pg_job_unit(const st_enrollment *e, void *ctx)
 {
     struct pg_job_worker *w = ctx;
     char uuid[64];
-    snprintf(uuid, sizeof(uuid), "J%lld-%s", (long long)w->job, enrollment_id);
-    if (conf_enqueue(w->st, enrollment_id, uuid, 0, 1000) != ST_OK)
+    snprintf(uuid, sizeof(uuid), "J%lld-%s", (long long)w->job, e->id);
+    if (conf_enqueue(w->st, e->id, uuid, 0, 1000) != ST_OK)
         w->errors++;
     return 0;
 }
@@ -508,9 +508,9 @@ struct pg_job_cursor {
     char last[64];
 };
 
-static int pg_job_last(const char *enrollment_id, void *ctx)
+static int pg_job_last(const st_enrollment *e, void *ctx)
 {
-    snprintf(((struct pg_job_cursor *)ctx)->last, 64, "%s", enrollment_id);
+    snprintf(((struct pg_job_cursor *)ctx)->last, 64, "%s", e->id);
     return 0;
 }
 
