@@ -36,9 +36,10 @@ api() { curl -s --cacert "$d/tls/ca.pem" -H "Authorization: Bearer $key" "$@"; }
 pid_profile=$(api --data-binary @"$WORK/wifi.mobileconfig" "https://127.0.0.1:$port/api/v1/profiles" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 
-python3 - "$port" "$d/tls/ca.pem" "$key" "$pid_profile" "$N" "$d/orchard.db" "$(python3 -c "print($t1 - $t0)")" <<'PY'
+python3 - "$port" "$d/tls/ca.pem" "$key" "$pid_profile" "$N" "$d/orchard.db" "$(python3 -c "print($t1 - $t0)")" \
+    "$PER_USER" "${BENCH_RECONCILE_BATCH:-250}" <<'PY'
 import http.client, json, sqlite3, ssl, sys, time
-port, ca, key, profile, n, db, seed_s = sys.argv[1:]
+port, ca, key, profile, n, db, seed_s, per_user, batch = sys.argv[1:]
 n = int(n)
 ctx = ssl.create_default_context(cafile=ca)
 ctx.check_hostname = False
@@ -70,9 +71,8 @@ installs = db.execute("SELECT count(*), count(DISTINCT enrollment_id) FROM comma
 if j["state"] != "done" or j["done"] != n or j["installs"] != n or installs != (n, n):
     sys.exit("bench: job %r, InstallProfile commands (all, distinct enrollments) %r; expected %d"
              % (j, installs, n))
-job_s = j["finished_at"] - j["started_at"]
 print("reconcile bench: one profile assigned to a domain of %d enrollments (SQLite, %s per user, "
-      "job_batch %s)" % (n, sys.argv[5] and "1,000", "see BENCH_RECONCILE_BATCH"))
+      "job_batch %s)" % (n, per_user, batch))
 print("  seeding (not timed):      %6.2f s" % float(seed_s))
 print("  API answer (202 + job):   %6.3f s" % t_api)
 print("  job, API call to done:    %6.2f s  (%8.0f enrollments/s)   target: < 5 s" % (t_job, n / t_job))

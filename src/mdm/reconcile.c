@@ -162,7 +162,8 @@ struct lib_cmd {
 struct lib_item {
     int kind;
     int64_t id;
-    int rc; /* storage_profile_get / storage_app_get */
+    int rc;             /* storage_profile_get / storage_app_get */
+    unsigned platforms; /* a profile's, parsed once (LIB_OS_BIT) */
     st_profile p;
     st_app a;
     struct lib_cmd cmd[UE_OS_COUNT][2]; /* [platform][user enrollment] */
@@ -223,6 +224,9 @@ static struct lib_item *batch_item(struct lib_batch *b, storage *st, int kind, i
     it->id = id;
     it->rc = kind == ST_ITEM_PROFILE ? storage_profile_get(st, id, &it->p)
                                      : storage_app_get(st, id, &it->a);
+    if (it->rc == 0 && kind == ST_ITEM_PROFILE &&
+        (it->p.platforms == NULL || lib_platforms_parse(it->p.platforms, &it->platforms) != 0))
+        it->platforms = 0;
     return it;
 }
 
@@ -530,7 +534,7 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
     if (it->rc != 0)
         return; /* deleted meanwhile: its assignments went with it */
     if (kind == ST_ITEM_PROFILE) {
-        if (!lib_platforms_has(p->platforms, r->os))
+        if (!(it->platforms & LIB_OS_BIT(r->os)))
             return; /* not validated for this platform: never sent there */
         identifier = p->identifier;
         sensitive = p->sensitive;

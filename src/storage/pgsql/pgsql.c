@@ -598,7 +598,7 @@ enum pg_stmt_id {
 #define PG_SQL_JOBS                                                                                \
     [PG_JOB_SAME] = {"SELECT id FROM jobs WHERE kind = $1 AND scope = $2 AND value = $3 AND "      \
                      "item_kind = $4 AND item_id = $5 AND state = 0 AND started_at = 0 "           \
-                     "ORDER BY id LIMIT 1",                                                        \
+                     "ORDER BY id LIMIT 1 FOR UPDATE",                                             \
                      RETRY},                                                                       \
     [PG_JOB_ADD] =                                                                                 \
         {"INSERT INTO jobs (kind, scope, value, item_kind, item_id, origin, created_at, "          \
@@ -3736,8 +3736,14 @@ static void p_job_filter(struct pg_params *p, const st_job *j)
     p_int(p, j->scope == ST_JOB_ITEM ? j->item_id : 0);
 }
 
-/* Two instances adding the same job at the same moment may both insert: two jobs do the same
- * work, which the reconciler's compare-and-set makes harmless. */
+/*
+ * The queued job found is locked (FOR UPDATE) until the caller's transaction, which also holds
+ * the change the job must see, commits: a worker's claim skips it meanwhile, so the job cannot
+ * start before the change is visible. A claim already under way makes the lookup wait and then
+ * find the job started, and a new one is added. Two instances adding the same job at the same
+ * moment may both insert: two jobs do the same work, which the reconciler's compare-and-set
+ * makes harmless.
+ */
 static int pg_job_add(storage *st, st_job *j)
 {
     static const char op[] = "job_add";
