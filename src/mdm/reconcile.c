@@ -141,7 +141,7 @@ struct rc_run {
     int enqueued;
 };
 
-/* ---- what a batch of enrollments shares (lib_reconcile_batch) ---- */
+/* ---- what a batch of enrollments shares (lib_batch, a job's page) ---- */
 
 /*
  * An install command built once per item, platform and kind of enrollment, and copied for each
