@@ -3,7 +3,8 @@
 #   make SANITIZE=address,undefined   sanitizer build (into build/san-*)
 #   make run             install deps, build, create ./var demo data, serve on 127.0.0.1:8443
 #   make test            build with ASan+UBSan and run every test
-#   make bench           benchmarks (ratios against a baseline measured in the same run)
+#   make bench           benchmarks (ratios against a baseline measured in the same run; push
+#                        fan-out and a 100,000-enrollment reconciliation job too)
 #   make format / format-check
 
 PKGS     := libmicrohttpd gnutls libplist-2.0 openssl sqlite3 libpq libcurl libnghttp2 jansson libsodium librhonabwy

@@ -45,3 +45,6 @@ awk -v o="$o" -v b="$b" 'BEGIN { printf "  ratio orchard/baseline: %.3f   target
 
 # Second part: APNs push fan-out (bench/push.sh); BENCH_PUSH=0 skips it.
 [ "${BENCH_PUSH:-1}" = 0 ] || ./bench/push.sh
+# Third part: a reconciliation job over a domain of 100,000 enrollments (bench/reconcile.sh);
+# BENCH_RECONCILE=0 skips it.
+[ "${BENCH_RECONCILE:-100000}" = 0 ] || ./bench/reconcile.sh

@@ -32,6 +32,7 @@ typedef struct http_server http_server;
 typedef struct pusher pusher;
 typedef struct oidc_cache oidc_cache;
 typedef struct webhooks webhooks;
+typedef struct job_worker job_worker;
 
 struct app {
     config *cfg;
@@ -44,6 +45,7 @@ struct app {
     char *push_subject;     /* its subject (RFC 2253) */
     pusher *pusher;         /* the push outbox worker (push/pusher.h); NULL outside serve */
     webhooks *webhooks;     /* the webhook delivery thread (webhook/webhook.h); NULL if off */
+    job_worker *job_worker; /* the durable-job worker (jobs/worker.h); NULL outside serve */
 
     crypto_cert *scep_ca_cert; /* device identity CA */
     char *scep_ca_pem;         /* the same, for TLS client-certificate requests */

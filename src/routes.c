@@ -70,6 +70,7 @@ const struct http_route orchard_routes[] = {
     API("POST", "/api/v1/users/{id}/reauthenticate", api_handle_user_reauthenticate,
         "api_user_reauthenticate", HTTP_BODY_DEFAULT),
     API("GET", "/api/v1/commands/{uuid}", api_handle_command, "api_command", HTTP_BODY_NONE),
+    API("GET", "/api/v1/jobs/{id}", api_handle_job, "api_job", HTTP_BODY_NONE),
     API("GET", "/api/v1/audit", api_handle_audit, "api_audit", HTTP_BODY_NONE),
     API("GET", "/api/v1/domains", api_handle_domains, "api_domains", HTTP_BODY_NONE),
     API("GET", "/api/v1/domains/{name}", api_handle_domain, "api_domain", HTTP_BODY_NONE),

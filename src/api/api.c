@@ -340,6 +340,70 @@ void api_handle_command(void *ctx, http_request *req, http_response *res)
     st_command_cleanup(&c);
 }
 
+/* ---- durable jobs (jobs/worker.h) ---- */
+
+static const char *job_state_name(int state)
+{
+    switch (state) {
+    case ST_JOB_QUEUED:
+        return "queued";
+    case ST_JOB_RUNNING:
+        return "running";
+    case ST_JOB_DONE:
+        return "done";
+    default:
+        return "failed";
+    }
+}
+
+/* A time, or null for "not yet" (0). */
+static json_t *job_time(int64_t t)
+{
+    return t ? json_integer(t) : json_null();
+}
+
+static json_t *job_json(const st_job *j)
+{
+    static const char *const scopes[] = {"user", "domain", "enrollment", "item"};
+    json_t *target =
+        j->scope == ST_JOB_ITEM
+            ? json_pack("{s:I}", j->item_kind == ST_ITEM_PROFILE ? "profile_id" : "app_id",
+                        (json_int_t)j->item_id)
+            : json_string(j->value ? j->value : "");
+    return json_pack(
+        "{s:I, s:s, s:s, s:s, s:o, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "id",
+        (json_int_t)j->id, "kind", j->kind, "state", job_state_name(j->state), "scope",
+        j->scope >= ST_JOB_USER && j->scope <= ST_JOB_ITEM ? scopes[j->scope - 1] : "?", "target",
+        target, "origin", j->origin ? j->origin : "", "total",
+        j->total >= 0 ? json_integer(j->total) : json_null(), "done", (json_int_t)j->done, "errors",
+        (json_int_t)j->errors, "installs", (json_int_t)j->installs, "removals",
+        (json_int_t)j->removals, "created_at", (json_int_t)j->created_at, "started_at",
+        job_time(j->started_at), "updated_at", job_time(j->updated_at), "finished_at",
+        job_time(j->finished_at));
+}
+
+/* GET /api/v1/jobs/{id}: what a job has done so far (docs/LIBRARY.md). */
+void api_handle_job(void *ctx, http_request *req, http_response *res)
+{
+    struct app *app = ctx;
+    AUTHORIZE();
+    char *end = NULL;
+    const char *s = req->params[0];
+    long long id = s && *s ? strtoll(s, &end, 10) : 0;
+    if (end == NULL || *end != '\0' || id <= 0) {
+        http_response_error(res, 404, "no such job");
+        return;
+    }
+    st_job j = {0};
+    int rc = storage_job_get(app->st, id, &j);
+    if (rc == 0)
+        api_send_json(res, 200, job_json(&j));
+    else
+        http_response_error(res, rc == ST_ENOTFOUND ? 404 : 503,
+                            rc == ST_ENOTFOUND ? "no such job" : "storage unavailable");
+    st_job_cleanup(&j);
+}
+
 void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;

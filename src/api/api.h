@@ -22,6 +22,7 @@ void api_handle_enrollment_inventory(void *ctx, http_request *req, http_response
 void api_handle_enrollment(void *ctx, http_request *req, http_response *res);
 void api_handle_enrollment_commands(void *ctx, http_request *req, http_response *res);
 void api_handle_command(void *ctx, http_request *req, http_response *res);
+void api_handle_job(void *ctx, http_request *req, http_response *res);
 void api_handle_reauthenticate(void *ctx, http_request *req, http_response *res);
 void api_handle_user_reauthenticate(void *ctx, http_request *req, http_response *res);
 void api_handle_unenroll(void *ctx, http_request *req, http_response *res);

@@ -2,8 +2,8 @@
  * Admin API for the profile and app library (docs/LIBRARY.md, docs/APPS.md):
  *
  *   POST   /api/v1/profiles[?platform=ios,macos][&sensitive=true][&sign=true]  body: .mobileconfig
- *   GET    /api/v1/profiles            GET|DELETE /api/v1/profiles/{id}
- *   POST   /api/v1/apps  (JSON)        GET /api/v1/apps      GET|DELETE /api/v1/apps/{id}
+ *   GET    /api/v1/profiles            GET|PUT|DELETE /api/v1/profiles/{id}
+ *   POST   /api/v1/apps  (JSON)        GET /api/v1/apps      GET|PUT|DELETE /api/v1/apps/{id}
  *   POST   /api/v1/assignments {"profile_id"|"app_id", "user"|"domain"|"enrollment_id"}
  *   GET    /api/v1/assignments         DELETE /api/v1/assignments/{id}
  *   GET    /api/v1/enrollments/{id}/library   installed state, last ManagedApplicationList
@@ -11,6 +11,12 @@
  *
  * Handlers decode, call the library services (mdm/library.h) and storage, and map the results
  * to statuses: 422 names the platform, payload type and key User Enrollment refuses.
+ *
+ * A change that can reach many enrollments (an assignment to a user or a domain, replacing or
+ * deleting a profile or app) is stored together with a reconciliation job, in one transaction,
+ * and answered 202 with the job (jobs/worker.h; GET /api/v1/jobs/{id} shows its progress): the
+ * request never waits for the devices' commands. One enrollment (an assignment to an
+ * enrollment_id, POST .../reconcile) is reconciled within the request, as before.
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -22,6 +28,7 @@
 #include "auth/audit.h"
 #include "core/log.h"
 #include "core/mem.h"
+#include "jobs/worker.h"
 #include "mdm/library.h"
 #include "mdm/platform.h"
 #include "plist/pl.h"
@@ -63,12 +70,49 @@ static void collect_warning(void *ctx, const char *msg)
     json_array_append_new(ctx, json_string(msg));
 }
 
-/* Reconciles after a change and logs the totals; failures are logged, not answered (the
- * change is stored; the next reconcile catches up). */
+/* What a synchronous reconcile (one enrollment) did. */
 static json_t *stats_json(const struct lib_reconcile_stats *s)
 {
     return json_pack("{s:i, s:i, s:i, s:i}", "enrollments", s->enrollments, "installs", s->installs,
                      "removals", s->removals, "errors", s->errors);
+}
+
+/*
+ * A change and the reconciliation job it needs, recorded together: the caller opens the
+ * transaction with change_begin, stores its change, and change_commit adds the job (scope and
+ * value, or ST_JOB_ITEM with the item) and commits. On any failure nothing is stored; the
+ * return is the change's own storage code (or ST_ERROR) for the caller to map.
+ */
+static int change_begin(struct app *app)
+{
+    return storage_tx_begin(app->st) == ST_OK ? ST_OK : ST_ERROR;
+}
+
+static int change_commit(struct app *app, int rc, int scope, const char *value, int item_kind,
+                         int64_t item_id, const char *origin, int64_t *job)
+{
+    if (rc == ST_OK)
+        rc = job_submit_reconcile(app, scope, value, item_kind, item_id, origin, job) == ST_OK
+                 ? ST_OK
+                 : ST_ERROR;
+    if (rc != ST_OK) {
+        storage_tx_rollback(app->st);
+        return rc;
+    }
+    if (storage_tx_commit(app->st) != ST_OK)
+        return ST_ERROR;
+    job_worker_kick(app->job_worker); /* after the commit: the worker must see the job */
+    return ST_OK;
+}
+
+/* Adds "job": {"id", "url"} to a 202 answer and points Location at the job. */
+static void answer_job(http_response *res, json_t *j, int64_t job)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "/api/v1/jobs/%lld", (long long)job);
+    json_object_set_new(j, "job", json_pack("{s:I, s:s}", "id", (json_int_t)job, "url", url));
+    http_response_set_header(res, "Location", url);
+    api_send_json(res, 202, j);
 }
 
 /* ---- profiles ---- */
@@ -163,8 +207,13 @@ static void profile_replace(struct app *app, http_request *req, http_response *r
     p.id = old->id;
     p.sensitive = query_flag_or(req, "sensitive", old->sensitive);
     p.sign = query_flag_or(req, "sign", old->sign);
-    int rc = strcmp(p.identifier, old->identifier) == 0 ? storage_profile_replace(app->st, &p)
-                                                        : ST_ECONFLICT;
+    int64_t job = 0;
+    char origin[64];
+    snprintf(origin, sizeof(origin), "profile.replace %lld", (long long)p.id);
+    int rc = strcmp(p.identifier, old->identifier) == 0 ? change_begin(app) : ST_ECONFLICT;
+    if (rc == ST_OK)
+        rc = change_commit(app, storage_profile_replace(app->st, &p), ST_JOB_ITEM, NULL,
+                           ST_ITEM_PROFILE, p.id, origin, &job);
     if (rc == ST_ECONFLICT) {
         json_decref(warnings);
         api_send_json(res, 409,
@@ -176,16 +225,15 @@ static void profile_replace(struct app *app, http_request *req, http_response *r
         json_decref(warnings);
         storage_error(res, rc, "no such profile");
     } else {
-        char detail[48];
-        snprintf(detail, sizeof detail, "version=%lld", (long long)p.version);
+        char detail[64];
+        snprintf(detail, sizeof detail, "version=%lld job=%lld", (long long)p.version,
+                 (long long)job);
         audit_record(app, actor, "profile.replace", p.identifier, detail);
-        struct lib_reconcile_stats s = {0};
-        lib_reconcile_item(app, ST_ITEM_PROFILE, p.id, &s);
-        api_send_json(res, 200,
-                      json_pack("{s:I, s:s, s:I, s:s, s:o, s:o}", "id", (json_int_t)p.id,
-                                "identifier", p.identifier, "version", (json_int_t)p.version,
-                                "platforms", p.platforms, "warnings", warnings, "reconciled",
-                                stats_json(&s)));
+        answer_job(res,
+                   json_pack("{s:I, s:s, s:I, s:s, s:o}", "id", (json_int_t)p.id, "identifier",
+                             p.identifier, "version", (json_int_t)p.version, "platforms",
+                             p.platforms, "warnings", warnings),
+                   job);
     }
     st_profile_cleanup(&p);
 }
@@ -223,16 +271,19 @@ void api_handle_profile(void *ctx, http_request *req, http_response *res)
     if (strcmp(req->method, "PUT") == 0) {
         profile_replace(app, req, res, actor, &p);
     } else if (strcmp(req->method, "DELETE") == 0) {
-        struct lib_reconcile_stats s = {0};
-        rc = storage_profile_delete(app->st, id);
+        int64_t job = 0;
+        char origin[64];
+        snprintf(origin, sizeof(origin), "profile.delete %lld", (long long)id);
+        rc = change_begin(app);
+        if (rc == ST_OK)
+            rc = change_commit(app, storage_profile_delete(app->st, id), ST_JOB_ITEM, NULL,
+                               ST_ITEM_PROFILE, id, origin, &job);
         if (rc != 0) {
             storage_error(res, rc, "no such profile");
         } else {
-            audit_record(app, actor, "profile.delete", p.identifier, NULL);
-            lib_reconcile_item(app, ST_ITEM_PROFILE, id, &s);
-            api_send_json(
-                res, 200,
-                json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+            audit_record(app, actor, "profile.delete", p.identifier, origin);
+            /* The removals go out from the item's installed state, which outlives it. */
+            answer_job(res, json_pack("{s:I}", "id", (json_int_t)id), job);
         }
     } else {
         json_t *j = profile_json(&p);
@@ -322,7 +373,13 @@ static void app_replace(struct app *app, http_request *req, http_response *res, 
     if (warnings == NULL)
         return;
     a.id = old->id;
-    int rc = storage_app_replace(app->st, &a);
+    int64_t job = 0;
+    char origin[64];
+    snprintf(origin, sizeof(origin), "app.replace %lld", (long long)a.id);
+    int rc = change_begin(app);
+    if (rc == ST_OK)
+        rc = change_commit(app, storage_app_replace(app->st, &a), ST_JOB_ITEM, NULL, ST_ITEM_APP,
+                           a.id, origin, &job);
     if (rc == ST_ECONFLICT) {
         json_decref(warnings);
         api_send_json(
@@ -337,15 +394,13 @@ static void app_replace(struct app *app, http_request *req, http_response *res, 
         json_decref(warnings);
         storage_error(res, rc, "no such app");
     } else {
-        char detail[48];
-        snprintf(detail, sizeof detail, "version=%lld", (long long)a.version);
+        char detail[64];
+        snprintf(detail, sizeof detail, "version=%lld job=%lld", (long long)a.version,
+                 (long long)job);
         audit_record(app, actor, "app.replace", a.identifier ? a.identifier : "-", detail);
-        struct lib_reconcile_stats s = {0};
-        lib_reconcile_item(app, ST_ITEM_APP, a.id, &s);
         json_t *j = app_json(&a);
         json_object_set_new(j, "warnings", warnings);
-        json_object_set_new(j, "reconciled", stats_json(&s));
-        api_send_json(res, 200, j);
+        answer_job(res, j, job);
     }
     st_app_cleanup(&a);
 }
@@ -366,16 +421,18 @@ void api_handle_app(void *ctx, http_request *req, http_response *res)
     if (strcmp(req->method, "PUT") == 0) {
         app_replace(app, req, res, actor, &a);
     } else if (strcmp(req->method, "DELETE") == 0) {
-        struct lib_reconcile_stats s = {0};
-        rc = storage_app_delete(app->st, id);
+        int64_t job = 0;
+        char origin[64];
+        snprintf(origin, sizeof(origin), "app.delete %lld", (long long)id);
+        rc = change_begin(app);
+        if (rc == ST_OK)
+            rc = change_commit(app, storage_app_delete(app->st, id), ST_JOB_ITEM, NULL, ST_ITEM_APP,
+                               id, origin, &job);
         if (rc != 0) {
             storage_error(res, rc, "no such app");
         } else {
-            audit_record(app, actor, "app.delete", a.identifier ? a.identifier : "-", NULL);
-            lib_reconcile_item(app, ST_ITEM_APP, id, &s);
-            api_send_json(
-                res, 200,
-                json_pack("{s:I, s:o}", "id", (json_int_t)id, "reconciled", stats_json(&s)));
+            audit_record(app, actor, "app.delete", a.identifier ? a.identifier : "-", origin);
+            answer_job(res, json_pack("{s:I}", "id", (json_int_t)id), job);
         }
     } else {
         api_send_json(res, 200, app_json(&a));
@@ -456,6 +513,43 @@ out:
     return rc;
 }
 
+/*
+ * Adds (or, with del, deletes) an assignment. One to an enrollment is stored alone: the
+ * handler reconciles that enrollment within the request. One to a user or a domain is stored
+ * with its reconciliation job (*job). Returns the storage code.
+ */
+static int assignment_change(struct app *app, st_assignment *a, int del, int64_t *job)
+{
+    if (a->target_type == ST_TARGET_ENROLLMENT)
+        return del ? storage_assignment_delete(app->st, a->id) : storage_assignment_add(app->st, a);
+    int rc = change_begin(app);
+    if (rc != ST_OK)
+        return rc;
+    rc = del ? storage_assignment_delete(app->st, a->id) : storage_assignment_add(app->st, a);
+    char origin[64];
+    snprintf(origin, sizeof(origin), "assignment.%s %lld", del ? "delete" : "add",
+             (long long)a->id);
+    /* ST_JOB_USER and ST_JOB_DOMAIN are ST_TARGET_USER and ST_TARGET_DOMAIN. */
+    return change_commit(app, rc, a->target_type, a->target, 0, 0, origin, job);
+}
+
+/* 202 with the job for a user or domain; for one enrollment, reconciled now (ok_status). */
+static void assignment_answer(struct app *app, http_request *req, http_response *res,
+                              const st_assignment *a, int64_t job, int ok_status)
+{
+    json_t *j = assignment_json(a);
+    if (a->target_type != ST_TARGET_ENROLLMENT) {
+        answer_job(res, j, job);
+        return;
+    }
+    struct lib_reconcile_stats s = {0};
+    if (lib_reconcile(app, a->target, &s) != 0)
+        log_error("event=library_reconcile_failed rid=%s assignment=%lld", req->request_id,
+                  (long long)a->id);
+    json_object_set_new(j, "reconciled", stats_json(&s));
+    api_send_json(res, ok_status, j);
+}
+
 void api_handle_assignments(void *ctx, http_request *req, http_response *res)
 {
     struct app *app = ctx;
@@ -474,7 +568,8 @@ void api_handle_assignments(void *ctx, http_request *req, http_response *res)
     if (assignment_decode(req, res, &a) != 0)
         goto out;
     a.created_at = app_now(app);
-    int rc = storage_assignment_add(app->st, &a);
+    int64_t job = 0;
+    int rc = assignment_change(app, &a, 0, &job);
     if (rc == ST_ENOTFOUND) {
         http_response_error(res, 404,
                             a.item_kind == ST_ITEM_PROFILE ? "no such profile" : "no such app");
@@ -489,13 +584,7 @@ void api_handle_assignments(void *ctx, http_request *req, http_response *res)
         goto out;
     }
     audit_record(app, actor, "assignment.add", a.target, NULL);
-    struct lib_reconcile_stats s = {0};
-    if (lib_reconcile_target(app, a.target_type, a.target, &s) != 0)
-        log_error("event=library_reconcile_failed rid=%s assignment=%lld", req->request_id,
-                  (long long)a.id);
-    json_t *j = assignment_json(&a);
-    json_object_set_new(j, "reconciled", stats_json(&s));
-    api_send_json(res, 201, j);
+    assignment_answer(app, req, res, &a, job, 201);
 out:
     st_assignment_cleanup(&a);
 }
@@ -508,24 +597,19 @@ void api_handle_assignment(void *ctx, http_request *req, http_response *res)
     if (id < 0)
         return;
     st_assignment a = {0};
+    int64_t job = 0;
+    int del = strcmp(req->method, "DELETE") == 0;
     int rc = storage_assignment_get(app->st, id, &a);
-    if (rc == 0 && strcmp(req->method, "DELETE") == 0)
-        rc = storage_assignment_delete(app->st, id);
+    if (rc == 0 && del)
+        rc = assignment_change(app, &a, 1, &job);
     if (rc != 0) {
         storage_error(res, rc, "no such assignment");
-        st_assignment_cleanup(&a);
-        return;
-    }
-    json_t *j = assignment_json(&a);
-    if (strcmp(req->method, "DELETE") == 0) {
+    } else if (del) {
         audit_record(app, actor, "assignment.delete", a.target, NULL);
-        struct lib_reconcile_stats s = {0};
-        if (lib_reconcile_target(app, a.target_type, a.target, &s) != 0)
-            log_error("event=library_reconcile_failed rid=%s assignment=%lld", req->request_id,
-                      (long long)id);
-        json_object_set_new(j, "reconciled", stats_json(&s));
+        assignment_answer(app, req, res, &a, job, 200);
+    } else {
+        api_send_json(res, 200, assignment_json(&a));
     }
-    api_send_json(res, 200, j);
     st_assignment_cleanup(&a);
 }
 

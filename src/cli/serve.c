@@ -23,6 +23,7 @@
 #include "crypto/pki.h"
 #include "http/http.h"
 #include "jobs/jobs.h"
+#include "jobs/worker.h"
 #include "push/pusher.h"
 #include "webhook/webhook.h"
 #include "routes.h"
@@ -185,6 +186,18 @@ static int start_webhooks(struct app *app)
     return 0;
 }
 
+/* The durable-job worker (jobs/worker.h): reconciliation jobs, including those a crashed or
+ * stopped instance left behind. */
+static int start_job_worker(struct app *app)
+{
+    app->job_worker = job_worker_start(app);
+    if (app->job_worker == NULL) {
+        fprintf(stderr, "orchard: cannot start the job worker\n");
+        return -1;
+    }
+    return 0;
+}
+
 static int wait_for_signal(void)
 {
     sigset_t set;
@@ -235,7 +248,7 @@ int cli_serve(int argc, char **argv)
     struct app app = {0};
     int rc = 1;
     if (app_setup(&app, data, listen) != 0 || start_webhooks(&app) != 0 ||
-        start_pusher(&app) != 0 || start_http(&app) != 0)
+        start_pusher(&app) != 0 || start_job_worker(&app) != 0 || start_http(&app) != 0)
         goto out;
     log_info("event=serving listen=%s public_url=%s port=%d topic=%s",
              config_get(app.cfg, "listen"), app.public_url, http_server_port(app.http), app.topic);
@@ -244,8 +257,12 @@ int cli_serve(int argc, char **argv)
     log_info("event=stopping signal=%d", sig);
     http_server_stop(app.http, 10000);
     jobs_stop(background);
+    /* After the HTTP server (no more submits), before the pusher it kicks. */
+    job_worker_stop(app.job_worker);
+    app.job_worker = NULL;
     rc = 0;
 out:
+    job_worker_stop(app.job_worker); /* set only when start-up failed after it started */
     /* After the HTTP server (nothing kicks it any more), before the store closes. */
     pusher_stop(app.pusher);
     webhooks_stop(app.webhooks);

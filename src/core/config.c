@@ -127,6 +127,9 @@ const struct config_key config_keys[] = {
     D("push_batch", CONFIG_INT, "5000", 1, 100000, NULL,
       "Pushes claimed (from the outbox, then bulk pushes) and sent together as one multiplexed "
       "burst."),
+    D("job_batch", CONFIG_INT, "250", 1, 5000, NULL,
+      "Enrollments a reconciliation job works per transaction (docs/LIBRARY.md): larger batches "
+      "commit less often but hold SQLite's write lock longer."),
     D("push_streams", CONFIG_INT, "1000", 1, 10000, NULL,
       "Concurrent HTTP/2 streams on the APNs connection."),
     D("debug_clock", CONFIG_BOOL, "false", 0, 1, NULL,

@@ -78,6 +78,26 @@ static int identifier_domain_served(const struct app *app, const char *user)
     return ok;
 }
 
+/*
+ * The device families that can do account-driven User Enrollment (`mdm-byod`): iPhone, iPad,
+ * Mac and Apple Vision Pro ("RealityDevice"), PROTOCOL.md 3.2 and 12. Apple TV and Apple Watch
+ * have no User Enrollment, and a value Apple has not defined is nobody's device: those get the
+ * explicit refusal, not a BaseURL whose enrollment could only fail later. A request without
+ * model-family is answered (iOS/iPadOS 15 and 16 do not send it, 3.2). Exact spelling, as the
+ * device sends it.
+ */
+static int model_family_byod(const char *family)
+{
+    static const char *const byod[] = {"iPhone", "iPad", "Mac", "RealityDevice"};
+    if (family == NULL)
+        return 1;
+    for (size_t i = 0; i < sizeof(byod) / sizeof(byod[0]); i++) {
+        if (strcmp(family, byod[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static void refuse(http_response *res, const char *why)
 {
     buf_reset(&res->body);
@@ -105,6 +125,9 @@ void enroll_handle_discovery(void *ctx, http_request *req, http_response *res)
     } else if (user_served != 1) {
         log_info("event=discovery_refused rid=%s reason=identifier_domain", req->request_id);
         refuse(res, "identifier not in this domain");
+    } else if (!model_family_byod(http_request_query(req, "model-family"))) {
+        log_info("event=discovery_refused rid=%s reason=model_family", req->request_id);
+        refuse(res, "this device family has no user enrollment");
     } else {
         buf_reset(&res->body);
         buf_printf(&res->body, "{\"Servers\":[{\"Version\":\"mdm-byod\",\"BaseURL\":\"%s%s%s\"}]}",

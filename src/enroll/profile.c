@@ -110,9 +110,12 @@ static plist_t mdm_payload(const struct app *app, const st_user *user, const cha
     pl_set_string(p, "EnrollmentMode", "BYOD");
     pl_set_bool(p, "SignMessage", 1);
     pl_set_bool(p, "CheckOutWhenRemoved", 1);
+    /* Only what Orchard serves (docs/DECISIONS.md, "Capabilities and check-in messages"):
+     * per-user-connections (frozen: it cannot be added later, and a Mac's user channel needs
+     * it). Not com.apple.mdm.token: it makes the device send GetToken, which Orchard answers
+     * with an error; not com.apple.mdm.bootstraptoken: User Enrollment forbids its messages. */
     plist_t caps = plist_new_array();
     plist_array_append_item(caps, plist_new_string("com.apple.mdm.per-user-connections"));
-    plist_array_append_item(caps, plist_new_string("com.apple.mdm.token"));
     plist_dict_set_item(p, "ServerCapabilities", caps);
     /* iOS 15.1+, account-driven only (PROTOCOL.md 13.5): the user sees the app at enrollment and
      * a later InstallApplication of it needs no confirmation. Frozen: set it before enrolling. */

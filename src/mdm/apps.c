@@ -79,6 +79,28 @@ static void add_optional(plist_t cmd, const char *rt, const char *key, plist_t v
     plist_dict_set_item(cmd, key, value);
 }
 
+/*
+ * Options.PurchaseMethod of an InstallApplication (application.install.yaml): 0 is "free apps
+ * and legacy VPP with a redemption code", which the schema says is "only available in iOS"; 1
+ * is Volume Purchase assignment, which the schema asks for "to install an iOS app with user
+ * enrollment". So an App Store app gets 1 unless the admin chose 0, and on macOS it always
+ * gets 1: there 0 does not exist (the key's default, so leaving Options out means 0 too) and
+ * an explicit 0 is refused. *method = 0 with no explicit choice means "leave Options out".
+ */
+static int purchase_method(enum ue_os os, int store_app, json_t *pm, uint64_t *method, char *err,
+                           size_t err_len)
+{
+    int given = json_is_integer(pm);
+    *method = given ? (uint64_t)json_integer_value(pm) : store_app ? 1 : 0;
+    if (os == UE_OS_MACOS && *method == 0 && (given || store_app)) {
+        snprintf(err, err_len,
+                 "purchase_method 0 (free apps, redemption codes) exists only on iOS; App Store "
+                 "apps install on macOS with purchase_method 1 (Volume Purchase)");
+        return -1;
+    }
+    return 0;
+}
+
 plist_t lib_app_install_command(const st_app *a, enum ue_os os, ue_warn_fn warn, void *warn_ctx,
                                 char *err, size_t err_len)
 {
@@ -117,13 +139,14 @@ plist_t lib_app_install_command(const st_app *a, enum ue_os os, ue_warn_fn warn,
         goto fail;
     }
     if (!enterprise) {
-        /* The schema: PurchaseMethod 1 "to install an iOS app with user enrollment". */
         json_t *pm = json_object_get(spec, "purchase_method");
         int store_app = a->itunes_store_id > 0 || (a->manifest_url == NULL && a->identifier);
-        if (json_is_integer(pm) || (store_app && os != UE_OS_MACOS)) {
+        uint64_t method = 0;
+        if (purchase_method(os, store_app, pm, &method, err, err_len) != 0)
+            goto fail;
+        if (method > 0 || json_is_integer(pm)) {
             plist_t opts = plist_new_dict();
-            pl_set_uint(opts, "PurchaseMethod",
-                        json_is_integer(pm) ? (uint64_t)json_integer_value(pm) : 1);
+            pl_set_uint(opts, "PurchaseMethod", method);
             if (ue_command_check_key(rt, "Options.PurchaseMethod", os, PLIST_UINT, why,
                                      sizeof(why)) == 0)
                 plist_dict_set_item(cmd, "Options", opts);

@@ -171,6 +171,13 @@ int mdm_command_from_body(const char *body, size_t len, enum ue_os os, int user_
     int rc = -1;
     if (rt == NULL) {
         snprintf(err, err_len, "the command has no RequestType");
+    } else if (strcmp(rt, "DeclarativeManagement") == 0) {
+        /* The first one turns declarative management on for good on the device (PROTOCOL.md
+         * 15.1); its check-ins (tokens, declaration-items, status) are then refused, so the
+         * device would be stuck. Lifted when Orchard serves DDM. */
+        snprintf(err, err_len,
+                 "DeclarativeManagement is refused: it turns declarative management on for good "
+                 "on the device, and this server does not serve declarative management yet");
     } else if (user_enrollment && ue_command_validate(cmd, os, NULL, NULL, err, err_len) != 0) {
         /* err names the command, key or query */
     } else if (!user_enrollment && ue_command_find(rt) == NULL) {

@@ -28,7 +28,9 @@ void mdm_command_cleanup(struct mdm_command *c);
 
 /*
  * Builds a command from an API request body. user_enrollment selects the UE rules (forbidden
- * commands, keys and queries are refused); os is the enrollment's platform. Returns 0, or -1
+ * commands, keys and queries are refused); os is the enrollment's platform. DeclarativeManagement
+ * is refused for every enrollment until Orchard serves declarative management (it cannot be
+ * turned off again on the device). Returns 0, or -1
  * with a message for the admin in err (naming the command or key).
  */
 int mdm_command_from_body(const char *body, size_t len, enum ue_os os, int user_enrollment,

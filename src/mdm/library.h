@@ -124,15 +124,24 @@ struct lib_reconcile_stats {
 int lib_reconcile(struct app *app, const char *enrollment_id, struct lib_reconcile_stats *stats);
 
 /*
- * Reconciles every enrollment an assignment target reaches: a user (email), a domain, or one
- * enrollment id (enum st_target_type), streaming through the store.
+ * What the enrollments of one batch (a page of a reconciliation job, jobs/worker.h) share: each
+ * library item is read once, its install command is built (validated, signed) once per platform
+ * and copied with a fresh CommandUUID, each user is read once; commands are logged at debug
+ * level only. push: 1 = an enrollment that got a command gets a push (an outbox row); 0 = the
+ * caller pushes (the worker sends one bulk push for a user's or a domain's job).
+ * Not thread-safe: one batch per thread.
  */
-int lib_reconcile_target(struct app *app, int target_type, const char *target,
-                         struct lib_reconcile_stats *stats);
+typedef struct lib_batch lib_batch;
+lib_batch *lib_batch_new(int push);
+void lib_batch_free(lib_batch *b);
 
-/* Reconciles every enrollment that has installed state for an item (after it was deleted). */
-int lib_reconcile_item(struct app *app, int item_kind, int64_t item_id,
-                       struct lib_reconcile_stats *stats);
+/*
+ * lib_reconcile for an enrollment record the caller read (a job's page; it is not read again),
+ * sharing b's lookups. Meant to run inside a storage_tx, whose commit is what counts: a storage
+ * failure inside breaks it. Returns 0, or -1 on a storage failure.
+ */
+int lib_reconcile_enrollment(struct app *app, lib_batch *b, const st_enrollment *e,
+                             struct lib_reconcile_stats *stats);
 
 /*
  * The enrollment completed (first TokenUpdate after an Authenticate): forget installed state

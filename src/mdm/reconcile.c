@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "core/mem.h"
@@ -33,6 +34,52 @@
 
 /* ---- commands ---- */
 
+/*
+ * The CommandUUID of a library command: RFC 9562 version 8 ("custom"), which the report hook
+ * recognises without a lookup (lib_command_uuid_is_ours), laid out like a version 7: the first
+ * 48 bits are the Unix time in milliseconds, the rest random. Time-ordered ids land at the end
+ * of the uuid indexes (commands, item_state), so a reconciliation job's batch of thousands of
+ * commands writes a few index pages instead of one random page per command.
+ *
+ * base: 16 random bytes; counter: added to the last 8 of them, so the ids one batch makes from
+ * one base differ (a batch draws its base once: OpenSSL's generator costs more per call than
+ * the rest of an id).
+ */
+static void library_uuid_from(const uint8_t base[16], uint64_t counter, char out[37])
+{
+    static const char hex[] = "0123456789ABCDEF";
+    uint8_t b[16];
+    memcpy(b, base, sizeof(b));
+    uint64_t low = 0;
+    for (int i = 8; i < 16; i++)
+        low = low << 8 | b[i];
+    low += counter;
+    for (int i = 15; i >= 8; i--, low >>= 8)
+        b[i] = (uint8_t)low;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 5; i >= 0; i--, ms >>= 8)
+        b[i] = (uint8_t)ms;
+    b[6] = (uint8_t)(0x80 | (b[6] & 0x0f)); /* version 8 */
+    b[8] = (uint8_t)(0x80 | (b[8] & 0x3f)); /* RFC 9562 variant */
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
+static void library_uuid(char out[37])
+{
+    uint8_t base[16];
+    crypto_random(base, sizeof(base));
+    library_uuid_from(base, 0, out);
+}
+
 int lib_command_wrap(plist_t command, enum ue_os os, int user_enrollment, int sensitive,
                      struct mdm_command *out, char *err, size_t err_len)
 {
@@ -44,8 +91,7 @@ int lib_command_wrap(plist_t command, enum ue_os os, int user_enrollment, int se
     }
     if (user_enrollment && ue_command_validate(command, os, NULL, NULL, err, err_len) != 0)
         return -1;
-    crypto_uuid(out->uuid);
-    out->uuid[14] = '8'; /* RFC 9562 version 8: marks a library command (lib_on_report) */
+    library_uuid(out->uuid); /* version 8: marks a library command (lib_on_report) */
     plist_t full = plist_new_dict();
     pl_set_string(full, "CommandUUID", out->uuid);
     plist_dict_set_item(full, "Command", plist_copy(command));
@@ -91,8 +137,124 @@ struct rc_run {
     size_t nwant, capwant;
     const struct observed *obs;
     struct lib_reconcile_stats *stats;
+    struct lib_batch *batch; /* lookups shared with the other enrollments of a batch */
     int enqueued;
 };
+
+/* ---- what a batch of enrollments shares (lib_batch, a job's page) ---- */
+
+/*
+ * An install command built once per item, platform and kind of enrollment, and copied for each
+ * enrollment with a fresh CommandUUID: building it (plist, validation against the UE tables,
+ * XML, and for a signed profile a CMS signature of ~1 ms) is most of what a reconcile would
+ * otherwise cost per enrollment.
+ */
+struct lib_cmd {
+    int built; /* 0 not yet, 1 ready, -1 cannot be built (logged once) */
+    char *xml; /* the whole command with a placeholder CommandUUID at uuid_at */
+    size_t len, uuid_at;
+    char *request_type;
+    int sensitive;
+};
+
+/* A library item as this batch read it (items may change under a running job: each batch
+ * reads them again, and a replacement's own job brings every enrollment to the new version). */
+struct lib_item {
+    int kind;
+    int64_t id;
+    int rc;             /* storage_profile_get / storage_app_get */
+    unsigned platforms; /* a profile's, parsed once (LIB_OS_BIT) */
+    st_profile p;
+    st_app a;
+    struct lib_cmd cmd[UE_OS_COUNT][2]; /* [platform][user enrollment] */
+};
+
+struct lib_user {
+    int64_t id;
+    int rc;
+    char *email;
+};
+
+struct lib_batch {
+    struct lib_item *items;
+    size_t nitems, capitems;
+    struct lib_user *users;
+    size_t nusers, capusers;
+    int quiet;  /* one log line per batch instead of one per command */
+    int push;   /* push each enrollment that got a command (else the caller pushes) */
+    int seeded; /* uuid_base drawn */
+    uint8_t uuid_base[16];
+    uint64_t uuids; /* ids made from uuid_base */
+};
+
+static void lib_batch_cleanup(struct lib_batch *b)
+{
+    for (size_t i = 0; i < b->nitems; i++) {
+        struct lib_item *it = &b->items[i];
+        st_profile_cleanup(&it->p);
+        st_app_cleanup(&it->a);
+        for (int os = 0; os < UE_OS_COUNT; os++) {
+            for (int ue = 0; ue < 2; ue++) {
+                free(it->cmd[os][ue].xml);
+                free(it->cmd[os][ue].request_type);
+            }
+        }
+    }
+    for (size_t i = 0; i < b->nusers; i++)
+        free(b->users[i].email);
+    free(b->items);
+    free(b->users);
+    memset(b, 0, sizeof(*b));
+}
+
+/* The item (kind, id), read once per batch; its rc is ST_ENOTFOUND once deleted. */
+static struct lib_item *batch_item(struct lib_batch *b, storage *st, int kind, int64_t id)
+{
+    for (size_t i = 0; i < b->nitems; i++) {
+        if (b->items[i].kind == kind && b->items[i].id == id)
+            return &b->items[i];
+    }
+    if (b->nitems == b->capitems) {
+        b->capitems = b->capitems ? b->capitems * 2 : 8;
+        b->items = xrealloc(b->items, b->capitems * sizeof(*b->items));
+    }
+    struct lib_item *it = &b->items[b->nitems++];
+    memset(it, 0, sizeof(*it));
+    it->kind = kind;
+    it->id = id;
+    it->rc = kind == ST_ITEM_PROFILE ? storage_profile_get(st, id, &it->p)
+                                     : storage_app_get(st, id, &it->a);
+    if (it->rc == 0 && kind == ST_ITEM_PROFILE &&
+        (it->p.platforms == NULL || lib_platforms_parse(it->p.platforms, &it->platforms) != 0))
+        it->platforms = 0;
+    return it;
+}
+
+/* The email of a user, read once per batch; NULL when unknown. ST_ERROR in *rc on failure. */
+static const char *batch_user_email(struct lib_batch *b, storage *st, int64_t id, int *rc)
+{
+    for (size_t i = 0; i < b->nusers; i++) {
+        if (b->users[i].id == id) {
+            *rc = b->users[i].rc;
+            return b->users[i].email;
+        }
+    }
+    st_user u = {0};
+    *rc = storage_user_get(st, id, &u);
+    if (*rc == ST_ERROR)
+        return NULL; /* not cached: the next enrollment tries again */
+    if (b->nusers == b->capusers) {
+        b->capusers = b->capusers ? b->capusers * 2 : 8;
+        b->users = xrealloc(b->users, b->capusers * sizeof(*b->users));
+    }
+    struct lib_user *c = &b->users[b->nusers++];
+    c->id = id;
+    c->rc = *rc;
+    c->email = u.email;
+    u.email = NULL;
+    st_user_cleanup(&u);
+    return c->email;
+}
 
 static int copy_row(const st_item_state *s, void *ctx)
 {
@@ -225,19 +387,13 @@ static int observed_has(const struct observed *o, int kind, const char *identifi
 }
 
 /* Claims the row for a new command (compare-and-set), then enqueues it. */
+/* Takes ownership of mc (a wrapped command for this enrollment). */
 static int claim_and_enqueue(struct rc_run *r, struct row *w, int kind, int64_t id,
                              const char *identifier, int state, int sensitive, int64_t version,
-                             plist_t cmd)
+                             struct mdm_command *cmd)
 {
-    struct mdm_command mc;
-    char err[LIB_MSG_MAX];
-    if (lib_command_wrap(cmd, r->os, r->ue, state == ST_ITEM_INSTALLING ? sensitive : 0, &mc, err,
-                         sizeof(err)) != 0) {
-        log_warn("event=library_command_refused enrollment=%s kind=%d item=%lld reason=\"%s\"",
-                 r->e.id, kind, (long long)id, err);
-        r->stats->errors++;
-        return -1;
-    }
+    struct mdm_command mc = *cmd;
+    memset(cmd, 0, sizeof(*cmd));
     st_item_state s = {.enrollment_id = r->e.id,
                        .item_kind = kind,
                        .item_id = id,
@@ -271,8 +427,12 @@ static int claim_and_enqueue(struct rc_run *r, struct row *w, int kind, int64_t 
         mdm_command_cleanup(&mc);
         return -1;
     }
-    log_info("event=library_command enrollment=%s command=%s type=%s item=%s", r->e.id, mc.uuid,
-             mc.request_type, identifier ? identifier : "-");
+    if (r->batch->quiet)
+        log_debug("event=library_command enrollment=%s command=%s type=%s item=%s", r->e.id,
+                  mc.uuid, mc.request_type, identifier ? identifier : "-");
+    else
+        log_info("event=library_command enrollment=%s command=%s type=%s item=%s", r->e.id, mc.uuid,
+                 mc.request_type, identifier ? identifier : "-");
     if (state == ST_ITEM_INSTALLING)
         r->stats->installs++;
     else
@@ -294,8 +454,7 @@ static plist_t profile_install_command(struct rc_run *r, const st_profile *p)
         if (r->app->signer_cert == NULL || r->app->signer_key == NULL ||
             cms_sign(r->app->signer_cert, r->app->signer_key, chain, r->app->signer_ca ? 1 : 0,
                      (const uint8_t *)p->body, p->body_len, &der, &der_len) != 0) {
-            log_error("event=library_sign_failed enrollment=%s profile=%lld", r->e.id,
-                      (long long)p->id);
+            log_error("event=library_sign_failed profile=%lld", (long long)p->id);
             plist_free(cmd);
             return NULL;
         }
@@ -307,29 +466,83 @@ static plist_t profile_install_command(struct rc_run *r, const st_profile *p)
     return cmd;
 }
 
+/*
+ * The install command of an item for this enrollment: the batch's template (built on first use
+ * for this platform and kind of enrollment) with a fresh CommandUUID. -1 when the item cannot
+ * be installed there (logged once per batch).
+ */
+static int install_command(struct rc_run *r, struct lib_item *it, struct mdm_command *mc)
+{
+    struct lib_cmd *t = &it->cmd[r->os][r->ue ? 1 : 0];
+    if (t->built == 0) {
+        char err[LIB_MSG_MAX];
+        int sensitive = it->kind == ST_ITEM_PROFILE ? it->p.sensitive : it->a.sensitive;
+        plist_t cmd = it->kind == ST_ITEM_PROFILE
+                          ? profile_install_command(r, &it->p)
+                          : lib_app_install_command(&it->a, r->os, NULL, NULL, err, sizeof(err));
+        struct mdm_command w;
+        t->built = -1;
+        if (cmd == NULL) {
+            if (it->kind == ST_ITEM_APP)
+                log_info("event=library_app_skipped app=%lld os=%s reason=\"%s\"",
+                         (long long)it->id, ue_os_name(r->os), err);
+        } else if (lib_command_wrap(cmd, r->os, r->ue, sensitive, &w, err, sizeof(err)) != 0) {
+            log_warn("event=library_command_refused kind=%d item=%lld os=%s reason=\"%s\"",
+                     it->kind, (long long)it->id, ue_os_name(r->os), err);
+        } else {
+            const char *at = strstr(w.xml, w.uuid);
+            if (at != NULL) {
+                t->built = 1;
+                t->uuid_at = (size_t)(at - w.xml);
+                t->xml = w.xml;
+                t->len = w.xml_len;
+                t->request_type = w.request_type;
+                t->sensitive = w.sensitive;
+                w.xml = w.request_type = NULL;
+            }
+            mdm_command_cleanup(&w);
+        }
+        plist_free(cmd);
+    }
+    if (t->built != 1)
+        return -1;
+    memset(mc, 0, sizeof(*mc));
+    struct lib_batch *b = r->batch;
+    if (!b->seeded) {
+        crypto_random(b->uuid_base, sizeof(b->uuid_base));
+        b->seeded = 1;
+    }
+    library_uuid_from(b->uuid_base, b->uuids++, mc->uuid);
+    mc->xml = xmalloc(t->len + 1);
+    memcpy(mc->xml, t->xml, t->len + 1);
+    memcpy(mc->xml + t->uuid_at, mc->uuid, 36);
+    mc->xml_len = t->len;
+    mc->request_type = xstrdup(t->request_type);
+    mc->sensitive = t->sensitive;
+    mc->push = 1;
+    return 0;
+}
+
 /* Brings one desired item to installed. */
 static void want_item(struct rc_run *r, int kind, int64_t id)
 {
-    st_profile p = {0};
-    st_app a = {0};
-    plist_t cmd = NULL;
+    struct lib_item *it = batch_item(r->batch, r->app->st, kind, id);
+    const st_profile *p = &it->p;
+    const st_app *a = &it->a;
     const char *identifier = NULL;
     int sensitive = 0;
-    char err[LIB_MSG_MAX];
-    int rc = kind == ST_ITEM_PROFILE ? storage_profile_get(r->app->st, id, &p)
-                                     : storage_app_get(r->app->st, id, &a);
-    if (rc != 0)
-        goto out; /* deleted meanwhile: its assignments went with it */
+    if (it->rc != 0)
+        return; /* deleted meanwhile: its assignments went with it */
     if (kind == ST_ITEM_PROFILE) {
-        if (!lib_platforms_has(p.platforms, r->os))
-            goto out; /* not validated for this platform: never sent there */
-        identifier = p.identifier;
-        sensitive = p.sensitive;
+        if (!(it->platforms & LIB_OS_BIT(r->os)))
+            return; /* not validated for this platform: never sent there */
+        identifier = p->identifier;
+        sensitive = p->sensitive;
     } else {
-        identifier = a.identifier;
-        sensitive = a.sensitive;
+        identifier = a->identifier;
+        sensitive = a->sensitive;
     }
-    int64_t version = kind == ST_ITEM_PROFILE ? p.version : a.version;
+    int64_t version = kind == ST_ITEM_PROFILE ? p->version : a->version;
     struct row *w = find_row(r, kind, id);
     if (w)
         w->desired = 1;
@@ -341,7 +554,7 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
     int seen =
         observed_has(r->obs, kind, w && w->s.identifier ? w->s.identifier : identifier, &status);
     if (w && w->pending && w->s.state == ST_ITEM_INSTALLING && !outdated)
-        goto out; /* being installed; a pending removal is followed by a new install */
+        return; /* being installed; a pending removal is followed by a new install */
     /* A removal still queued will take it off the device: install again after it. */
     int removing = w && w->pending && w->s.state == ST_ITEM_REMOVING;
     if (seen == 1 && !removing && !outdated &&
@@ -359,15 +572,15 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
                            .updated_at = app_now(r->app),
                            .version = w ? w->s.version : version};
         storage_item_state_put(r->app->st, &s, w ? w->s.command_uuid : NULL);
-        goto out;
+        return;
     }
     if (!removing && !outdated && w && w->s.state == ST_ITEM_INSTALLED && seen != 0)
-        goto out; /* installed, and no list says otherwise */
+        return; /* installed, and no list says otherwise */
     if (!outdated && w && w->s.state == ST_ITEM_FAILED)
-        goto out; /* refused by the device: not retried automatically (no command storms); a
-                   * new version gets one try */
+        return; /* refused by the device: not retried automatically (no command storms); a new
+                 * version gets one try */
     if (sensitive && r->e.auth_state && strcmp(r->e.auth_state, "reauth_failed") == 0)
-        goto out; /* the re-authentication policy withholds sensitive items (auth/reauth.c) */
+        return; /* the re-authentication policy withholds sensitive items (auth/reauth.c) */
     if (outdated)
         log_info("event=library_outdated enrollment=%s item=%s version=%lld installed=%lld "
                  "action=reinstall",
@@ -376,24 +589,13 @@ static void want_item(struct rc_run *r, int kind, int64_t id)
     else if (seen == 0 && w)
         log_info("event=library_missing enrollment=%s item=%s action=reinstall", r->e.id,
                  identifier ? identifier : "-");
-    if (kind == ST_ITEM_PROFILE) {
-        cmd = profile_install_command(r, &p);
-    } else {
-        cmd = lib_app_install_command(&a, r->os, NULL, NULL, err, sizeof(err));
-        if (cmd == NULL)
-            log_info("event=library_app_skipped enrollment=%s app=%lld reason=\"%s\"", r->e.id,
-                     (long long)id, err);
-    }
-    if (cmd == NULL) {
+    struct mdm_command mc;
+    if (install_command(r, it, &mc) != 0) {
         r->stats->errors++;
-        goto out;
+        return;
     }
     claim_and_enqueue(r, w, kind, id, w && w->s.identifier ? w->s.identifier : identifier,
-                      ST_ITEM_INSTALLING, sensitive, version, cmd);
-out:
-    plist_free(cmd);
-    st_profile_cleanup(&p);
-    st_app_cleanup(&a);
+                      ST_ITEM_INSTALLING, sensitive, version, &mc);
 }
 
 /* Removes an item Orchard installed that no assignment wants any more. */
@@ -422,8 +624,15 @@ static void unwant_row(struct rc_run *r, struct row *w)
     plist_t cmd = plist_new_dict();
     pl_set_string(cmd, "RequestType", rt);
     pl_set_string(cmd, "Identifier", ident);
-    claim_and_enqueue(r, w, w->s.item_kind, w->s.item_id, ident, ST_ITEM_REMOVING, w->s.sensitive,
-                      w->s.version, cmd);
+    struct mdm_command mc;
+    if (lib_command_wrap(cmd, r->os, r->ue, 0, &mc, why, sizeof(why)) != 0) {
+        log_warn("event=library_command_refused enrollment=%s item=%s reason=\"%s\"", r->e.id,
+                 ident, why);
+        r->stats->errors++;
+    } else {
+        claim_and_enqueue(r, w, w->s.item_kind, w->s.item_id, ident, ST_ITEM_REMOVING,
+                          w->s.sensitive, w->s.version, &mc);
+    }
     plist_free(cmd);
 }
 
@@ -436,15 +645,28 @@ static void run_cleanup(struct rc_run *r)
     st_enrollment_cleanup(&r->e);
 }
 
-static int reconcile(struct app *app, const char *enrollment_id, const struct observed *obs,
+/*
+ * Reconciles the enrollment `given` (borrowed: a record the caller read) or, without it, the
+ * one stored under enrollment_id. batch: lookups shared with other enrollments (NULL: its own).
+ */
+static int reconcile(struct app *app, const char *enrollment_id, const st_enrollment *given,
+                     const struct observed *obs, struct lib_batch *batch,
                      struct lib_reconcile_stats *stats)
 {
     struct lib_reconcile_stats dummy = {0};
-    struct rc_run r = {.app = app, .obs = obs, .stats = stats ? stats : &dummy};
-    st_user u = {0};
-    int rc = storage_enrollment_get(app->st, enrollment_id, &r.e);
+    struct lib_batch own = {.push = 1};
+    struct rc_run r = {
+        .app = app, .obs = obs, .stats = stats ? stats : &dummy, .batch = batch ? batch : &own};
+    int rc = 0;
+    if (given != NULL)
+        r.e = *given; /* shallow: run_cleanup must not free it */
+    else
+        rc = storage_enrollment_get(app->st, enrollment_id, &r.e);
     if (rc != 0 || r.e.unenrolled_at || r.e.token_updated_at == 0) {
+        if (given != NULL)
+            memset(&r.e, 0, sizeof(r.e));
         run_cleanup(&r);
+        lib_batch_cleanup(&own);
         return rc == ST_ENOTFOUND ? 0 : (rc ? -1 : 0);
     }
     r.stats->enrollments++;
@@ -453,13 +675,15 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
     /* User and domain assignments reach device channels; a macOS user channel gets only what is
      * assigned to it by id. */
     const char *email = NULL, *domain = NULL;
-    if (r.e.user_id && r.e.type != ST_ENR_USER_CHANNEL && r.e.type != ST_ENR_DEVICE_USER &&
-        storage_user_get(app->st, r.e.user_id, &u) == 0 && u.email) {
-        email = u.email;
-        const char *at = strrchr(u.email, '@');
+    int urc = 0;
+    if (r.e.user_id && r.e.type != ST_ENR_USER_CHANNEL && r.e.type != ST_ENR_DEVICE_USER)
+        email = batch_user_email(r.batch, app->st, r.e.user_id, &urc);
+    if (email) {
+        const char *at = strrchr(email, '@');
         domain = at ? at + 1 : NULL;
     }
-    if (storage_assignment_items(app->st, email, domain, r.e.id, add_want, &r) != 0 ||
+    if (urc == ST_ERROR ||
+        storage_assignment_items(app->st, email, domain, r.e.id, add_want, &r) != 0 ||
         storage_item_state_list(app->st, r.e.id, copy_row, &r) != 0) {
         rc = -1;
         goto out;
@@ -470,7 +694,7 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
         want_item(&r, r.want[i].kind, r.want[i].id);
     for (size_t i = 0; i < r.nrows; i++)
         unwant_row(&r, &r.rows[i]);
-    if (r.enqueued) {
+    if (r.enqueued && r.batch->push) {
         int prc = storage_push_enqueue(app->st, r.e.id, app_now(app));
         if (prc != 0 && prc != ST_ECONFLICT)
             log_warn("event=library_push_failed enrollment=%s rc=%d", r.e.id, prc);
@@ -479,81 +703,38 @@ static int reconcile(struct app *app, const char *enrollment_id, const struct ob
               r.nwant, r.nrows, r.enqueued);
     rc = 0;
 out:
-    st_user_cleanup(&u);
+    if (given != NULL)
+        memset(&r.e, 0, sizeof(r.e));
     run_cleanup(&r);
+    lib_batch_cleanup(&own);
     return rc;
 }
 
 int lib_reconcile(struct app *app, const char *enrollment_id, struct lib_reconcile_stats *stats)
 {
-    return reconcile(app, enrollment_id, NULL, stats);
+    return reconcile(app, enrollment_id, NULL, NULL, NULL, stats);
 }
 
-struct target_walk {
-    struct app *app;
-    struct lib_reconcile_stats *stats;
-    const char *domain;
-    int failed;
-};
-
-static int reconcile_enrollment_cb(const st_enrollment *e, void *ctx)
+lib_batch *lib_batch_new(int push)
 {
-    struct target_walk *t = ctx;
-    if (lib_reconcile(t->app, e->id, t->stats) != 0)
-        t->failed = 1;
-    return 0;
+    lib_batch *b = xcalloc(1, sizeof(*b));
+    b->quiet = 1;
+    b->push = push;
+    return b;
 }
 
-static int reconcile_user(struct target_walk *t, int64_t user_id)
+void lib_batch_free(lib_batch *b)
 {
-    st_enrollment_filter f = {.user_id = user_id};
-    return storage_enrollment_list(t->app->st, &f, reconcile_enrollment_cb, t);
+    if (b == NULL)
+        return;
+    lib_batch_cleanup(b);
+    free(b);
 }
 
-static int reconcile_domain_user_cb(const st_user *u, void *ctx)
+int lib_reconcile_enrollment(struct app *app, lib_batch *b, const st_enrollment *e,
+                             struct lib_reconcile_stats *stats)
 {
-    struct target_walk *t = ctx;
-    const char *at = u->email ? strrchr(u->email, '@') : NULL;
-    if (at && strcasecmp(at + 1, t->domain) == 0 && reconcile_user(t, u->id) != 0)
-        t->failed = 1;
-    return 0;
-}
-
-int lib_reconcile_target(struct app *app, int target_type, const char *target,
-                         struct lib_reconcile_stats *stats)
-{
-    struct lib_reconcile_stats dummy = {0};
-    struct target_walk t = {app, stats ? stats : &dummy, NULL, 0};
-    if (target_type == ST_TARGET_ENROLLMENT)
-        return lib_reconcile(app, target, t.stats);
-    if (target_type == ST_TARGET_USER) {
-        st_user u = {0};
-        int rc = storage_user_get_by_email(app->st, target, &u);
-        if (rc == 0)
-            rc = reconcile_user(&t, u.id);
-        st_user_cleanup(&u);
-        return rc == ST_ENOTFOUND ? 0 : (rc || t.failed ? -1 : 0);
-    }
-    t.domain = target;
-    int rc = storage_user_list(app->st, reconcile_domain_user_cb, &t);
-    return rc || t.failed ? -1 : 0;
-}
-
-static int reconcile_id_cb(const char *enrollment_id, void *ctx)
-{
-    struct target_walk *t = ctx;
-    if (lib_reconcile(t->app, enrollment_id, t->stats) != 0)
-        t->failed = 1;
-    return 0;
-}
-
-int lib_reconcile_item(struct app *app, int item_kind, int64_t item_id,
-                       struct lib_reconcile_stats *stats)
-{
-    struct lib_reconcile_stats dummy = {0};
-    struct target_walk t = {app, stats ? stats : &dummy, NULL, 0};
-    int rc = storage_item_state_enrollments(app->st, item_kind, item_id, reconcile_id_cb, &t);
-    return rc || t.failed ? -1 : 0;
+    return reconcile(app, e->id, e, NULL, b, stats);
 }
 
 void lib_on_enrollment_complete(struct app *app, const char *enrollment_id)
@@ -596,6 +777,6 @@ void lib_on_report(struct app *app, const char *enrollment_id, const char *uuid,
         o.kind = ST_ITEM_APP;
     else
         return;
-    if (reconcile(app, enrollment_id, &o, NULL) != 0)
+    if (reconcile(app, enrollment_id, NULL, &o, NULL, NULL) != 0)
         log_error("event=library_reconcile_failed enrollment=%s when=list", enrollment_id);
 }

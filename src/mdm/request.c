@@ -284,6 +284,24 @@ int mdm_token_optional(const st_enrollment *e)
     return e->type == ST_ENR_USER && mdm_platform_is_mac(e->product_name);
 }
 
+/*
+ * 403 with the body Apple defines for "this server does not know you" (PROTOCOL.md 16,
+ * mdm/errors/unrecognized.device.yaml, iOS 17 / macOS 14): the device unenrolls instead of
+ * retrying for ever. Sent only when the store says the device channel is unknown or has ended
+ * (docs/DECISIONS.md, "A device Orchard no longer knows"); never for an identity failure, a
+ * revoked enrollment or a mismatched message.
+ */
+static void refuse_unrecognized(http_response *res, const char *description)
+{
+    res->status = 403;
+    res->content_type = "application/json";
+    buf_reset(&res->body);
+    buf_printf(&res->body,
+               "{\"code\":\"com.apple.unrecognized.device\",\"description\":\"%s\","
+               "\"message\":\"This device is no longer managed by your organisation.\"}",
+               description);
+}
+
 /* Refuses a request that the stored enrollment does not allow; 0 if it may go on. */
 static int stored_allows(const http_request *req, http_response *res, const struct mdm_request *m,
                          const st_enrollment *e)
@@ -298,12 +316,41 @@ static int stored_allows(const http_request *req, http_response *res, const stru
     if (why == NULL)
         return 0;
     log_warn("event=mdm_refused rid=%s enrollment=%s reason=%s", req->request_id, m->id, why);
-    http_response_error(res, 403,
-                        strcmp(why, "revoked") == 0 ? "this enrollment has been revoked"
-                        : strcmp(why, "unenrolled") == 0
-                            ? "unknown enrollment"
-                            : "the message's identifiers do not match this enrollment");
+    if (strcmp(why, "unenrolled") == 0)
+        refuse_unrecognized(res, "this enrollment has ended");
+    else
+        http_response_error(res, 403,
+                            strcmp(why, "revoked") == 0
+                                ? "this enrollment has been revoked"
+                                : "the message's identifiers do not match this enrollment");
     return -1;
+}
+
+/*
+ * The refusal for an EnrollmentID the store does not have. A device channel is unknown:
+ * unrecognized.device. A macOS user channel is only unknown to Orchard when its device channel
+ * is too (or has ended); under a live device channel it is a channel that could not be created
+ * (e.g. a certificate not yet seen on the device channel), so a plain 403 that the device
+ * retries, never a prompt to unenroll the whole Mac. 0, or ST_ERROR (storage: 503).
+ */
+static int refuse_unknown(struct app *app, const http_request *req, http_response *res,
+                          const struct mdm_request *m)
+{
+    int unknown = 1;
+    if (m->type == ST_ENR_USER_CHANNEL) {
+        st_enrollment parent = {0};
+        int rc = storage_enrollment_get(app->st, m->parent_id, &parent);
+        unknown = rc == ST_ENOTFOUND || (rc == 0 && parent.unenrolled_at);
+        st_enrollment_cleanup(&parent);
+        if (rc != 0 && rc != ST_ENOTFOUND)
+            return ST_ERROR;
+    }
+    log_warn("event=mdm_unknown_enrollment rid=%s enrollment=%s", req->request_id, m->id);
+    if (unknown)
+        refuse_unrecognized(res, "unknown enrollment");
+    else
+        http_response_error(res, 403, "unknown enrollment channel");
+    return 0;
 }
 
 int mdm_request_load(struct app *app, http_request *req, http_response *res, struct mdm_request *m,
@@ -315,8 +362,8 @@ int mdm_request_load(struct app *app, http_request *req, http_response *res, str
         return -1;
     }
     if (rc != 0) {
-        log_warn("event=mdm_unknown_enrollment rid=%s enrollment=%s", req->request_id, m->id);
-        http_response_error(res, 403, "unknown enrollment");
+        if (refuse_unknown(app, req, res, m) != 0)
+            http_response_error(res, 503, "storage unavailable");
         return -1;
     }
     if (stored_allows(req, res, m, e) != 0)

@@ -162,6 +162,16 @@ static int fault_fire(storage *st, const char *op)
         return rc_;                                                                                \
     } while (0)
 
+/* STORAGE_CALL for operations without arguments besides st. */
+#define STORAGE_CALL0(st, op)                                                                      \
+    do {                                                                                           \
+        if (fault_fire((st), #op))                                                                 \
+            return ST_ERROR;                                                                       \
+        int rc_ = (st)->ops->op(st);                                                               \
+        log_debug("event=storage_call op=%s rc=%d", #op, rc_);                                     \
+        return rc_;                                                                                \
+    } while (0)
+
 int storage_device_lookup(storage *st, const char *token_hash, const char *enrollment_id,
                           st_session *s, st_enrollment *e)
 {
@@ -1129,4 +1139,110 @@ int storage_inventory_list(storage *st, const st_inventory_filter *f,
     static const st_inventory_filter all = {0};
     assert(st != NULL && fn != NULL);
     STORAGE_CALL(st, inventory_list, f != NULL ? f : &all, fn, ctx);
+}
+
+/* ---- transactions spanning calls ---- */
+
+int storage_tx_begin(storage *st)
+{
+    assert(st != NULL);
+    STORAGE_CALL0(st, tx_begin);
+}
+
+int storage_tx_commit(storage *st)
+{
+    assert(st != NULL);
+    /* A fault here must still end the transaction: the caller treats the batch as failed. */
+    if (fault_fire(st, "tx_commit")) {
+        st->ops->tx_rollback(st);
+        return ST_ERROR;
+    }
+    int rc = st->ops->tx_commit(st);
+    log_debug("event=storage_call op=tx_commit rc=%d", rc);
+    return rc;
+}
+
+void storage_tx_rollback(storage *st)
+{
+    assert(st != NULL);
+    st->ops->tx_rollback(st);
+}
+
+/* ---- durable jobs ---- */
+
+void st_job_cleanup(st_job *j)
+{
+    if (j == NULL)
+        return;
+    free(j->kind);
+    free(j->value);
+    free(j->origin);
+    free(j->cursor);
+    free(j->claimed_by);
+    memset(j, 0, sizeof(*j));
+}
+
+int storage_job_add(storage *st, st_job *j)
+{
+    assert(st != NULL && j != NULL && j->kind != NULL);
+    assert(j->scope >= ST_JOB_USER && j->scope <= ST_JOB_ITEM);
+    assert(j->scope == ST_JOB_ITEM || j->value != NULL);
+    j->id = 0;
+    STORAGE_CALL(st, job_add, j);
+}
+
+int storage_job_get(storage *st, int64_t id, st_job *out)
+{
+    assert(st != NULL && out != NULL);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, job_get, id, out);
+}
+
+int storage_job_claim(storage *st, const char *owner, int64_t now, int lease, st_job *out)
+{
+    assert(st != NULL && owner != NULL && out != NULL && lease > 0);
+    memset(out, 0, sizeof(*out));
+    STORAGE_CALL(st, job_claim, owner, now, lease, out);
+}
+
+int storage_job_count(storage *st, const st_job *j, int64_t *count)
+{
+    assert(st != NULL && j != NULL && count != NULL);
+    *count = 0;
+    STORAGE_CALL(st, job_count, j, count);
+}
+
+int storage_job_page(storage *st, const st_job *j, const char *after, int limit,
+                     int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n)
+{
+    assert(st != NULL && j != NULL && after != NULL && fn != NULL && n != NULL && limit > 0);
+    *n = 0;
+    STORAGE_CALL(st, job_page, j, after, limit, fn, ctx, n);
+}
+
+int storage_job_progress(storage *st, const char *owner, int64_t now, int lease,
+                         const st_job_progress *p)
+{
+    assert(st != NULL && owner != NULL && p != NULL && p->cursor != NULL && lease > 0);
+    STORAGE_CALL(st, job_progress, owner, now, lease, p);
+}
+
+int storage_job_finish(storage *st, const char *owner, int64_t id, int state, int64_t now)
+{
+    assert(st != NULL && owner != NULL);
+    assert(state == ST_JOB_DONE || state == ST_JOB_FAILED);
+    STORAGE_CALL(st, job_finish, owner, id, state, now);
+}
+
+int storage_job_release(storage *st, const char *owner, int64_t id)
+{
+    assert(st != NULL && owner != NULL);
+    STORAGE_CALL(st, job_release, owner, id);
+}
+
+int storage_job_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    assert(st != NULL && deleted != NULL);
+    *deleted = 0;
+    STORAGE_CALL(st, job_prune, before, deleted);
 }

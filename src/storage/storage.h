@@ -809,6 +809,122 @@ int storage_inventory_list(storage *st, const st_inventory_filter *f,
                            int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
                            void *ctx);
 
+/* ---- transactions spanning several calls (batch work) ---- */
+
+/*
+ * Opens a write transaction on the calling thread's connection. Every storage call the thread
+ * makes until storage_tx_commit or storage_tx_rollback runs inside it; an operation that needs a
+ * transaction of its own nests as a savepoint (its failure undoes only its own writes), so a
+ * batch of a few hundred enrollments' writes costs one commit and is committed entirely or not
+ * at all. One level: ST_ECONFLICT if the thread already has one open. Other threads are not
+ * affected (their connections are their own).
+ *  - SQLite: BEGIN IMMEDIATE, so the database's single write lock is held until the end: keep a
+ *    batch to milliseconds (every other writer waits for it).
+ *  - PostgreSQL: row locks are held until the end; a statement that fails outside an operation's
+ *    savepoint aborts the transaction.
+ * A statement that fails outside an operation's own savepoint breaks the transaction (in both
+ * backends, so they keep one contract: PostgreSQL aborts a transaction there), and so does a
+ * failure the backend answers by rolling back (a lost connection, SQLite's I/O errors). That
+ * includes the ST_EEXISTS / ST_ENOTFOUND of single-statement operations (a user that exists);
+ * refusals decided without a failing statement (a compare-and-set that changed nothing:
+ * ST_ECONFLICT, a lookup that found nothing) do not. Once broken, every later call fails with
+ * ST_ERROR and commit rolls back and returns ST_ERROR: nothing runs half inside, half outside.
+ */
+int storage_tx_begin(storage *st);
+/* Commits the thread's transaction; ST_ERROR (rolled back) if it broke or the commit failed. */
+int storage_tx_commit(storage *st);
+/* Rolls back the thread's transaction, if any. */
+void storage_tx_rollback(storage *st);
+
+/* ---- durable jobs (reconciliation off the request path, docs/LIBRARY.md) ---- */
+
+/*
+ * A job is work over many enrollments that an API request asks for and a worker thread does
+ * (jobs/worker.h): the filter it applies, and how far it has got in enrollment id order (byte
+ * order in both backends), recorded with each batch of work in the batch's own transaction, so a
+ * crashed instance's job resumes after the last committed batch. A job is worked by one instance
+ * at a time under a lease (claimed_by, claimed_until) that each batch renews; a job whose owner
+ * crashed is taken over once the lease expires.
+ *
+ * The enrollments of a job: complete (TokenUpdate seen) and not unenrolled, matching the scope:
+ * the user whose email is `value` (ST_JOB_USER), the users whose email domain is `value`
+ * (ST_JOB_DOMAIN), the one enrollment `value` (ST_JOB_ENROLLMENT), or those with installed state
+ * for the item (item_kind, item_id) (ST_JOB_ITEM).
+ */
+enum st_job_state {
+    ST_JOB_QUEUED = 0,  /* not started */
+    ST_JOB_RUNNING = 1, /* started; cursor says how far */
+    ST_JOB_DONE = 2,
+    ST_JOB_FAILED = 3
+};
+enum st_job_scope { ST_JOB_USER = 1, ST_JOB_DOMAIN = 2, ST_JOB_ENROLLMENT = 3, ST_JOB_ITEM = 4 };
+
+typedef struct st_job {
+    int64_t id;
+    char *kind;  /* "reconcile" */
+    int scope;   /* enum st_job_scope (user, domain, enrollment match enum st_target_type) */
+    char *value; /* lowercase email, lowercase domain, or an enrollment id; "" for ST_JOB_ITEM */
+    int item_kind;
+    int64_t item_id; /* ST_JOB_ITEM */
+    char *origin;    /* what asked for it, for people: "assignment.add 12" */
+    int state;       /* enum st_job_state */
+    int64_t total;   /* matching enrollments counted when the job started; -1 before */
+    int64_t done;    /* enrollments worked (each batch adds its own) */
+    int64_t errors, installs, removals;
+    char *cursor; /* every matching enrollment id <= cursor is done; "" = none yet */
+    char *claimed_by;
+    int64_t claimed_until;
+    int64_t created_at, started_at, updated_at, finished_at; /* 0 = not yet */
+} st_job;
+
+void st_job_cleanup(st_job *j);
+/*
+ * Records a queued job (kind, scope, value, item_kind, item_id, origin, created_at from j) and
+ * fills j->id. A queued job that has not started and has the same kind and filter is not
+ * recorded twice: j->id is that job's (it will see whatever changed since).
+ */
+int storage_job_add(storage *st, st_job *j);
+int storage_job_get(storage *st, int64_t id, st_job *out);
+/*
+ * Claims the oldest unfinished job that is free, whose lease expired, or that owner already
+ * holds, for owner until now + lease: state RUNNING, started_at set on the first claim. Fills
+ * out; ST_ENOTFOUND when there is none. Two instances never hold one job at once.
+ */
+int storage_job_claim(storage *st, const char *owner, int64_t now, int lease, st_job *out);
+/* Counts the job's enrollments (the whole filter, from the start). */
+int storage_job_count(storage *st, const st_job *j, int64_t *count);
+/*
+ * Calls fn with the job's next `limit` enrollments after `after` ("" = from the start), whole
+ * records in id order (borrowed; no statement is open while fn runs, so fn may call storage; fn
+ * returning != 0 stops). Fills *n with the number passed. Inside a storage_tx the page is read
+ * in the batch's transaction, so the records are the ones the batch's writes are based on.
+ */
+int storage_job_page(storage *st, const st_job *j, const char *after, int limit,
+                     int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n);
+
+typedef struct st_job_progress {
+    int64_t id;
+    const char *cursor; /* the last enrollment id of the batch */
+    int64_t total;      /* the count when it is first known; -1 keeps the stored one */
+    int64_t done, errors, installs, removals; /* added to the stored counters */
+} st_job_progress;
+
+/*
+ * Records a batch's progress and renews owner's lease (until now + lease), only while owner
+ * holds the running job: ST_ECONFLICT otherwise (the lease expired and another instance took
+ * the job over; the caller must roll the batch back). Meant to run inside the batch's
+ * storage_tx, so the progress and the work commit together.
+ */
+int storage_job_progress(storage *st, const char *owner, int64_t now, int lease,
+                         const st_job_progress *p);
+/* Ends owner's job: state DONE or FAILED, finished_at = now, total at least done, lease freed.
+ * ST_ECONFLICT if owner does not hold it. */
+int storage_job_finish(storage *st, const char *owner, int64_t id, int state, int64_t now);
+/* Gives a job back (an instance stopping): free at once for any instance, progress kept. */
+int storage_job_release(storage *st, const char *owner, int64_t id);
+/* Deletes finished jobs that finished before `before`; fills *deleted. */
+int storage_job_prune(storage *st, int64_t before, int64_t *deleted);
+
 /* ---- test fault injection (config debug_faults; see storage_impl.h) ---- */
 
 /*

@@ -179,6 +179,23 @@ struct storage_ops {
                           int (*fn)(const st_enrollment *e, const st_inventory *inv, void *ctx),
                           void *ctx);
 
+    /* Transactions spanning calls (storage.h): per thread, one level, inner ones savepoints. */
+    int (*tx_begin)(storage *st);
+    int (*tx_commit)(storage *st);
+    void (*tx_rollback)(storage *st);
+
+    int (*job_add)(storage *st, st_job *j);
+    int (*job_get)(storage *st, int64_t id, st_job *out);
+    int (*job_claim)(storage *st, const char *owner, int64_t now, int lease, st_job *out);
+    int (*job_count)(storage *st, const st_job *j, int64_t *count);
+    int (*job_page)(storage *st, const st_job *j, const char *after, int limit,
+                    int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n);
+    int (*job_progress)(storage *st, const char *owner, int64_t now, int lease,
+                        const st_job_progress *p);
+    int (*job_finish)(storage *st, const char *owner, int64_t id, int state, int64_t now);
+    int (*job_release)(storage *st, const char *owner, int64_t id);
+    int (*job_prune)(storage *st, int64_t before, int64_t *deleted);
+
     /*
      * Optional test hook (may be NULL): make the backend's Nth subsequent database round trip
      * (statement step, BEGIN, COMMIT; never ROLLBACK) fail as an I/O error would; 0 disarms.

@@ -777,7 +777,7 @@ ROUTES = [("GET", "/api/v1/enrollments/{}"), ("GET", "/api/v1/enrollments/{}/com
           ("GET", "/api/v1/profiles/{}"), ("PUT", "/api/v1/profiles/{}"), ("DELETE", "/api/v1/profiles/{}"),
           ("GET", "/api/v1/apps/{}"), ("DELETE", "/api/v1/apps/{}"), ("GET", "/api/v1/assignments/{}"),
           ("DELETE", "/api/v1/assignments/{}"), ("GET", "/api/v1/enrollments/{}/library"),
-          ("POST", "/api/v1/enrollments/{}/reconcile"), ("POST", "/enroll/{}")]
+          ("POST", "/api/v1/enrollments/{}/reconcile"), ("GET", "/api/v1/jobs/{}"), ("POST", "/enroll/{}")]
 for _method, _route in ROUTES:
     for _label in ("SQL quote", "SQL statement", "traversal", "NUL", "10 KB"):
         _path = _route.format(urllib.parse.quote(NASTY[_label], safe="%") if _label != "traversal" else NASTY[_label])

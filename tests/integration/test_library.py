@@ -18,6 +18,7 @@ import plistlib
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
@@ -75,10 +76,42 @@ def upload(s, body, query="", expect=201):
     return r.json()
 
 
-def assign(s, body, expect=201):
+def wait_job(s, answer, timeout=30):
+    """The finished job of a 202 answer (GET /api/v1/jobs/{id} until it is done)."""
+    job = answer.get("job")
+    ok(isinstance(job, dict) and isinstance(job.get("id"), int), "a 202 names its job: %r" % (answer,))
+    eq(job["url"], "/api/v1/jobs/%d" % job["id"], "job url")
+    deadline = time.monotonic() + timeout
+    while True:
+        r = s.api("GET", job["url"])
+        status(r, 200, "GET %s" % job["url"])
+        j = r.json()
+        if j["state"] in ("done", "failed"):
+            eq(j["state"], "done", "job %d ended" % job["id"])
+            return j
+        ok(time.monotonic() < deadline, "job %d still %s after %ds: %r" % (job["id"], j["state"], timeout, j))
+        time.sleep(0.05)
+
+
+def assign(s, body, expect=None):
+    """POST an assignment: 202 with a finished job for a user or domain (returned in "job"),
+    201 with "reconciled" for one enrollment."""
     r = s.api("POST", "/api/v1/assignments", body)
+    if expect is None:
+        expect = 201 if "enrollment_id" in body else 202
     status(r, expect, "assign %r" % (body,))
-    return r.json()
+    j = r.json()
+    if expect == 202:
+        ok(r.header("Location") == j["job"]["url"], "Location names the job: %r" % r.header("Location"))
+        j["job"] = wait_job(s, j)
+    return j
+
+
+def unassign(s, aid):
+    """DELETE an assignment to a user or domain: 202, the finished job."""
+    r = s.api("DELETE", "/api/v1/assignments/%d" % aid)
+    status(r, 202, "unassign %d" % aid)
+    return wait_job(s, r.json())
 
 
 def answer(d, cmd, **keys):
@@ -220,7 +253,8 @@ def t_profile_end_to_end():
     pid = upload(s, wifi_profile("com.example.e2e.wifi"))["id"]
     j = assign(s, {"profile_id": pid, "user": "Alice@Example.com"})
     eq(j["user"], "alice@example.com", "target stored lowercase")
-    eq(j["reconciled"]["installs"], 1, "one install enqueued")
+    eq(j["job"]["installs"], 1, "one install enqueued")
+    eq((j["job"]["scope"], j["job"]["target"]), ("user", "alice@example.com"), "the job's filter")
     aid = j["id"]
     cmd = d.idle()
     ok(cmd is not None, "the device gets a command")
@@ -251,9 +285,7 @@ def t_profile_end_to_end():
     eq(sorted(seen), ["InstallProfile", "ManagedApplicationList", "ProfileList"], "reinstall after ProfileList")
     ok(seen.index("InstallProfile") > seen.index("ProfileList"), "the reinstall follows the list: %r" % seen)
     # Unassign: RemoveProfile of exactly that identifier.
-    r = s.api("DELETE", "/api/v1/assignments/%d" % aid)
-    status(r, 200, "unassign")
-    eq(r.json()["reconciled"]["removals"], 1, "one removal")
+    eq(unassign(s, aid)["removals"], 1, "one removal")
     cmd = d.idle()
     eq(cmd["Command"]["RequestType"], "RemoveProfile", "RemoveProfile")
     eq(cmd["Command"]["Identifier"], "com.example.e2e.wifi", "its identifier")
@@ -275,8 +307,9 @@ def t_app_end_to_end():
     status(s.api("POST", "/api/v1/apps", {"manifest_url": "http://insecure/x.plist"}), 422, "https only")
     status(s.api("POST", "/api/v1/apps", {}), 422, "needs an id")
     j = assign(s, {"app_id": app_id, "domain": "example.com"})
-    ok(j["reconciled"]["installs"] >= 1, "installs enqueued: %r" % j)
-    eq(j["reconciled"]["installs"], j["reconciled"]["enrollments"], "one per enrollment in the domain")
+    ok(j["job"]["installs"] >= 1, "installs enqueued: %r" % j)
+    eq(j["job"]["installs"], j["job"]["done"], "one per enrollment in the domain")
+    eq(j["job"]["total"], j["job"]["done"], "every enrollment counted was worked")
     cmd = d.idle()
     c = cmd["Command"]
     eq(c["RequestType"], "InstallApplication", "InstallApplication")
@@ -301,8 +334,7 @@ def t_app_end_to_end():
     r = s.api("GET", "/api/v1/commands/%s" % cmd["CommandUUID"])
     eq(r.json()["result"]["ManagedApplicationList"]["com.example.docs"]["Status"], "Managed", "result stored")
     # Unassign: RemoveApplication.
-    r = s.api("DELETE", "/api/v1/assignments/%d" % j["id"])
-    status(r, 200, "unassign")
+    unassign(s, j["id"])
     cmd = d.idle()
     eq(cmd["Command"]["RequestType"], "RemoveApplication", "RemoveApplication")
     eq(cmd["Command"]["Identifier"], "com.example.docs", "its bundle id")
@@ -316,14 +348,14 @@ def t_enroll_after_assign():
     s = srv()
     pid = upload(s, wifi_profile("com.example.bob.wifi"))["id"]
     j = assign(s, {"profile_id": pid, "user": BOB[0]})
-    eq(j["reconciled"]["enrollments"], 0, "bob has no enrollment yet")
+    eq((j["job"]["total"], j["job"]["done"]), (0, 0), "bob has no enrollment yet")
     d = enrolled(BOB)
     cmds = d.run_commands()
     eq([c["Command"]["RequestType"] for c in cmds], ["InstallProfile"], "installed at enrollment")
     # Deleting the profile from the library removes it from devices.
     r = s.api("DELETE", "/api/v1/profiles/%d" % pid)
-    status(r, 200, "delete profile")
-    eq(r.json()["reconciled"]["removals"], 1, "removal enqueued")
+    status(r, 202, "delete profile")
+    eq(wait_job(s, r.json())["removals"], 1, "removal enqueued")
     cmd = d.idle()
     eq(cmd["Command"]["RequestType"], "RemoveProfile", "RemoveProfile after delete")
     answer(d, cmd)
@@ -371,11 +403,14 @@ def t_profile_replace():
                             payload("com.apple.wifi.managed", "com.example.replace.wifi.w",
                                     SSID_STR=ssid, EncryptionType="WPA2", AutoJoin=True))
 
-    def replace(pid, body, expect=200):
+    def replace(pid, body, expect=202):
         r = s.api("PUT", "/api/v1/profiles/%d" % pid, body,
                   headers={"Content-Type": "application/x-apple-aspen-config"})
         status(r, expect, "PUT profile %d" % pid)
-        return r.json()
+        j = r.json()
+        if expect == 202:
+            j["job"] = wait_job(s, j)
+        return j
 
     def installs(d):
         """Drains the device's queue, acknowledging; returns the SSIDs it was given."""
@@ -392,7 +427,8 @@ def t_profile_replace():
     eq(installs(d), ["Corp"], "version 1 installed")
     j = replace(pid, wifi("Corp-5G"))
     eq((j["version"], j["identifier"]), (2, "com.example.replace.wifi"), "version 2")
-    eq(j["reconciled"]["installs"], 1, "one reinstall enqueued")
+    eq(j["job"]["installs"], 1, "one reinstall enqueued")
+    eq(j["job"]["target"], {"profile_id": pid}, "the job covers the profile's enrollments")
     eq(installs(d), ["Corp-5G"], "the new content goes out over the old")
     it = item(library(s, d), "profile", "com.example.replace.wifi")
     ok(it and it["state"] == "installed" and it["version"] == 2, "installed at version 2: %r" % it)
@@ -438,8 +474,8 @@ def t_app_replace():
     eq(cmd["Command"]["Configuration"], {"ServerURL": "https://v1.example.com"}, "first configuration")
     eq(answer(d, cmd, Identifier="com.example.notes", State="Managed"), None, "installed")
     r = s.api("PUT", "/api/v1/apps/%d" % app_id, spec("https://v2.example.com"))
-    status(r, 200, "replaced")
-    eq((r.json()["version"], r.json()["reconciled"]["installs"]), (2, 1), "version 2, one reinstall")
+    status(r, 202, "replaced")
+    eq((r.json()["version"], wait_job(s, r.json())["installs"]), (2, 1), "version 2, one reinstall")
     cmd = d.idle()
     eq(cmd["Command"]["RequestType"], "InstallApplication", "InstallApplication again")
     eq(cmd["Command"]["Configuration"], {"ServerURL": "https://v2.example.com"}, "the new configuration")

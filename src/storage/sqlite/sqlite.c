@@ -17,6 +17,16 @@
  * in WAL mode can fail at once with SQLITE_BUSY_SNAPSHOT. Single-statement writes need no
  * explicit transaction.
  *
+ * Checkpoints. SQLite copies the WAL back into the database file (a checkpoint, with an fsync of
+ * each file) every 1,000 pages by default, in the connection whose commit crossed the mark: a
+ * device request or a reconciliation batch would wait for two fsyncs every 4 MiB written (on this
+ * project's test VM that was most of a 100,000-enrollment job's time). Here a checkpointer thread
+ * with its own connection does it instead (sq_wal_hook wakes it, a PASSIVE checkpoint: it never
+ * blocks readers or writers). A WAL checkpointed to its end is restarted by the next writer; a
+ * writer that keeps writing faster than the checkpointer copies never finds it so, so once the WAL
+ * holds SQ_CKPT_INLINE pages the committing connection checkpoints itself as SQLite would, which
+ * bounds the WAL (and journal_size_limit truncates it afterwards).
+ *
  * Durability. synchronous=NORMAL in WAL mode: a commit is written to the WAL file (the OS
  * page cache) before it returns, and fsync happens at checkpoints. A process crash, including
  * kill -9, loses no acknowledged transaction, because the data is in the kernel's hands; a power
@@ -61,6 +71,10 @@
     "PRAGMA journal_size_limit = 67108864;"
 /* Lists are read this many rows at a time; no statement is open while the callback runs. */
 #define SQ_LIST_CHUNK 256
+/* WAL pages after which the checkpointer is woken (SQLite's own autocheckpoint default), and
+ * after which the committing connection checkpoints itself (64 MiB of 4 KiB pages). */
+#define SQ_CKPT_BACKGROUND 1000
+#define SQ_CKPT_INLINE 16384
 
 /* ---- schema ---- */
 
@@ -419,12 +433,46 @@ static const char sq_schema_inventory[] =
     "END, os_version, build_version, product_name, model, device_name FROM enrollments "
     "WHERE type = 1 AND unenrolled_at = 0 AND token_updated_at > 0;";
 
+/*
+ * Migration 15, durable jobs (storage.h "durable jobs"): the filter, the progress (done_to: every
+ * matching enrollment id up to it is done; counters) and the lease. AUTOINCREMENT: a job id is
+ * never reused, so an admin polling an old id never sees another job. item_state gets an index
+ * in enrollment order per item (a job over an item's enrollments pages through it); it covers
+ * what item_state_item did, which goes.
+ */
+static const char sq_schema_jobs[] =
+    "CREATE TABLE jobs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kind TEXT NOT NULL,"
+    " scope INTEGER NOT NULL,"
+    " value TEXT NOT NULL DEFAULT '',"
+    " item_kind INTEGER NOT NULL DEFAULT 0,"
+    " item_id INTEGER NOT NULL DEFAULT 0,"
+    " origin TEXT NOT NULL DEFAULT '',"
+    " state INTEGER NOT NULL DEFAULT 0,"
+    " total INTEGER NOT NULL DEFAULT -1,"
+    " done INTEGER NOT NULL DEFAULT 0,"
+    " errors INTEGER NOT NULL DEFAULT 0,"
+    " installs INTEGER NOT NULL DEFAULT 0,"
+    " removals INTEGER NOT NULL DEFAULT 0,"
+    " done_to TEXT NOT NULL DEFAULT '',"
+    " claimed_by TEXT,"
+    " claimed_until INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " started_at INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0,"
+    " finished_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_open ON jobs (id) WHERE state < 2;"
+    "CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state >= 2;"
+    "CREATE INDEX item_state_item_enrollment ON item_state (item_kind, item_id, enrollment_id);"
+    "DROP INDEX item_state_item;";
+
 /* Append-only: migration N is sq_migrations[N - 1]. Never edit one that has shipped. */
 static const char *const sq_migrations[] = {
     sq_schema_v1,       sq_schema_v2,        sq_schema_reauth,       sq_schema_push,
     sq_schema_oidc,     sq_schema_library,   sq_schema_push_bulk,    sq_schema_webhooks,
     sq_schema_versions, sq_schema_failures,  sq_schema_app_versions, sq_schema_retention,
-    sq_schema_renewal,  sq_schema_inventory,
+    sq_schema_renewal,  sq_schema_inventory, sq_schema_jobs,
 };
 #define SQ_NMIGRATIONS ((int)(sizeof(sq_migrations) / sizeof(sq_migrations[0])))
 
@@ -576,6 +624,22 @@ enum sq_stmt_id {
     SQ_INV_UPDATE,
     SQ_INV_PENDING,
     SQ_INV_LIST,
+    SQ_JOB_SAME,
+    SQ_JOB_ADD,
+    SQ_JOB_GET,
+    SQ_JOB_CLAIM,
+    SQ_JOB_PROGRESS,
+    SQ_JOB_FINISH,
+    SQ_JOB_RELEASE,
+    SQ_JOB_PRUNE,
+    SQ_JOB_PAGE_USER,
+    SQ_JOB_PAGE_DOMAIN,
+    SQ_JOB_PAGE_ENROLLMENT,
+    SQ_JOB_PAGE_ITEM,
+    SQ_JOB_COUNT_USER,
+    SQ_JOB_COUNT_DOMAIN,
+    SQ_JOB_COUNT_ENROLLMENT,
+    SQ_JOB_COUNT_ITEM,
     SQ_NSTMT
 };
 
@@ -746,6 +810,67 @@ enum sq_stmt_id {
         "AND (?5 = 0 OR i.passcode_present = ?5 - 1) "                                             \
         "AND (?6 = 0 OR e.last_seen_at < ?6) ORDER BY e.id LIMIT ?7",
 // clang-format on
+
+/*
+ * Durable jobs (migration 15). A job's enrollments are complete and not unenrolled
+ * (SQ_JOB_LIVE); pages and counts have one statement per scope: ?1 the id to start after, ?2
+ * and ?3 the filter (scope and value, or item kind and id), ?4 the page size. The user scope
+ * walks the (user_id, id) index; the domain scope the id index, checking each enrollment's user
+ * (as a bulk push does); the item scope the (item_kind, item_id, enrollment_id) index.
+ */
+#define JOB_COLS                                                                                   \
+    "id, kind, scope, value, item_kind, item_id, origin, state, total, done, errors, installs, "   \
+    "removals, done_to, claimed_by, claimed_until, created_at, started_at, updated_at, "           \
+    "finished_at"
+#define SQ_JOB_LIVE "e.unenrolled_at = 0 AND e.token_updated_at > 0"
+#define SQ_SQL_JOBS                                                                                \
+    [SQ_JOB_SAME] = "SELECT id FROM jobs WHERE kind = ?1 AND scope = ?2 AND value = ?3 AND "       \
+                    "item_kind = ?4 AND item_id = ?5 AND state = 0 AND started_at = 0 "            \
+                    "ORDER BY id LIMIT 1",                                                         \
+    [SQ_JOB_ADD] =                                                                                 \
+        "INSERT INTO jobs (kind, scope, value, item_kind, item_id, origin, created_at, "           \
+        "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",                                     \
+    [SQ_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",                                  \
+    [SQ_JOB_CLAIM] =                                                                               \
+        "UPDATE jobs SET state = 1, claimed_by = ?2, claimed_until = ?3, started_at = "            \
+        "CASE WHEN started_at = 0 THEN ?1 ELSE started_at END, updated_at = ?1 "                   \
+        "WHERE id = (SELECT id FROM jobs WHERE state < 2 AND (claimed_until <= ?1 "                \
+        "OR claimed_by = ?2) ORDER BY id LIMIT 1) RETURNING " JOB_COLS,                            \
+    [SQ_JOB_PROGRESS] = "UPDATE jobs SET done_to = ?3, total = CASE WHEN ?4 >= 0 THEN ?4 ELSE "    \
+                        "total END, done = done + ?5, errors = errors + ?6, installs = installs "  \
+                        "+ ?7, removals = removals + ?8, updated_at = ?9, claimed_until = ?10 "    \
+                        "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                         \
+    [SQ_JOB_FINISH] = "UPDATE jobs SET state = ?3, finished_at = ?4, updated_at = ?4, total = "    \
+                      "max(total, done), claimed_by = NULL, claimed_until = 0 "                    \
+                      "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                           \
+    [SQ_JOB_RELEASE] = "UPDATE jobs SET claimed_by = NULL, claimed_until = 0 "                     \
+                       "WHERE id = ?1 AND claimed_by = ?2 AND state = 1",                          \
+    [SQ_JOB_PRUNE] = "DELETE FROM jobs WHERE state >= 2 AND finished_at < ?1",                     \
+    [SQ_JOB_PAGE_USER] =                                                                           \
+        "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE               \
+        " AND ?2 = 1 AND " SQ_BULK_USER " ORDER BY e.id LIMIT ?4",                                 \
+    [SQ_JOB_PAGE_DOMAIN] =                                                                         \
+        "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE               \
+        " AND " SQ_BULK_SCOPE("?2", "?3") " ORDER BY e.id LIMIT ?4",                               \
+    [SQ_JOB_PAGE_ENROLLMENT] = "SELECT " ENR_COLS " FROM enrollments AS e WHERE e.id = ?3 AND "    \
+                               "e.id > ?1 AND ?2 = 3 AND " SQ_JOB_LIVE                             \
+                               " LIMIT ?4", /* The sub-select exposes only job_eid, so ENR_COLS    \
+                                               name the enrollment's columns. */                   \
+        [SQ_JOB_PAGE_ITEM] =                                                                       \
+            "SELECT " ENR_COLS " FROM (SELECT enrollment_id AS job_eid FROM "                      \
+            "item_state WHERE item_kind = ?2 AND item_id = ?3 AND enrollment_id > "                \
+            "?1) JOIN enrollments ON id = job_eid WHERE unenrolled_at = 0 AND "                    \
+            "token_updated_at > 0 ORDER BY id LIMIT ?4",                                           \
+    [SQ_JOB_COUNT_USER] = "SELECT count(*) FROM enrollments AS e WHERE e.id > ?1 AND " SQ_JOB_LIVE \
+                          " AND ?2 = 1 AND " SQ_BULK_USER,                                         \
+    [SQ_JOB_COUNT_DOMAIN] =                                                                        \
+        "SELECT count(*) FROM enrollments AS e WHERE +e.id > ?1 AND " SQ_JOB_LIVE                  \
+        " AND " SQ_BULK_SCOPE("?2", "?3"),                                                         \
+    [SQ_JOB_COUNT_ENROLLMENT] = "SELECT count(*) FROM enrollments AS e WHERE e.id = ?3 AND "       \
+                                "e.id > ?1 AND ?2 = 3 AND " SQ_JOB_LIVE,                           \
+    [SQ_JOB_COUNT_ITEM] = "SELECT count(*) FROM item_state AS s JOIN enrollments AS e ON "         \
+                          "e.id = s.enrollment_id WHERE s.item_kind = ?2 AND s.item_id = ?3 AND "  \
+                          "s.enrollment_id > ?1 AND " SQ_JOB_LIVE,
 
 #define USER_COLS "id, email, managed_apple_id, password_hash, idp_subject, created_at, disabled"
 #define SESSION_COLS                                                                               \
@@ -1073,7 +1198,7 @@ static const char *const sq_sql[SQ_NSTMT] = {
 
     [SQ_AUDIT_LIST] = "SELECT id, at, actor, action, target, detail FROM audit WHERE id < ?1"
                       " ORDER BY id DESC LIMIT ?2",
-    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_RENEWAL SQ_SQL_INVENTORY};
+    SQ_SQL_OIDC SQ_SQL_RETENTION SQ_SQL_RENEWAL SQ_SQL_INVENTORY SQ_SQL_JOBS};
 
 /* ---- connections ---- */
 
@@ -1085,6 +1210,11 @@ struct sq_conn {
     struct sqlite_storage *owner;
     struct sq_conn *prev, *next; /* owner->conns, under owner->lock */
     int bind_rc;                 /* first failed bind since the last reset, reported by step */
+    /* Transactions (see "Nesting" above sq_begin): levels open (the outermost a BEGIN, inner
+     * ones savepoints); base = 1 while storage_tx_begin's transaction is open, whose level an
+     * operation's rollback must not end; broken = that transaction failed: every statement
+     * fails until storage_tx_rollback. */
+    int depth, base, broken;
     sqlite3_stmt *stmt[SQ_NSTMT];
 };
 
@@ -1096,6 +1226,14 @@ struct sqlite_storage {
     pthread_mutex_t lock; /* guards conns */
     struct sq_conn *conns;
     atomic_int step_fail_after; /* test hook, see storage_impl.h */
+    /* The checkpointer ("Checkpoints" above): its thread and connection, and its wake-up. */
+    pthread_t ckpt_thread;
+    int ckpt_started;
+    struct sq_conn *ckpt_conn;
+    pthread_mutex_t ckpt_lock;
+    pthread_cond_t ckpt_cond;
+    int ckpt_wanted, ckpt_stop;
+    atomic_long ckpt_runs; /* checkpoints that copied pages (tests) */
 };
 
 static const struct storage_ops sqlite_ops;
@@ -1126,6 +1264,36 @@ static void conn_thread_exit(void *p)
     conn_free(c);
 }
 
+/*
+ * Called by SQLite after each commit with the number of pages in the WAL (this replaces the
+ * built-in autocheckpoint, which is a WAL hook too). Below SQ_CKPT_INLINE the checkpointer is
+ * woken. Beyond it, or without a checkpointer, this connection checkpoints itself, as SQLite
+ * would: a PASSIVE checkpoint, which answers SQLITE_BUSY at once while the checkpointer is at
+ * it, so this waits for that pass to end (a millisecond at a time, at most a second) and then
+ * copies what is left. This writer writes nothing meanwhile, so the WAL ends fully copied and the
+ * next write transaction restarts it: that is what bounds the WAL.
+ */
+static int sq_wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct sqlite_storage *ss = arg;
+    if (pages < SQ_CKPT_BACKGROUND)
+        return SQLITE_OK;
+    if (pages >= SQ_CKPT_INLINE || !ss->ckpt_started) {
+        for (int i = 0; i < 1000; i++) {
+            if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) !=
+                SQLITE_BUSY)
+                break;
+            usleep(1000);
+        }
+        return SQLITE_OK;
+    }
+    pthread_mutex_lock(&ss->ckpt_lock);
+    ss->ckpt_wanted = 1;
+    pthread_cond_signal(&ss->ckpt_cond);
+    pthread_mutex_unlock(&ss->ckpt_lock);
+    return SQLITE_OK;
+}
+
 static struct sq_conn *conn_open(struct sqlite_storage *ss, char *err, size_t err_len)
 {
     struct sq_conn *c = xcalloc(1, sizeof(*c));
@@ -1140,6 +1308,7 @@ static struct sq_conn *conn_open(struct sqlite_storage *ss, char *err, size_t er
     rc = sqlite3_exec(c->db, SQ_CONN_PRAGMAS, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
+    sqlite3_wal_hook(c->db, sq_wal_hook, ss);
     return c;
 fail:
     snprintf(err, err_len, "sqlite: cannot open %s: %s", ss->path,
@@ -1184,9 +1353,17 @@ static struct sq_conn *conn_get(storage *st)
 
 /* ---- statement helpers ---- */
 
+static void sq_tx_lost(struct sq_conn *c);
+
 /* Logs a failure and maps it to an ST_E* code; constraint violations are not logged. */
 static int sq_error(struct sq_conn *c, const char *op, int rc)
 {
+    sq_tx_lost(c);
+    /* A statement that fails outside an operation's savepoint breaks storage_tx_begin's
+     * transaction, constraint violations included: PostgreSQL aborts the transaction then, and
+     * both backends keep one contract (storage.h). */
+    if (c != NULL && c->base && c->depth <= c->base)
+        c->broken = 1;
     switch (rc) {
     case SQLITE_CONSTRAINT_UNIQUE:
     case SQLITE_CONSTRAINT_PRIMARYKEY:
@@ -1283,6 +1460,8 @@ static int sq_fault(struct sqlite_storage *ss)
 
 static int sq_step(struct sq_conn *c, sqlite3_stmt *s)
 {
+    if (c->broken)
+        return SQLITE_ABORT; /* the caller's transaction is gone: nothing runs outside it */
     if (c->bind_rc != SQLITE_OK)
         return c->bind_rc;
     if (sq_fault(c->owner))
@@ -1323,28 +1502,108 @@ static int sq_row(struct sq_conn *c, sqlite3_stmt *s, const char *op)
     return rc;
 }
 
+/*
+ * Nesting. An operation that writes several statements brackets them with sq_begin and
+ * sq_commit (sq_rollback on failure). Outside storage_tx_begin that is a transaction of its
+ * own; inside it (c->base), the operation's level is a savepoint of the caller's transaction,
+ * so its failure undoes only its own writes and the caller's batch goes on. SQLite may roll a
+ * whole transaction back by itself after some errors (SQLITE_FULL, IOERR, NOMEM, an interrupt):
+ * sq_tx_lost notices (autocommit is back on) and marks the caller's transaction broken, so no
+ * later statement of the batch runs outside it.
+ */
+static void sq_tx_lost(struct sq_conn *c)
+{
+    if (c != NULL && c->depth > 0 && sqlite3_get_autocommit(c->db)) {
+        c->depth = 0;
+        if (c->base)
+            c->broken = 1;
+    }
+}
+
+/* Runs one transaction-control statement (never a cached one: savepoints are rare). */
+static int sq_exec_tx(struct sq_conn *c, const char *sql, const char *op)
+{
+    if (c->broken)
+        return ST_ERROR;
+    if (sq_fault(c->owner))
+        return sq_error(c, op, SQLITE_IOERR);
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? ST_OK : sq_error(c, op, rc);
+}
+
+/* Opens a level: BEGIN (IMMEDIATE for writes, deferred for a read snapshot) or a savepoint. */
+static int sq_begin_level(struct sq_conn *c, enum sq_stmt_id begin, const char *op)
+{
+    if (c == NULL)
+        return ST_ERROR;
+    int rc = c->depth == 0 ? sq_run(c, sq_stmt(c, begin), op, 0)
+                           : sq_exec_tx(c, "SAVEPOINT orchard_op", op);
+    if (rc == ST_OK)
+        c->depth++;
+    else if (c->base)
+        c->broken = 1; /* the batch cannot go on without this operation's level */
+    return rc;
+}
+
 static int sq_begin(struct sq_conn *c, const char *op)
 {
-    return sq_run(c, sq_stmt(c, SQ_BEGIN), op, 0);
+    return sq_begin_level(c, SQ_BEGIN, op);
 }
 
+static int sq_begin_read(struct sq_conn *c, const char *op)
+{
+    return sq_begin_level(c, SQ_BEGIN_READ, op);
+}
+
+/* Ends the operation's level: COMMIT, or RELEASE of its savepoint. */
 static int sq_commit(struct sq_conn *c, const char *op)
 {
-    return sq_run(c, sq_stmt(c, SQ_COMMIT), op, 0);
+    if (c->depth <= c->base) {
+        log_error("event=storage_error backend=sqlite op=%s err=\"commit without begin\"", op);
+        return ST_ERROR;
+    }
+    int rc = c->depth == 1 ? sq_run(c, sq_stmt(c, SQ_COMMIT), op, 0)
+                           : sq_exec_tx(c, "RELEASE orchard_op", op);
+    if (rc == ST_OK)
+        c->depth--;
+    return rc;
 }
 
-/* Rolls back the open transaction, if any. Never fault-injected: it is the recovery path. */
-static void sq_rollback(struct sq_conn *c)
+/* Runs a rollback statement; never fault-injected: it is the recovery path. */
+static void sq_rollback_exec(struct sq_conn *c, const char *sql)
 {
-    if (sqlite3_get_autocommit(c->db))
-        return;
-    sqlite3_stmt *s = sq_stmt(c, SQ_ROLLBACK);
-    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_stmt *s = strcmp(sql, "ROLLBACK") == 0 ? sq_stmt(c, SQ_ROLLBACK) : NULL;
+    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(c->db, sql, NULL, NULL, NULL);
     if (s != NULL)
         sqlite3_reset(s);
     if (rc != SQLITE_DONE && rc != SQLITE_OK)
         log_error("event=storage_error backend=sqlite op=rollback code=%d err=\"%s\"", rc,
                   sqlite3_errmsg(c->db));
+}
+
+/*
+ * Undoes the operation's level: ROLLBACK, or back to its savepoint. An operation whose begin
+ * failed has no level of its own: inside storage_tx_begin's transaction that leaves the
+ * caller's level alone (the transaction is already marked broken); outside, any transaction
+ * left open is rolled back, as before nesting existed.
+ */
+static void sq_rollback(struct sq_conn *c)
+{
+    sq_tx_lost(c);
+    if (c->depth <= c->base) {
+        if (c->base == 0 && !sqlite3_get_autocommit(c->db)) {
+            sq_rollback_exec(c, "ROLLBACK");
+            c->depth = 0;
+        }
+        return;
+    }
+    if (c->depth == 1) {
+        sq_rollback_exec(c, "ROLLBACK");
+        c->depth = 0;
+        return;
+    }
+    sq_rollback_exec(c, "ROLLBACK TO orchard_op; RELEASE orchard_op");
+    c->depth--;
 }
 
 /* ---- row readers ---- */
@@ -1468,9 +1727,74 @@ static void read_audit(sqlite3_stmt *s, st_audit *a)
 
 /* ---- lifecycle ---- */
 
+/* ---- the checkpointer ("Checkpoints" at the top) ---- */
+
+static void *sq_checkpointer(void *arg)
+{
+    struct sqlite_storage *ss = arg;
+    pthread_mutex_lock(&ss->ckpt_lock);
+    for (;;) {
+        while (!ss->ckpt_wanted && !ss->ckpt_stop)
+            pthread_cond_wait(&ss->ckpt_cond, &ss->ckpt_lock);
+        if (ss->ckpt_stop)
+            break;
+        ss->ckpt_wanted = 0;
+        pthread_mutex_unlock(&ss->ckpt_lock);
+        int log = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(ss->ckpt_conn->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
+                                           &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("event=storage_checkpoint_failed backend=sqlite code=%d err=\"%s\"", rc,
+                     sqlite3_errmsg(ss->ckpt_conn->db));
+        else if (rc == SQLITE_OK && done > 0)
+            atomic_fetch_add(&ss->ckpt_runs, 1);
+        pthread_mutex_lock(&ss->ckpt_lock);
+    }
+    pthread_mutex_unlock(&ss->ckpt_lock);
+    return NULL;
+}
+
+/* Starts the checkpointer; without it (an error, logged) commits checkpoint as SQLite would. */
+static void sq_checkpointer_start(struct sqlite_storage *ss)
+{
+    char err[512];
+    ss->ckpt_conn = conn_open(ss, err, sizeof(err));
+    if (ss->ckpt_conn == NULL) {
+        log_warn("event=storage_checkpointer_off backend=sqlite err=\"%s\"", err);
+        return;
+    }
+    if (pthread_create(&ss->ckpt_thread, NULL, sq_checkpointer, ss) != 0) {
+        log_warn("event=storage_checkpointer_off backend=sqlite err=pthread_create");
+        conn_free(ss->ckpt_conn);
+        ss->ckpt_conn = NULL;
+        return;
+    }
+    ss->ckpt_started = 1;
+}
+
+static void sq_checkpointer_stop(struct sqlite_storage *ss)
+{
+    if (!ss->ckpt_started)
+        return;
+    pthread_mutex_lock(&ss->ckpt_lock);
+    ss->ckpt_stop = 1;
+    pthread_cond_signal(&ss->ckpt_cond);
+    pthread_mutex_unlock(&ss->ckpt_lock);
+    pthread_join(ss->ckpt_thread, NULL);
+    ss->ckpt_started = 0;
+    conn_free(ss->ckpt_conn);
+    ss->ckpt_conn = NULL;
+}
+
+long sqlite_storage_checkpoints(storage *st)
+{
+    return atomic_load(&((struct sqlite_storage *)st)->ckpt_runs);
+}
+
 static void sq_close(storage *st)
 {
     struct sqlite_storage *ss = (struct sqlite_storage *)st;
+    sq_checkpointer_stop(ss);
     /* Deleting the key first means no thread-exit destructor runs for it any more. */
     if (ss->key_ok)
         pthread_key_delete(ss->key);
@@ -1480,6 +1804,8 @@ static void sq_close(storage *st)
         conn_free(c);
     }
     pthread_mutex_destroy(&ss->lock);
+    pthread_mutex_destroy(&ss->ckpt_lock);
+    pthread_cond_destroy(&ss->ckpt_cond);
     free(ss->path);
     free(ss);
 }
@@ -1627,7 +1953,10 @@ storage *sqlite_storage_open(const char *dsn, const char *location, char *err, s
     ss->base.ops = &sqlite_ops;
     ss->path = xstrdup(location);
     atomic_init(&ss->step_fail_after, 0);
+    atomic_init(&ss->ckpt_runs, 0);
     pthread_mutex_init(&ss->lock, NULL);
+    pthread_mutex_init(&ss->ckpt_lock, NULL);
+    pthread_cond_init(&ss->ckpt_cond, NULL);
     if (pthread_key_create(&ss->key, conn_thread_exit) != 0) {
         snprintf(err, err_len, "sqlite: pthread_key_create failed");
         goto fail;
@@ -1656,6 +1985,7 @@ storage *sqlite_storage_open(const char *dsn, const char *location, char *err, s
     }
     if (sq_migrate(c->db, err, err_len) != 0)
         goto fail;
+    sq_checkpointer_start(ss);
     return &ss->base;
 fail:
     sq_close(&ss->base);
@@ -2060,7 +2390,7 @@ static int sq_device_lookup(storage *st, const char *token_hash, const char *enr
 {
     static const char op[] = "device_lookup";
     struct sq_conn *c = conn_get(st);
-    if (c == NULL || sq_run(c, sq_stmt(c, SQ_BEGIN_READ), op, 0) != ST_OK)
+    if (c == NULL || sq_begin_read(c, op) != ST_OK)
         return ST_ERROR;
     int rc = sq_session_get(st, token_hash, s);
     if (rc == ST_OK || rc == ST_ENOTFOUND)
@@ -2998,7 +3328,7 @@ static int sq_push_pending(storage *st, int64_t *count)
     struct sq_conn *c = conn_get(st);
     if (c == NULL)
         return ST_ERROR;
-    int rc = sq_run(c, sq_stmt(c, SQ_BEGIN_READ), op, 0);
+    int rc = sq_begin_read(c, op);
     if (rc != ST_OK)
         return rc;
     sqlite3_stmt *s = sq_stmt(c, SQ_PUSH_PENDING);
@@ -4427,6 +4757,275 @@ static int sq_inventory_list(storage *st, const st_inventory_filter *f,
     return ret;
 }
 
+/* ---- transactions spanning calls (storage_tx_*) ---- */
+
+static int sq_tx_begin(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    if (c->base || c->depth > 0) {
+        log_error("event=storage_error backend=sqlite op=tx_begin err=\"already in a "
+                  "transaction\"");
+        return ST_ECONFLICT;
+    }
+    int rc = sq_begin(c, "tx_begin");
+    if (rc == ST_OK)
+        c->base = 1;
+    return rc;
+}
+
+/* Ends storage_tx_begin's transaction whatever happened inside it. */
+static void sq_tx_end(struct sq_conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db))
+        sq_rollback_exec(c, "ROLLBACK");
+    c->depth = c->base = c->broken = 0;
+}
+
+static int sq_tx_commit(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c == NULL)
+        return ST_ERROR;
+    if (!c->base) {
+        log_error("event=storage_error backend=sqlite op=tx_commit err=\"no transaction\"");
+        return ST_ERROR;
+    }
+    int rc = ST_ERROR;
+    if (c->broken || c->depth != 1) /* an operation left a level open: a bug, never commit it */
+        log_error("event=storage_error backend=sqlite op=tx_commit err=\"transaction broken\"");
+    else
+        rc = sq_run(c, sq_stmt(c, SQ_COMMIT), "tx_commit", 0);
+    sq_tx_end(c);
+    return rc;
+}
+
+static void sq_tx_rollback(storage *st)
+{
+    struct sq_conn *c = conn_get(st);
+    if (c != NULL && (c->base || c->depth > 0))
+        sq_tx_end(c);
+}
+
+/* ---- durable jobs ---- */
+
+static void read_job(sqlite3_stmt *s, st_job *j)
+{
+    j->id = sqlite3_column_int64(s, 0);
+    j->kind = col_text(s, 1);
+    j->scope = sqlite3_column_int(s, 2);
+    j->value = col_text(s, 3);
+    j->item_kind = sqlite3_column_int(s, 4);
+    j->item_id = sqlite3_column_int64(s, 5);
+    j->origin = col_text(s, 6);
+    j->state = sqlite3_column_int(s, 7);
+    j->total = sqlite3_column_int64(s, 8);
+    j->done = sqlite3_column_int64(s, 9);
+    j->errors = sqlite3_column_int64(s, 10);
+    j->installs = sqlite3_column_int64(s, 11);
+    j->removals = sqlite3_column_int64(s, 12);
+    j->cursor = col_text(s, 13);
+    j->claimed_by = col_text(s, 14);
+    j->claimed_until = sqlite3_column_int64(s, 15);
+    j->created_at = sqlite3_column_int64(s, 16);
+    j->started_at = sqlite3_column_int64(s, 17);
+    j->updated_at = sqlite3_column_int64(s, 18);
+    j->finished_at = sqlite3_column_int64(s, 19);
+}
+
+/* Binds kind, scope, value, item_kind, item_id at 1..5 (the filter SQ_JOB_SAME compares). */
+static void bind_job_filter(struct sq_conn *c, sqlite3_stmt *s, const st_job *j)
+{
+    bind_text(c, s, 1, j->kind);
+    bind_int(c, s, 2, j->scope);
+    bind_text(c, s, 3, j->value ? j->value : "");
+    bind_int(c, s, 4, j->scope == ST_JOB_ITEM ? j->item_kind : 0);
+    bind_int(c, s, 5, j->scope == ST_JOB_ITEM ? j->item_id : 0);
+}
+
+/* One transaction: the same queued job if there is one, else a new row. */
+static int sq_job_add(storage *st, st_job *j)
+{
+    static const char op[] = "job_add";
+    struct sq_conn *c = conn_get(st);
+    int rc = sq_begin(c, op);
+    if (rc != ST_OK)
+        return rc;
+    sqlite3_stmt *s = sq_stmt(c, SQ_JOB_SAME);
+    bind_job_filter(c, s, j);
+    rc = sq_row(c, s, op);
+    if (rc == 1) {
+        j->id = sqlite3_column_int64(s, 0);
+        sq_reset(c, s);
+        rc = ST_OK;
+    } else if (rc == ST_ENOTFOUND) {
+        s = sq_stmt(c, SQ_JOB_ADD);
+        bind_job_filter(c, s, j);
+        bind_text(c, s, 6, j->origin ? j->origin : "");
+        bind_int(c, s, 7, j->created_at);
+        rc = sq_run(c, s, op, 0);
+        if (rc == ST_OK)
+            j->id = sqlite3_last_insert_rowid(c->db);
+    }
+    if (rc == ST_OK)
+        rc = sq_commit(c, op);
+    if (rc != ST_OK) {
+        sq_rollback(c);
+        j->id = 0;
+    }
+    return rc;
+}
+
+/* A statement that returns one job row (get, claim); ST_ENOTFOUND for none. */
+static int sq_job_row(struct sq_conn *c, sqlite3_stmt *s, st_job *out, const char *op)
+{
+    int rc = sq_row(c, s, op);
+    if (rc != 1)
+        return rc;
+    read_job(s, out);
+    /* A RETURNING statement finishes its write when stepped to the end. */
+    int src = sq_step(c, s);
+    sq_reset(c, s);
+    if (src != SQLITE_DONE && src != SQLITE_ROW) {
+        st_job_cleanup(out);
+        return sq_error(c, op, src);
+    }
+    return ST_OK;
+}
+
+static int sq_job_get(storage *st, int64_t id, st_job *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_GET, &c);
+    bind_int(c, s, 1, id);
+    return sq_job_row(c, s, out, "job_get");
+}
+
+/* One statement: the sub-select and the update see the same database (one writer). */
+static int sq_job_claim(storage *st, const char *owner, int64_t now, int lease, st_job *out)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_CLAIM, &c);
+    bind_int(c, s, 1, now);
+    bind_text(c, s, 2, owner);
+    bind_int(c, s, 3, now + lease);
+    return sq_job_row(c, s, out, "job_claim");
+}
+
+/* The page or count statement of a job's scope, with ?1..?3 bound. */
+static sqlite3_stmt *sq_job_stmt(storage *st, const st_job *j, const char *after, int count,
+                                 struct sq_conn **cp)
+{
+    static const enum sq_stmt_id pages[] = {SQ_JOB_PAGE_USER, SQ_JOB_PAGE_DOMAIN,
+                                            SQ_JOB_PAGE_ENROLLMENT, SQ_JOB_PAGE_ITEM};
+    static const enum sq_stmt_id counts[] = {SQ_JOB_COUNT_USER, SQ_JOB_COUNT_DOMAIN,
+                                             SQ_JOB_COUNT_ENROLLMENT, SQ_JOB_COUNT_ITEM};
+    int i = j->scope - ST_JOB_USER;
+    sqlite3_stmt *s = sq_prepare(st, count ? counts[i] : pages[i], cp);
+    bind_text(*cp, s, 1, after);
+    if (j->scope == ST_JOB_ITEM) {
+        bind_int(*cp, s, 2, j->item_kind);
+        bind_int(*cp, s, 3, j->item_id);
+    } else {
+        bind_int(*cp, s, 2, j->scope);
+        bind_text(*cp, s, 3, j->value ? j->value : "");
+    }
+    return s;
+}
+
+static int sq_job_count(storage *st, const st_job *j, int64_t *count)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_job_stmt(st, j, "", 1, &c);
+    int rc = sq_row(c, s, "job_count");
+    if (rc != 1)
+        return rc == ST_ENOTFOUND ? ST_ERROR : rc;
+    *count = sqlite3_column_int64(s, 0);
+    sq_reset(c, s);
+    return ST_OK;
+}
+
+/* Reads the page into memory first: fn may call storage (no statement is open meanwhile). */
+static int sq_job_page(storage *st, const st_job *j, const char *after, int limit,
+                       int (*fn)(const st_enrollment *e, void *ctx), void *ctx, int *n)
+{
+    static const char op[] = "job_page";
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_job_stmt(st, j, after, 0, &c);
+    if (s == NULL)
+        return ST_ERROR;
+    bind_int(c, s, 4, limit);
+    st_enrollment *rows = xcalloc((size_t)limit, sizeof(*rows));
+    int got = 0, src = SQLITE_DONE;
+    while (got < limit && (src = sq_step(c, s)) == SQLITE_ROW)
+        read_enrollment(s, &rows[got++]);
+    int rc = got == limit || src == SQLITE_DONE ? ST_OK : sq_error(c, op, src);
+    sq_reset(c, s);
+    for (int i = 0; i < got; i++) {
+        if (rc == ST_OK) {
+            (*n)++;
+            if (fn(&rows[i], ctx) != 0)
+                rc = 1; /* stop: not an error */
+        }
+        st_enrollment_cleanup(&rows[i]);
+    }
+    free(rows);
+    return rc == 1 ? ST_OK : rc;
+}
+
+static int sq_job_progress(storage *st, const char *owner, int64_t now, int lease,
+                           const st_job_progress *p)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_PROGRESS, &c);
+    bind_int(c, s, 1, p->id);
+    bind_text(c, s, 2, owner);
+    bind_text(c, s, 3, p->cursor);
+    bind_int(c, s, 4, p->total);
+    bind_int(c, s, 5, p->done);
+    bind_int(c, s, 6, p->errors);
+    bind_int(c, s, 7, p->installs);
+    bind_int(c, s, 8, p->removals);
+    bind_int(c, s, 9, now);
+    bind_int(c, s, 10, now + lease);
+    int rc = sq_run(c, s, "job_progress", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_finish(storage *st, const char *owner, int64_t id, int state, int64_t now)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_FINISH, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, owner);
+    bind_int(c, s, 3, state);
+    bind_int(c, s, 4, now);
+    int rc = sq_run(c, s, "job_finish", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_release(storage *st, const char *owner, int64_t id)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_RELEASE, &c);
+    bind_int(c, s, 1, id);
+    bind_text(c, s, 2, owner);
+    int rc = sq_run(c, s, "job_release", 1);
+    return rc == ST_ENOTFOUND ? ST_ECONFLICT : rc;
+}
+
+static int sq_job_prune(storage *st, int64_t before, int64_t *deleted)
+{
+    struct sq_conn *c;
+    sqlite3_stmt *s = sq_prepare(st, SQ_JOB_PRUNE, &c);
+    bind_int(c, s, 1, before);
+    int rc = sq_run(c, s, "job_prune", 0);
+    if (rc == ST_OK)
+        *deleted = sqlite3_changes(c->db);
+    return rc;
+}
+
 static const struct storage_ops sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -4534,5 +5133,17 @@ static const struct storage_ops sqlite_ops = {
     .inventory_update = sq_inventory_update,
     .inventory_pending = sq_inventory_pending,
     .inventory_list = sq_inventory_list,
+    .tx_begin = sq_tx_begin,
+    .tx_commit = sq_tx_commit,
+    .tx_rollback = sq_tx_rollback,
+    .job_add = sq_job_add,
+    .job_get = sq_job_get,
+    .job_claim = sq_job_claim,
+    .job_count = sq_job_count,
+    .job_page = sq_job_page,
+    .job_progress = sq_job_progress,
+    .job_finish = sq_job_finish,
+    .job_release = sq_job_release,
+    .job_prune = sq_job_prune,
     .fail_step_after = sq_fail_step_after,
 };

@@ -14,4 +14,8 @@
  */
 storage *sqlite_storage_open(const char *dsn, const char *location, char *err, size_t err_len);
 
+/* Test hook: checkpoints the backend's checkpointer thread has run that copied pages (sqlite.c,
+ * "Checkpoints"). */
+long sqlite_storage_checkpoints(storage *st);
+
 #endif

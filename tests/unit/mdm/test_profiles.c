@@ -394,6 +394,58 @@ TEST(app_macos_drops_forbidden_keys)
     st_app_cleanup(&a);
 }
 
+/* The PurchaseMethod of an App Store install on a platform, or -1 when Options is absent. */
+static long long purchase_method_of(plist_t c)
+{
+    plist_t opts = pl_get_typed(c, "Options", PLIST_DICT);
+    plist_t pm = opts ? pl_get_typed(opts, "PurchaseMethod", PLIST_UINT) : NULL;
+    uint64_t v = 0;
+    if (pm == NULL)
+        return -1;
+    plist_get_uint_val(pm, &v);
+    return (long long)v;
+}
+
+/*
+ * application.install.yaml: PurchaseMethod 0 ("free apps and legacy VPP with a redemption
+ * code") "is only available in iOS", and 0 is the default when Options is left out. A macOS
+ * App Store install must therefore carry Options.PurchaseMethod = 1, and the command must
+ * still validate against the generated User Enrollment tables for macOS.
+ */
+TEST(app_store_install_macos_purchase_method)
+{
+    static const char *const bodies[] = {
+        "{\"itunes_store_id\":361309726}",
+        "{\"bundle_id\":\"com.example.docs\"}",
+        "{\"itunes_store_id\":361309726,\"bundle_id\":\"com.example.docs\","
+        "\"purchase_method\":1}",
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        st_app a;
+        plist_t c = app_cmd(bodies[i], UE_OS_MACOS, &a);
+        ASSERT_NOT_NULL(c);
+        ASSERT_STR_EQ(pl_get_string(c, "RequestType"), "InstallApplication");
+        ASSERT_INT_EQ(purchase_method_of(c), 1);
+        char why[LIB_MSG_MAX];
+        ASSERT_INT_EQ(ue_command_validate(c, UE_OS_MACOS, NULL, NULL, why, sizeof(why)), 0);
+        ASSERT_INT_EQ(ue_command_check_key("InstallApplication", "Options.PurchaseMethod",
+                                           UE_OS_MACOS, PLIST_UINT, why, sizeof(why)),
+                      0);
+        plist_free(c);
+        st_app_cleanup(&a);
+    }
+    /* An explicit 0 is iOS-only: the app stays installable on iOS, not on macOS. */
+    st_app a;
+    plist_t c = app_cmd("{\"itunes_store_id\":361309726,\"purchase_method\":0}", UE_OS_MACOS, &a);
+    ASSERT(c == NULL);
+    ASSERT(strstr(err, "only on iOS") != NULL);
+    c = lib_app_install_command(&a, UE_OS_IOS, NULL, NULL, err, sizeof(err));
+    ASSERT_NOT_NULL(c);
+    ASSERT_INT_EQ(purchase_method_of(c), 0);
+    plist_free(c);
+    st_app_cleanup(&a);
+}
+
 TEST(app_manifest_macos_is_enterprise)
 {
     st_app a;
@@ -460,5 +512,7 @@ TEST_MAIN(TEST_ENTRY(validation_table), TEST_ENTRY(refusal_names_payload_and_key
           TEST_ENTRY(not_a_profile), TEST_ENTRY(signed_profile_is_unwrapped),
           TEST_ENTRY(templates_validate), TEST_ENTRY(template_data_separation_keys),
           TEST_ENTRY(platform_names), TEST_ENTRY(app_store_install_ios),
-          TEST_ENTRY(app_macos_drops_forbidden_keys), TEST_ENTRY(app_manifest_macos_is_enterprise),
-          TEST_ENTRY(app_bad_bodies), TEST_ENTRY(command_uuid_marker))
+          TEST_ENTRY(app_macos_drops_forbidden_keys),
+          TEST_ENTRY(app_store_install_macos_purchase_method),
+          TEST_ENTRY(app_manifest_macos_is_enterprise), TEST_ENTRY(app_bad_bodies),
+          TEST_ENTRY(command_uuid_marker))

@@ -14,6 +14,7 @@
 
 #include "app.h"
 #include "core/mem.h"
+#include "jobs/worker.h"
 #include "mdm/library.h"
 #include "plist/pl.h"
 
@@ -57,8 +58,10 @@ static int setup(void)
     char dsn[400], err[256];
     if (app.st)
         storage_close(app.st);
+    config_free(app.cfg);
     snprintf(dsn, sizeof(dsn), "sqlite:%s/db-%d.sqlite", dir, ++seq);
     memset(&app, 0, sizeof(app));
+    app.cfg = config_new(dir); /* the defaults (job_batch) */
     app.st = storage_open(dsn, err, sizeof(err));
     if (app.st == NULL) {
         fprintf(stderr, "%s\n", err);
@@ -127,6 +130,14 @@ static int64_t add_app(const char *json)
     return id;
 }
 
+/* Reconciles an assignment target as the API does: a job, worked to the end here. */
+static void reconcile_target(int target_type, const char *target)
+{
+    int64_t job = 0;
+    if (job_submit_reconcile(&app, target_type, target, 0, 0, "test", &job) == 0)
+        job_worker_run_once(&app, "unit");
+}
+
 static int64_t assign(int kind, int64_t item, int target_type, const char *target)
 {
     st_assignment a = {.item_kind = kind,
@@ -136,7 +147,7 @@ static int64_t assign(int kind, int64_t item, int target_type, const char *targe
                        .created_at = 1};
     if (storage_assignment_add(app.st, &a) != 0)
         return -1;
-    lib_reconcile_target(&app, target_type, target, NULL);
+    reconcile_target(target_type, target);
     return a.id;
 }
 
@@ -144,7 +155,7 @@ static void unassign(int64_t id)
 {
     st_assignment a = {0};
     if (storage_assignment_get(app.st, id, &a) == 0 && storage_assignment_delete(app.st, id) == 0)
-        lib_reconcile_target(&app, a.target_type, a.target, NULL);
+        reconcile_target(a.target_type, a.target);
     st_assignment_cleanup(&a);
 }
 
@@ -459,8 +470,166 @@ TEST(deleted_item_is_removed)
     assign(ST_ITEM_PROFILE, p, ST_TARGET_USER, "alice@example.com");
     ASSERT_INT_EQ(answer_all("E1", ST_CMD_ACKNOWLEDGED, NULL), 1);
     ASSERT_INT_EQ(storage_profile_delete(app.st, p), 0);
-    ASSERT_INT_EQ(lib_reconcile_item(&app, ST_ITEM_PROFILE, p, NULL), 0);
+    int64_t job = 0;
+    ASSERT_INT_EQ(job_submit_reconcile(&app, ST_JOB_ITEM, NULL, ST_ITEM_PROFILE, p, "t", &job), 0);
+    ASSERT_INT_EQ(job_worker_run_once(&app, "unit"), 1);
     ASSERT_STR_EQ(queue_of("E1"), "RemoveProfile:com.example.corp\n");
+}
+
+/* The one pending command of an enrollment (uuid and body copied out). */
+struct one_cmd {
+    int n;
+    char uuid[64];
+    char *body;
+};
+
+static int take_cmd(const st_command *c, void *ctx)
+{
+    struct one_cmd *o = ctx;
+    if (c->status == ST_CMD_QUEUED && o->n++ == 0) {
+        snprintf(o->uuid, sizeof(o->uuid), "%s", c->uuid);
+        o->body = xstrdup(c->body);
+    }
+    return 0;
+}
+
+/* The body with its CommandUUID blanked, to compare the rest. */
+static char *without_uuid(const struct one_cmd *o)
+{
+    char *b = xstrdup(o->body);
+    char *at = strstr(b, o->uuid);
+    if (at)
+        memset(at, 'X', strlen(o->uuid));
+    return b;
+}
+
+/*
+ * A batch builds an install command once per platform and kind of enrollment and gives each
+ * enrollment a copy with its own CommandUUID (a library one), identical otherwise; it still
+ * validates per platform (the Mac's is its own).
+ */
+/* Reconciles stored enrollments with one shared batch (as a job's page does). */
+static int reconcile_batch(char *const *ids, size_t n, int push, struct lib_reconcile_stats *s)
+{
+    lib_batch *b = lib_batch_new(push);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        st_enrollment e = {0};
+        rc = storage_enrollment_get(app.st, ids[i], &e);
+        if (rc == 0)
+            rc = lib_reconcile_enrollment(&app, b, &e, s);
+        st_enrollment_cleanup(&e);
+    }
+    lib_batch_free(b);
+    return rc;
+}
+
+static int64_t outbox_rows(void)
+{
+    int64_t n = -1;
+    storage_push_pending(app.st, &n);
+    return n;
+}
+
+TEST(batch_copies_one_command_per_platform)
+{
+    ASSERT_INT_EQ(setup(), 0);
+    char *ids[] = {"B1", "B2", "B3"};
+    ASSERT_INT_EQ(enroll("B1", "iPhone14,5"), 0);
+    ASSERT_INT_EQ(enroll("B2", "iPhone15,2"), 0);
+    ASSERT_INT_EQ(enroll("B3", "Mac14,2"), 0);
+    int64_t p = add_profile("shared", 0);
+    st_assignment a = {.item_kind = ST_ITEM_PROFILE,
+                       .item_id = p,
+                       .target_type = ST_TARGET_DOMAIN,
+                       .target = "example.com",
+                       .created_at = 1};
+    ASSERT_INT_EQ(storage_assignment_add(app.st, &a), 0);
+    struct lib_reconcile_stats s = {0};
+    int64_t pushes = outbox_rows();
+    ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids, 3, 0, &s), 0);
+    ASSERT_INT_EQ(storage_tx_commit(app.st), 0);
+    ASSERT_INT_EQ(outbox_rows(), pushes); /* push = 0: the caller pushes */
+    ASSERT_INT_EQ(s.enrollments, 3);
+    ASSERT_INT_EQ(s.installs, 3);
+    struct one_cmd c[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        storage_command_list(app.st, ids[i], 0, take_cmd, &c[i]);
+        ASSERT_INT_EQ(c[i].n, 1);
+        ASSERT(lib_command_uuid_is_ours(c[i].uuid));
+        st_item_state row = {0};
+        ASSERT_INT_EQ(storage_item_state_by_command(app.st, c[i].uuid, &row), 0);
+        ASSERT_STR_EQ(row.enrollment_id, ids[i]);
+        st_item_state_cleanup(&row);
+    }
+    ASSERT(strcmp(c[0].uuid, c[1].uuid) != 0);
+    char *b0 = without_uuid(&c[0]), *b1 = without_uuid(&c[1]);
+    ASSERT_STR_EQ(b0, b1);
+    free(b0);
+    free(b1);
+    for (int i = 0; i < 3; i++)
+        free(c[i].body);
+    /* Nothing more on a second batch. */
+    memset(&s, 0, sizeof(s));
+    ASSERT_INT_EQ(reconcile_batch(ids, 3, 1, &s), 0);
+    ASSERT_INT_EQ(s.installs, 0);
+}
+
+/*
+ * A crash in the middle of a job: the batch in flight was never committed, the lease runs out,
+ * another worker takes the job over from the last committed batch, and every enrollment ends
+ * with exactly one install. A worker whose lease was taken over loses its batch.
+ */
+TEST(job_resumes_after_crash_without_duplicates)
+{
+    ASSERT_INT_EQ(setup(), 0);
+    char err[128];
+    ASSERT_INT_EQ(config_set(app.cfg, "job_batch", "2", err, sizeof(err)), 0);
+    char *ids[] = {"C1", "C2", "C3", "C4", "C5"};
+    for (int i = 0; i < 5; i++)
+        ASSERT_INT_EQ(enroll(ids[i], "iPhone14,5"), 0);
+    int64_t p = add_profile("crash", 0);
+    st_assignment a = {.item_kind = ST_ITEM_PROFILE,
+                       .item_id = p,
+                       .target_type = ST_TARGET_USER,
+                       .target = "alice@example.com",
+                       .created_at = 1};
+    ASSERT_INT_EQ(storage_assignment_add(app.st, &a), 0);
+    int64_t job = 0;
+    ASSERT_INT_EQ(job_submit_reconcile(&app, ST_JOB_USER, "alice@example.com", 0, 0, "t", &job), 0);
+    /* Instance A claims it, commits one batch (C1, C2), and dies inside the next (C3, C4). */
+    st_job j = {0};
+    ASSERT_INT_EQ(storage_job_claim(app.st, "A", app_now(&app), JOB_LEASE, &j), 0);
+    ASSERT_INT_EQ(j.id, job);
+    struct lib_reconcile_stats s = {0};
+    ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids, 2, 0, &s), 0);
+    st_job_progress pr = {job, "C2", 5, 2, 0, s.installs, 0};
+    ASSERT_INT_EQ(storage_job_progress(app.st, "A", app_now(&app), JOB_LEASE, &pr), 0);
+    ASSERT_INT_EQ(storage_tx_commit(app.st), 0);
+    ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
+    ASSERT_INT_EQ(reconcile_batch(ids + 2, 2, 0, &s), 0);
+    storage_tx_rollback(app.st); /* kill -9: never committed */
+    st_job_cleanup(&j);
+    /* B sees nothing to take while A's lease runs, then takes over where A was. */
+    ASSERT_INT_EQ(job_worker_run_once(&app, "B"), 0);
+    ASSERT_STR_EQ(queue_of("C3"), "");
+    atomic_fetch_add(&app.clock_skew, JOB_LEASE + 1);
+    ASSERT_INT_EQ(job_worker_run_once(&app, "B"), 1);
+    for (int i = 0; i < 5; i++)
+        ASSERT_STR_EQ(queue_of(ids[i]), "InstallProfile\n");
+    ASSERT_INT_EQ(storage_job_get(app.st, job, &j), 0);
+    ASSERT_INT_EQ(j.state, ST_JOB_DONE);
+    ASSERT_INT_EQ(j.done, 5);
+    ASSERT_INT_EQ(j.total, 5);
+    ASSERT_INT_EQ(j.installs, 5);
+    ASSERT_STR_EQ(j.claimed_by ? j.claimed_by : "", "");
+    st_job_cleanup(&j);
+    /* A's late batch (its lease is gone) changes nothing. */
+    ASSERT_INT_EQ(storage_tx_begin(app.st), 0);
+    ASSERT_INT_EQ(storage_job_progress(app.st, "A", app_now(&app), JOB_LEASE, &pr), ST_ECONFLICT);
+    storage_tx_rollback(app.st);
 }
 
 TEST(unenrolled_or_incomplete_untouched)
@@ -482,6 +651,8 @@ static void teardown(void)
     if (app.st)
         storage_close(app.st);
     app.st = NULL;
+    config_free(app.cfg);
+    app.cfg = NULL;
     cleanup_dir();
 }
 
@@ -502,6 +673,8 @@ int main(int argc, char **argv)
         TEST_ENTRY(sensitive_flag_carried),
         TEST_ENTRY(failed_install_not_retried),
         TEST_ENTRY(deleted_item_is_removed),
+        TEST_ENTRY(batch_copies_one_command_per_platform),
+        TEST_ENTRY(job_resumes_after_crash_without_duplicates),
         TEST_ENTRY(unenrolled_or_incomplete_untouched),
         {NULL, NULL},
     };

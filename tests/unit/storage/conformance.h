@@ -2730,6 +2730,320 @@ TEST(conf_server_secrets)
     storage_close(st);
 }
 
+/* ---- transactions spanning calls (storage_tx_*) ---- */
+
+static inline int conf_has_enrollment(storage *st, const char *id)
+{
+    st_enrollment e;
+    int rc = storage_enrollment_get(st, id, &e);
+    st_enrollment_cleanup(&e);
+    return rc == ST_OK;
+}
+
+TEST(conf_tx_batches)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t u = conf_user(st, "tx@x.example");
+    ASSERT(u > 0);
+    /* Rolled back: nothing of the batch stays, operations with their own transaction included. */
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_ECONFLICT); /* one level */
+    ASSERT_INT_EQ(conf_enroll(st, "T1", u), ST_OK);    /* its own transaction: a savepoint */
+    ASSERT_INT_EQ(conf_enqueue(st, "T1", "TC1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(storage_push_enqueue(st, "T1", 100), ST_ECONFLICT); /* no token: no failure */
+    ASSERT_INT_EQ(conf_count(st, "T1"), 1);                           /* visible inside */
+    storage_tx_rollback(st);
+    ASSERT(!conf_has_enrollment(st, "T1"));
+    ASSERT_INT_EQ(conf_status(st, "TC1"), ST_ENOTFOUND);
+    storage_tx_rollback(st); /* nothing open: harmless */
+
+    /* Committed: all of it. */
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "T1", u), ST_OK);
+    ASSERT_INT_EQ(conf_enqueue(st, "T1", "TC1", 0, 100), ST_OK);
+    ASSERT_INT_EQ(storage_tx_commit(st), ST_OK);
+    ASSERT(conf_has_enrollment(st, "T1"));
+    ASSERT_INT_EQ(conf_status(st, "TC1"), ST_CMD_QUEUED);
+    ASSERT_INT_EQ(storage_tx_commit(st), ST_ERROR); /* nothing open */
+
+    /* An operation failing inside its own savepoint undoes only itself: its first statement
+     * after the SAVEPOINT fails, the batch goes on and commits. */
+    if (storage_fail_step_after(st, 0) == 0) {
+        ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+        ASSERT_INT_EQ(conf_enqueue(st, "T1", "TC2", 0, 101), ST_OK);
+        storage_fail_step_after(st, 2);
+        ASSERT_INT_EQ(conf_enroll(st, "T2", u), ST_ERROR);
+        storage_fail_step_after(st, 0);
+        ASSERT_INT_EQ(conf_enroll(st, "T3", u), ST_OK);
+        ASSERT_INT_EQ(storage_tx_commit(st), ST_OK);
+        ASSERT(!conf_has_enrollment(st, "T2"));
+        ASSERT(conf_has_enrollment(st, "T3"));
+        ASSERT_INT_EQ(conf_status(st, "TC2"), ST_CMD_QUEUED);
+    }
+
+    /* A statement failing outside any savepoint breaks the batch: later calls fail, the commit
+     * rolls everything back (a duplicate user is one statement). */
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "T4", u), ST_OK);
+    st_user dup = {0};
+    dup.email = (char *)"tx@x.example";
+    dup.created_at = 1;
+    ASSERT_INT_EQ(storage_user_add(st, &dup), ST_EEXISTS);
+    ASSERT_INT_EQ(conf_enqueue(st, "T1", "TC3", 0, 102), ST_ERROR);
+    ASSERT_INT_EQ(storage_tx_commit(st), ST_ERROR);
+    ASSERT(!conf_has_enrollment(st, "T4"));
+    ASSERT_INT_EQ(conf_status(st, "TC3"), ST_ENOTFOUND);
+    /* ... and the connection is usable again afterwards, outside any transaction. */
+    ASSERT_INT_EQ(conf_enqueue(st, "T1", "TC3", 0, 102), ST_OK);
+
+    /* A fault on the commit ends the transaction too. */
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "T5", u), ST_OK);
+    storage_fail_after(st, 1);
+    ASSERT_INT_EQ(storage_tx_commit(st), ST_ERROR);
+    ASSERT(!conf_has_enrollment(st, "T5"));
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    storage_tx_rollback(st);
+    storage_close(st);
+}
+
+/* ---- durable jobs ---- */
+
+struct conf_page {
+    int n;
+    char ids[8][32];
+};
+
+static inline int conf_page_cb(const st_enrollment *e, void *ctx)
+{
+    struct conf_page *p = ctx;
+    /* Whole records: the page hands the reconciler what it would otherwise look up. */
+    if (e->topic == NULL || e->token_updated_at == 0)
+        return 0;
+    if (p->n < 8)
+        snprintf(p->ids[p->n], sizeof(p->ids[0]), "%s", e->id);
+    p->n++;
+    return 0;
+}
+
+static inline int conf_job_page(storage *st, const st_job *j, const char *after, int limit,
+                                struct conf_page *p)
+{
+    int n = -1;
+    memset(p, 0, sizeof(*p));
+    int rc = storage_job_page(st, j, after, limit, conf_page_cb, p, &n);
+    return rc == ST_OK && n == p->n ? n : -1;
+}
+
+static inline int64_t conf_job_add(storage *st, int scope, const char *value, int kind,
+                                   int64_t item, int64_t now)
+{
+    st_job j = {0};
+    j.kind = (char *)"reconcile";
+    j.scope = scope;
+    j.value = (char *)value;
+    j.item_kind = kind;
+    j.item_id = item;
+    j.origin = (char *)"test";
+    j.created_at = now;
+    return storage_job_add(st, &j) == ST_OK ? j.id : -1;
+}
+
+static inline int conf_job_progress(storage *st, const char *owner, int64_t id, const char *cursor,
+                                    int64_t total, int64_t done, int64_t now)
+{
+    st_job_progress p = {id, cursor, total, done, 0, done, 0};
+    return storage_job_progress(st, owner, now, 60, &p);
+}
+
+TEST(conf_jobs)
+{
+    storage *st = conf_open();
+    ASSERT_NOT_NULL(st);
+    int64_t ua = conf_user(st, "a@x.example"), ub = conf_user(st, "b@x.example"),
+            uc = conf_user(st, "c@y.example"), ud = conf_user(st, "d@sub.x.example");
+    ASSERT(ua > 0 && ub > 0 && uc > 0 && ud > 0);
+    const struct {
+        const char *id;
+        int64_t user;
+        int complete, unenrolled;
+    } enr[] = {{"E1", ua, 1, 0}, {"E2", ua, 1, 0}, {"E3", uc, 1, 0}, {"E4", ua, 1, 1},
+               {"E5", ub, 1, 0}, {"E6", ua, 0, 0}, {"E7", ud, 1, 0}};
+    for (size_t i = 0; i < sizeof(enr) / sizeof(enr[0]); i++) {
+        ASSERT_INT_EQ(conf_enroll(st, enr[i].id, enr[i].user), ST_OK);
+        if (enr[i].complete)
+            ASSERT_INT_EQ(storage_enrollment_token_update(st, enr[i].id, "ab", "M", 100), ST_OK);
+        if (enr[i].unenrolled)
+            ASSERT_INT_EQ(storage_enrollment_unenroll(st, enr[i].id, 100), ST_OK);
+    }
+    /* Added queued; the same filter again while it has not started is the same job. */
+    int64_t j1 = conf_job_add(st, ST_JOB_USER, "a@x.example", 0, 0, 100);
+    ASSERT(j1 > 0);
+    ASSERT_INT_EQ(conf_job_add(st, ST_JOB_USER, "a@x.example", 0, 0, 101), j1);
+    int64_t j2 = conf_job_add(st, ST_JOB_DOMAIN, "x.example", 0, 0, 102);
+    ASSERT(j2 > 0 && j2 != j1);
+    st_job j = {0};
+    ASSERT_INT_EQ(storage_job_get(st, j1, &j), ST_OK);
+    ASSERT_STR_EQ(j.kind, "reconcile");
+    ASSERT_STR_EQ(j.value, "a@x.example");
+    ASSERT_STR_EQ(j.origin, "test");
+    ASSERT_STR_EQ(j.cursor, "");
+    ASSERT_INT_EQ(j.state, ST_JOB_QUEUED);
+    ASSERT_INT_EQ(j.total, -1);
+    ASSERT_INT_EQ(j.created_at, 100);
+    ASSERT_INT_EQ(j.started_at, 0);
+    ASSERT(j.claimed_by == NULL);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(storage_job_get(st, 999999, &j), ST_ENOTFOUND);
+
+    /* Pages and counts: complete, enrolled, matching; in id order. */
+    struct conf_page p;
+    int64_t n = -1;
+    st_job f = {0};
+    f.scope = ST_JOB_USER;
+    f.value = (char *)"a@x.example";
+    ASSERT_INT_EQ(storage_job_count(st, &f, &n), ST_OK);
+    ASSERT_INT_EQ(n, 2); /* not E4 (unenrolled), not E6 (no TokenUpdate) */
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 10, &p), 2);
+    ASSERT_STR_EQ(p.ids[0], "E1");
+    ASSERT_STR_EQ(p.ids[1], "E2");
+    f.scope = ST_JOB_DOMAIN;
+    f.value = (char *)"x.example";
+    ASSERT_INT_EQ(storage_job_count(st, &f, &n), ST_OK);
+    ASSERT_INT_EQ(n, 3); /* E1, E2, E5; not d@sub.x.example's E7 */
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 2, &p), 2);
+    ASSERT_STR_EQ(p.ids[1], "E2");
+    ASSERT_INT_EQ(conf_job_page(st, &f, "E2", 2, &p), 1);
+    ASSERT_STR_EQ(p.ids[0], "E5");
+    ASSERT_INT_EQ(conf_job_page(st, &f, "E5", 2, &p), 0);
+    f.scope = ST_JOB_ENROLLMENT;
+    f.value = (char *)"E3";
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 5, &p), 1);
+    ASSERT_INT_EQ(conf_job_page(st, &f, "E3", 5, &p), 0);
+    f.value = (char *)"E6"; /* incomplete */
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 5, &p), 0);
+    ASSERT_INT_EQ(storage_job_count(st, &f, &n), ST_OK);
+    ASSERT_INT_EQ(n, 0);
+    /* An item's enrollments: those with state for it, live ones only. */
+    const char *holders[] = {"E3", "E1", "E4"};
+    for (size_t i = 0; i < 3; i++) {
+        st_item_state s = {0};
+        s.enrollment_id = (char *)holders[i];
+        s.item_kind = ST_ITEM_PROFILE;
+        s.item_id = 7;
+        s.identifier = (char *)"com.example.p";
+        s.state = ST_ITEM_INSTALLED;
+        s.updated_at = 100;
+        ASSERT_INT_EQ(storage_item_state_put(st, &s, NULL), ST_OK);
+    }
+    f.scope = ST_JOB_ITEM;
+    f.value = NULL;
+    f.item_kind = ST_ITEM_PROFILE;
+    f.item_id = 7;
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 10, &p), 2);
+    ASSERT_STR_EQ(p.ids[0], "E1");
+    ASSERT_STR_EQ(p.ids[1], "E3");
+    ASSERT_INT_EQ(storage_job_count(st, &f, &n), ST_OK);
+    ASSERT_INT_EQ(n, 2);
+    f.item_id = 8;
+    ASSERT_INT_EQ(conf_job_page(st, &f, "", 10, &p), 0);
+
+    /* Claims: oldest first, one holder at a time, its own again. */
+    ASSERT_INT_EQ(storage_job_claim(st, "a", 200, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j1);
+    ASSERT_INT_EQ(j.state, ST_JOB_RUNNING);
+    ASSERT_INT_EQ(j.started_at, 200);
+    ASSERT_STR_EQ(j.claimed_by, "a");
+    ASSERT_INT_EQ(j.claimed_until, 260);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(storage_job_claim(st, "b", 201, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j2);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(storage_job_claim(st, "c", 202, 60, &j), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_job_claim(st, "a", 203, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j1);
+    st_job_cleanup(&j);
+    /* A started job is not merged with a new identical one. */
+    int64_t j3 = conf_job_add(st, ST_JOB_USER, "a@x.example", 0, 0, 204);
+    ASSERT(j3 > j2);
+
+    /* Progress only by the holder; it renews the lease and adds up. */
+    ASSERT_INT_EQ(conf_job_progress(st, "b", j1, "E1", 2, 1, 210), ST_ECONFLICT);
+    ASSERT_INT_EQ(conf_job_progress(st, "a", j1, "E1", 2, 1, 210), ST_OK);
+    ASSERT_INT_EQ(storage_job_get(st, j1, &j), ST_OK);
+    ASSERT_STR_EQ(j.cursor, "E1");
+    ASSERT_INT_EQ(j.total, 2);
+    ASSERT_INT_EQ(j.done, 1);
+    ASSERT_INT_EQ(j.installs, 1);
+    ASSERT_INT_EQ(j.claimed_until, 270);
+    ASSERT_INT_EQ(j.updated_at, 210);
+    st_job_cleanup(&j);
+    /* Progress inside a rolled-back batch is not recorded. */
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(conf_job_progress(st, "a", j1, "E2", -1, 1, 215), ST_OK);
+    storage_tx_rollback(st);
+    ASSERT_INT_EQ(storage_job_get(st, j1, &j), ST_OK);
+    ASSERT_STR_EQ(j.cursor, "E1");
+    ASSERT_INT_EQ(j.total, 2); /* -1 keeps it */
+    ASSERT_INT_EQ(j.done, 1);
+    st_job_cleanup(&j);
+
+    /* The holder crashed: once the lease expires another instance takes over where it was. */
+    ASSERT_INT_EQ(conf_job_progress(st, "b", j2, "", -1, 0, 230), ST_OK); /* b's is renewed */
+    ASSERT_INT_EQ(storage_job_claim(st, "c", 269, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j3); /* j1 is still a's; j2 b's */
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(storage_job_release(st, "c", j3), ST_OK);
+    ASSERT_INT_EQ(storage_job_claim(st, "c", 271, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j1);
+    ASSERT_STR_EQ(j.cursor, "E1");
+    ASSERT_INT_EQ(j.started_at, 200);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(conf_job_progress(st, "a", j1, "E2", -1, 1, 272), ST_ECONFLICT);
+    ASSERT_INT_EQ(storage_job_finish(st, "a", j1, ST_JOB_DONE, 272), ST_ECONFLICT);
+    /* Given back (an instance stopping): free at once. */
+    ASSERT_INT_EQ(storage_job_release(st, "c", j1), ST_OK);
+    ASSERT_INT_EQ(storage_job_release(st, "c", j1), ST_ECONFLICT);
+    ASSERT_INT_EQ(storage_job_claim(st, "d", 273, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j1);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(conf_job_progress(st, "d", j1, "E2", -1, 1, 274), ST_OK);
+    ASSERT_INT_EQ(storage_job_finish(st, "d", j1, ST_JOB_DONE, 275), ST_OK);
+    ASSERT_INT_EQ(storage_job_get(st, j1, &j), ST_OK);
+    ASSERT_INT_EQ(j.state, ST_JOB_DONE);
+    ASSERT_INT_EQ(j.done, 2);
+    ASSERT_INT_EQ(j.total, 2);
+    ASSERT_INT_EQ(j.finished_at, 275);
+    ASSERT(j.claimed_by == NULL);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(conf_job_progress(st, "d", j1, "E3", -1, 1, 276), ST_ECONFLICT); /* finished */
+    /* A job that found more than it counted ends with total = done. */
+    ASSERT_INT_EQ(storage_job_claim(st, "b", 280, 60, &j), ST_OK);
+    ASSERT_INT_EQ(j.id, j2);
+    st_job_cleanup(&j);
+    ASSERT_INT_EQ(conf_job_progress(st, "b", j2, "E5", 1, 3, 281), ST_OK);
+    ASSERT_INT_EQ(storage_job_finish(st, "b", j2, ST_JOB_FAILED, 282), ST_OK);
+    ASSERT_INT_EQ(storage_job_get(st, j2, &j), ST_OK);
+    ASSERT_INT_EQ(j.state, ST_JOB_FAILED);
+    ASSERT_INT_EQ(j.total, 3);
+    st_job_cleanup(&j);
+
+    /* Retention deletes finished jobs only. */
+    int64_t deleted = -1;
+    ASSERT_INT_EQ(storage_job_prune(st, 276, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 1); /* j1 */
+    ASSERT_INT_EQ(storage_job_get(st, j1, &j), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_job_prune(st, 10000, &deleted), ST_OK);
+    ASSERT_INT_EQ(deleted, 1); /* j2; j3 is not finished */
+    ASSERT_INT_EQ(storage_job_get(st, j3, &j), ST_OK);
+    st_job_cleanup(&j);
+    /* Ids are not reused after the newest job is deleted. */
+    int64_t j4 = conf_job_add(st, ST_JOB_ENROLLMENT, "E1", 0, 0, 300);
+    ASSERT(j4 > j3);
+    storage_close(st);
+}
+
 #define CONFORMANCE_TESTS                                                                          \
     TEST_ENTRY(conf_lifecycle), TEST_ENTRY(conf_reopen_keeps_data_and_version),                    \
         TEST_ENTRY(conf_users), TEST_ENTRY(conf_user_list), TEST_ENTRY(conf_apikeys),              \
@@ -2751,7 +3065,8 @@ TEST(conf_server_secrets)
         TEST_ENTRY(conf_device_lookup), TEST_ENTRY(conf_library_items),                            \
         TEST_ENTRY(conf_library_assignments), TEST_ENTRY(conf_library_state),                      \
         TEST_ENTRY(conf_domains), TEST_ENTRY(conf_oidc_pending), TEST_ENTRY(conf_audit_prune),     \
-        TEST_ENTRY(conf_challenge_and_session_prune), TEST_ENTRY(conf_server_secrets)
+        TEST_ENTRY(conf_challenge_and_session_prune), TEST_ENTRY(conf_server_secrets),             \
+        TEST_ENTRY(conf_tx_batches), TEST_ENTRY(conf_jobs)
 
 #include "storage/conformance_inventory.h"
 

@@ -478,6 +478,176 @@ TEST(pg_two_instances_lease_push_rows_once)
     ASSERT_INT_EQ(pending, PG_PUSH_ROWS); /* leased, not done: all stay pending until push_done */
 }
 
+/* ---- two instances working durable jobs ---- */
+
+#define PG_JOB_ENROLLMENTS 150
+#define PG_JOBS 3
+#define PG_JOB_WORKERS 4
+
+struct pg_job_worker {
+    storage *st;
+    char owner[32];
+    int64_t job;     /* the job being worked */
+    int batch_fails; /* batches rolled back (a lost lease) */
+    int errors;
+    int finished; /* jobs this worker finished */
+};
+
+/* One unit of a job's work on one enrollment: a command whose uuid names the job and the
+ * enrollment, so doing it twice would be a duplicate uuid (ST_EEXISTS). */
+static int pg_job_unit(const st_enrollment *e, void *ctx)
+{
+    struct pg_job_worker *w = ctx;
+    char uuid[64];
+    snprintf(uuid, sizeof(uuid), "J%lld-%s", (long long)w->job, e->id);
+    if (conf_enqueue(w->st, e->id, uuid, 0, 1000) != ST_OK)
+        w->errors++;
+    return 0;
+}
+
+struct pg_job_cursor {
+    char last[64];
+};
+
+static int pg_job_last(const st_enrollment *e, void *ctx)
+{
+    snprintf(((struct pg_job_cursor *)ctx)->last, 64, "%s", e->id);
+    return 0;
+}
+
+/* Works one claimed job to the end in batches of 20, each in its own transaction. */
+static void pg_job_work(struct pg_job_worker *w, st_job *j)
+{
+    char cursor[64];
+    snprintf(cursor, sizeof(cursor), "%s", j->cursor ? j->cursor : "");
+    w->job = j->id;
+    for (;;) {
+        struct pg_job_cursor c = {""};
+        int n = 0;
+        if (storage_job_page(w->st, j, cursor, 20, pg_job_last, &c, &n) != ST_OK) {
+            w->errors++;
+            return;
+        }
+        if (n == 0)
+            break;
+        if (storage_tx_begin(w->st) != ST_OK) {
+            w->errors++;
+            return;
+        }
+        int got = 0;
+        storage_job_page(w->st, j, cursor, 20, pg_job_unit, w, &got);
+        st_job_progress p = {j->id, c.last, -1, got, 0, got, 0};
+        int rc = storage_job_progress(w->st, w->owner, 1000, 600, &p);
+        if (rc != ST_OK) {
+            storage_tx_rollback(w->st);
+            w->batch_fails++;
+            return;
+        }
+        if (storage_tx_commit(w->st) != ST_OK) {
+            w->errors++;
+            return;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", c.last);
+    }
+    if (storage_job_finish(w->st, w->owner, j->id, ST_JOB_DONE, 1001) == ST_OK)
+        w->finished++;
+}
+
+static void *pg_job_worker_main(void *arg)
+{
+    struct pg_job_worker *w = arg;
+    for (int idle = 0; idle < 3;) {
+        st_job j;
+        int rc = storage_job_claim(w->st, w->owner, 1000, 600, &j);
+        if (rc == ST_OK)
+            pg_job_work(w, &j);
+        else if (rc != ST_ENOTFOUND)
+            w->errors++;
+        idle = rc == ST_OK ? 0 : idle + 1;
+        st_job_cleanup(&j);
+    }
+    return NULL;
+}
+
+/*
+ * Two instances (two handles), four workers, three jobs over the same enrollments: every job
+ * is finished once, by one worker, and every enrollment is worked exactly once per job (a
+ * second time would be a duplicate command uuid).
+ */
+TEST(pg_two_instances_work_each_job_once)
+{
+    storage *a = pg_open_fresh();
+    ASSERT_NOT_NULL(a);
+    storage *b = pg_reopen();
+    ASSERT_NOT_NULL(b);
+    int64_t u = conf_user(a, "jobs@x.example");
+    ASSERT(u > 0);
+    char id[32];
+    for (int i = 0; i < PG_JOB_ENROLLMENTS; i++) {
+        snprintf(id, sizeof(id), "JE%03d", i);
+        ASSERT_INT_EQ(conf_enroll(a, id, u), ST_OK);
+        ASSERT_INT_EQ(storage_enrollment_token_update(a, id, "ab01", "MAGIC", 100), ST_OK);
+    }
+    int64_t ids[PG_JOBS];
+    for (int i = 0; i < PG_JOBS; i++) {
+        st_job j = {0};
+        j.kind = (char *)"reconcile";
+        j.scope = i == 1 ? ST_JOB_USER : ST_JOB_DOMAIN;
+        j.value = (char *)(i == 1 ? "jobs@x.example" : "x.example");
+        j.origin = (char *)"test";
+        j.created_at = 900 + i;
+        ASSERT_INT_EQ(storage_job_add(i % 2 ? a : b, &j), ST_OK);
+        ids[i] = j.id;
+        if (i == 2) /* the same filter as job 0 while it waits: the same job */
+            ASSERT_INT_EQ(ids[2], ids[0]);
+    }
+    /* Job 2 must be a job of its own: start job 0 first, then add it again. */
+    st_job j0;
+    ASSERT_INT_EQ(storage_job_claim(a, "starter", 950, 1, &j0), ST_OK);
+    ASSERT_INT_EQ(j0.id, ids[0]);
+    ASSERT_INT_EQ(storage_job_release(a, "starter", j0.id), ST_OK);
+    st_job_cleanup(&j0);
+    st_job again = {0};
+    again.kind = (char *)"reconcile";
+    again.scope = ST_JOB_DOMAIN;
+    again.value = (char *)"x.example";
+    again.created_at = 960;
+    ASSERT_INT_EQ(storage_job_add(b, &again), ST_OK);
+    ids[2] = again.id;
+    ASSERT(ids[2] != ids[0]);
+
+    struct pg_job_worker w[PG_JOB_WORKERS];
+    pthread_t tids[PG_JOB_WORKERS];
+    for (int i = 0; i < PG_JOB_WORKERS; i++) {
+        memset(&w[i], 0, sizeof(w[i]));
+        w[i].st = i % 2 ? a : b;
+        snprintf(w[i].owner, sizeof(w[i].owner), "instance-%d", i);
+        ASSERT_INT_EQ(pthread_create(&tids[i], NULL, pg_job_worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < PG_JOB_WORKERS; i++)
+        pthread_join(tids[i], NULL);
+    int finished = 0;
+    for (int i = 0; i < PG_JOB_WORKERS; i++) {
+        ASSERT_INT_EQ(w[i].errors, 0);
+        ASSERT_INT_EQ(w[i].batch_fails, 0);
+        finished += w[i].finished;
+    }
+    ASSERT_INT_EQ(finished, PG_JOBS);
+    for (int i = 0; i < PG_JOBS; i++) {
+        st_job j;
+        ASSERT_INT_EQ(storage_job_get(a, ids[i], &j), ST_OK);
+        ASSERT_INT_EQ(j.state, ST_JOB_DONE);
+        ASSERT_INT_EQ(j.done, PG_JOB_ENROLLMENTS);
+        st_job_cleanup(&j);
+    }
+    for (int i = 0; i < PG_JOB_ENROLLMENTS; i++) {
+        snprintf(id, sizeof(id), "JE%03d", i);
+        ASSERT_INT_EQ(conf_count(a, id), PG_JOBS);
+    }
+    storage_close(a);
+    storage_close(b);
+}
+
 /* ---- the server drops our connections ---- */
 
 /* Terminates every other connection to st's database and waits until they are gone. */
@@ -536,6 +706,30 @@ TEST(pg_reconnects_after_the_server_drops_connections)
 }
 
 /* Bodies and results are bytes: every byte value, and a result of a megabyte. */
+/* A batch whose connection dies mid-way: nothing of it runs outside it, nothing is committed,
+ * and the next call outside the batch reconnects. */
+TEST(pg_batch_lost_connection_commits_nothing)
+{
+    storage *st = pg_open_fresh();
+    ASSERT_NOT_NULL(st);
+    storage *killer = pg_reopen();
+    ASSERT_NOT_NULL(killer);
+    ASSERT_INT_EQ(storage_tx_begin(st), ST_OK);
+    ASSERT_INT_EQ(conf_enroll(st, "B1", 0), ST_OK);
+    ASSERT_INT_EQ(pg_kill_other_connections(killer), 0);
+    ASSERT_INT_EQ(conf_enroll(st, "B2", 0), ST_ERROR);
+    ASSERT_INT_EQ(conf_enqueue(st, "B1", "BC1", 0, 100), ST_ERROR);
+    ASSERT_INT_EQ(storage_tx_commit(st), ST_ERROR);
+    ASSERT_INT_EQ(conf_enroll(st, "B3", 0), ST_OK);
+    st_enrollment e;
+    ASSERT_INT_EQ(storage_enrollment_get(killer, "B1", &e), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_get(killer, "B2", &e), ST_ENOTFOUND);
+    ASSERT_INT_EQ(storage_enrollment_get(killer, "B3", &e), ST_OK);
+    st_enrollment_cleanup(&e);
+    storage_close(st);
+    storage_close(killer);
+}
+
 TEST(pg_binary_bodies_and_results)
 {
     storage *st = pg_open_fresh();
@@ -629,6 +823,8 @@ int main(int argc, char **argv)
         TEST_ENTRY(pg_two_instances_share_one_queue),
         TEST_ENTRY(pg_two_instances_claim_challenges_once),
         TEST_ENTRY(pg_two_instances_lease_push_rows_once),
+        TEST_ENTRY(pg_two_instances_work_each_job_once),
+        TEST_ENTRY(pg_batch_lost_connection_commits_nothing),
         TEST_ENTRY(pg_reconnects_after_the_server_drops_connections),
         TEST_ENTRY(pg_binary_bodies_and_results),
         TEST_ENTRY(pg_ordering_and_case_folding_are_bytewise),
